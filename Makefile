@@ -1,0 +1,56 @@
+# Two commands set everything up on a fresh clone:
+#   make compress MODEL=resnet18     (the main job on the embedded Fashion-MNIST default)
+#   make test                        (the test suite)
+# Both create .venv and fetch the data first; each step runs once (stamp files).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/compressor
+MODEL ?= resnet18
+DATASET ?= fashion-mnist
+BUDGET ?= 0.5
+EPISODES ?=
+SEED ?= 0
+FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install data test lint compress pretrain bench bench-quick clean
+
+install: $(VENV)/.stamp-install
+$(VENV)/.stamp-install: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST offline: Debian's dataset-fashion-mnist package. Without apt the CLI falls back to
+# files in data/fashion-mnist, then to torchvision's downloader.
+data: $(VENV)/.stamp-data
+$(VENV)/.stamp-data: | $(VENV)/.stamp-install
+	@if [ -f $(FMNIST_DEBIAN) ] || [ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "no apt: put the Fashion-MNIST *-ubyte.gz files in data/fashion-mnist (or have internet)"; \
+	fi
+	touch $@
+
+test: install data
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check compressor tests
+
+pretrain: install data
+	$(CLI) pretrain --model $(MODEL) --dataset $(DATASET)
+
+compress: install data
+	$(CLI) compress --model $(MODEL) --dataset $(DATASET) --latency-budget $(BUDGET) \
+		--seed $(SEED) $(if $(EPISODES),--episodes $(EPISODES))
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

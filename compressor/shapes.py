@@ -1,0 +1,88 @@
+"""Layer shapes: the common language of the pruning skeleton, the cost counters and the latency model.
+
+A network's cost is a function of its convolution and linear layers' shapes. The pruning module
+predicts these shapes for a policy without pruning anything (so the budget wall can be evaluated
+hundreds of times per episode); `measure_layer_shapes` reads them off a real model, and the two must
+agree.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class LayerShape(NamedTuple):
+    """One convolution or linear layer as it runs on the probe input (batch excluded)."""
+
+    name: str  # qualified module name
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel: int  # square kernels; 1 for linear
+    stride: int
+    groups: int
+    in_hw: int  # input feature map side (square inputs); 1 for linear
+    out_hw: int
+    bias: bool
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per image."""
+        per_pixel = self.kernel * self.kernel * (self.in_channels // self.groups) * self.out_channels
+        return per_pixel * self.out_hw * self.out_hw
+
+    @property
+    def params(self) -> int:
+        weight = self.kernel * self.kernel * (self.in_channels // self.groups) * self.out_channels
+        return weight + (self.out_channels if self.bias else 0)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels
+
+
+def total_macs(shapes: list[LayerShape]) -> int:
+    return sum(s.macs for s in shapes)
+
+
+def total_params(shapes: list[LayerShape]) -> int:
+    return sum(s.params for s in shapes)
+
+
+def measure_layer_shapes(model: nn.Module, example_input: torch.Tensor) -> list[LayerShape]:
+    """Run one forward pass and record every Conv2d and Linear layer's shape, in call order."""
+    shapes: list[LayerShape] = []
+    hooks = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            x = inputs[0]
+            if isinstance(module, nn.Conv2d):
+                shapes.append(LayerShape(
+                    name, "conv", module.in_channels, module.out_channels, module.kernel_size[0],
+                    module.stride[0], module.groups, x.shape[-1], output.shape[-1],
+                    module.bias is not None,
+                ))
+            else:
+                shapes.append(LayerShape(
+                    name, "linear", module.in_features, module.out_features, 1, 1, 1, 1, 1,
+                    module.bias is not None,
+                ))
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(hook_for(name)))
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example_input[:1])
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes

@@ -1,0 +1,28 @@
+"""Shared fixtures: real Fashion-MNIST slices (no network, no GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressor.data import DataConfig, load_dataset
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """The whole Fashion-MNIST dataset, split (train / search / test), at 32x32, 3 channels."""
+    return load_dataset(DataConfig(dataset="fashion-mnist", input_size=32, search_size=5000))
+
+
+@pytest.fixture(scope="session")
+def fmnist_batch(fmnist):
+    """16 real, normalised test images [16, 3, 32, 32] and their labels."""
+    return next(fmnist.test.batches(16))
+
+
+@pytest.fixture(scope="session")
+def fmnist_loader(fmnist):
+    """A re-iterable of 8 real training batches of 32 (a small slice for recovery and Taylor)."""
+    return list(fmnist.train.batches(32, shuffle=True, seed=0, limit=8))
