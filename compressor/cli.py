@@ -21,6 +21,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=32, help="network input side in pixels")
     p.add_argument("--search-size", type=int, default=5000,
                    help="training images held out for the search reward")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="use only this many training images (quick runs)")
+    p.add_argument("--test-size", type=int, default=None,
+                   help="use only this many test images (quick runs)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +38,8 @@ def _data_config(args):
     from compressor.data import DataConfig
 
     return DataConfig(dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size,
-                      search_size=args.search_size)
+                      search_size=args.search_size, train_size=args.train_size,
+                      test_size=args.test_size)
 
 
 def _train_config(args):
@@ -95,12 +100,65 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1,
+                   help="ONNX Runtime intra-op threads of the latency probe (default 1)")
+    p.add_argument("--latency-batch-size", type=int, default=None,
+                   help="probe batch size (default: smallest power of two at which the dense "
+                        "model takes >= 5 ms)")
+
+
+def _probe_settings(args, input_size: int):
+    from compressor.latency import ProbeSettings
+
+    settings = ProbeSettings(threads=args.threads, input_size=input_size)
+    if args.latency_batch_size:
+        settings = replace(settings, batch_size=args.latency_batch_size)
+    return settings
+
+
+def _compress_config(args):
+    from compressor.compress import BudgetConfig, CompressConfig, FinalConfig
+    from compressor.evaluator import EvaluatorConfig
+    from compressor.pruning import PruningConfig
+    from compressor.search import LoopConfig
+
+    data = _data_config(args)
+    return CompressConfig(
+        model=args.model, seed=args.seed, device=args.device, models_dir=args.models_dir,
+        checkpoint=args.checkpoint, out=args.out, policies_dir=args.policies_dir,
+        results_dir=args.results_dir, max_ratio=args.max_ratio, reward=args.reward, data=data,
+        budget=BudgetConfig(latency=args.latency_budget, latency_ms=args.latency_ms,
+                            flops=args.flops_budget, params=args.params_budget,
+                            margin=args.margin, latency_source=args.latency_source,
+                            probe_every=args.probe_every),
+        pruning=PruningConfig(round_to=args.round_to, importance=args.importance,
+                              ignored_layers=tuple(args.ignore)),
+        evaluator=EvaluatorConfig(search_images=args.search_images, bn_batches=args.bn_batches,
+                                  finetune_steps=args.episode_finetune_steps),
+        loop=LoopConfig(episodes=args.episodes, agent=args.agent,
+                        checkpoint_every=args.checkpoint_every),
+        final=FinalConfig(candidates=args.candidates, candidate_steps=args.candidate_steps,
+                          epochs=args.final_epochs, lr=args.final_lr),
+        probe=_probe_settings(args, data.input_size),
+    )
+
+
+def cmd_compress(args) -> int:
+    from compressor.compress import compress
+
+    config = _compress_config(args)
+    compress(config, resume=args.resume, argv=["compressor", *sys.argv[1:]])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compressor",
         description="Prune a CNN to a measured ONNX Runtime latency budget with an AMC agent.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch intra-op threads (default: PyTorch's choice)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list the model names the registry knows")
@@ -123,6 +181,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print a JSON line")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compress", help="search a pruning policy under a budget, fine-tune, export")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_probe_args(p)
+    b = p.add_argument_group("budgets (any combination; each a ratio of the dense model)")
+    b.add_argument("--latency-budget", type=float, default=None,
+                   help="measured ONNX Runtime latency ratio, e.g. 0.5")
+    b.add_argument("--latency-ms", type=float, default=None,
+                   help="absolute latency in ms at the probe settings")
+    b.add_argument("--flops-budget", type=float, default=None, help="MACs ratio")
+    b.add_argument("--params-budget", type=float, default=None, help="parameter ratio")
+    b.add_argument("--margin", type=float, default=0.04,
+                   help="aim this fraction under a latency budget (default 0.04)")
+    b.add_argument("--latency-source", choices=["model", "probe"], default="model")
+    b.add_argument("--probe-every", type=int, default=10,
+                   help="with the latency model, also measure every k-th episode")
+    s_ = p.add_argument_group("search")
+    s_.add_argument("--episodes", type=int, default=200)
+    s_.add_argument("--seed", type=int, default=0)
+    s_.add_argument("--agent", choices=["ddpg", "random"], default="ddpg")
+    s_.add_argument("--max-ratio", type=float, default=0.8, help="largest pruning ratio per unit")
+    s_.add_argument("--reward", choices=["error", "error-log-flops"], default="error")
+    s_.add_argument("--round-to", type=int, default=8, help="kept channels are multiples of it")
+    s_.add_argument("--importance", choices=["l1", "l2", "bn", "taylor", "random"], default="l2")
+    s_.add_argument("--ignore", action="append", default=[],
+                    help="qualified name of a layer never to prune (repeatable)")
+    s_.add_argument("--search-images", type=int, default=2000,
+                    help="search-split images scored per episode")
+    s_.add_argument("--bn-batches", type=int, default=20,
+                    help="batches of BatchNorm recalibration per episode")
+    s_.add_argument("--episode-finetune-steps", type=int, default=0,
+                    help="SGD steps of fine-tune per episode after recalibration")
+    s_.add_argument("--checkpoint-every", type=int, default=5)
+    f = p.add_argument_group("final stage")
+    f.add_argument("--candidates", type=int, default=3,
+                   help="best policies given a short fine-tune")
+    f.add_argument("--candidate-steps", type=int, default=100)
+    f.add_argument("--final-epochs", type=int, default=1)
+    f.add_argument("--final-lr", type=float, default=0.05)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=None, help="run directory (default runs/<run name>)")
+    o.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this search")
+    o.add_argument("--policies-dir", default="policies")
+    o.add_argument("--results-dir", default="results")
+    p.set_defaults(func=cmd_compress)
     return parser
 
 
@@ -130,10 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
+    if args.torch_threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.torch_threads)
     try:
         return args.func(args)
     except UserError as exc:
@@ -141,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug of ours: still one line unless --debug
         if args.debug:

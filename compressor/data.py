@@ -54,6 +54,10 @@ class DataConfig:
     """Images carved from the training set for the agent's reward (the `search` split)."""
     split_seed: int = 0
     """Seed of the permutation that carves `search` out of the training set."""
+    train_size: int | None = None
+    """Use only this many training images (quick runs and tests; None: all)."""
+    test_size: int | None = None
+    """Use only this many test images (quick runs and tests; None: all)."""
 
 
 class TensorSplit:
@@ -222,6 +226,7 @@ def load_dataset(config: DataConfig) -> Dataset:
 
     # Shuffle the test set once (seeded) so that a `subset` of it is a fair sample of every class.
     test_order = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(1))
+    train_idx, test_order = train_idx[:config.train_size], test_order[:config.test_size]
     return Dataset(
         name=name,
         train=split(train_x[train_idx], train_y[train_idx]),
@@ -283,6 +288,7 @@ def _load_imagefolder(config: DataConfig) -> Dataset:
                         ) from None
     train_idx, search_idx = _carve(len(train), config.search_size, config.split_seed)
     test_order = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))
+    train_idx, test_order = train_idx[:config.train_size], test_order[:config.test_size]
     labels = np.asarray(train.targets)
     return Dataset(
         name=config.dataset,
