@@ -7,7 +7,9 @@ import torch
 
 from compressor.data import DataConfig, load_dataset
 
-torch.set_num_threads(2)
+# One thread: tests share 2 cores with each other's fixtures and other jobs; two threads on a
+# busy machine were measured 10x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
