@@ -152,6 +152,83 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_apply(args) -> int:
+    from compressor.apply import apply_policy_file
+    from compressor.pruning import PruningConfig
+
+    data = _data_config(args)
+    result = apply_policy_file(
+        args.model, args.policy, args.out, data, _probe_settings(args, data.input_size),
+        PruningConfig(round_to=args.round_to, importance=args.importance),
+        finetune_epochs=args.finetune_epochs, seed=args.seed, models_dir=args.models_dir,
+        checkpoint=args.checkpoint, device_name=args.device)
+    print(f"{args.model}: test top-1 {result['test_top1']:.2f}% "
+          f"(dense {result['baseline_test_top1']:.2f}%), {result['macs'] / 1e6:.1f} MMACs "
+          f"({result['macs'] / result['dense_macs']:.3f}), {result['params'] / 1e6:.2f} M params "
+          f"({result['params'] / result['dense_params']:.3f}), measured latency ratio "
+          f"{result['latency_ratio_measured']:.3f}; wrote {args.out}/model.onnx, model.pt, "
+          "policy.json")
+    return 0
+
+
+def _settings_line(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def cmd_latency(args) -> int:
+    from compressor import latency
+
+    settings = _probe_settings(args, args.input_size)
+    model = latency.make_session(args.model_onnx, settings)
+    if args.reference is None:
+        if settings.batch_size is None:
+            settings = replace(settings, batch_size=latency.auto_batch_size(model, args.input_size))
+        model.prepare(settings.batch_size, args.input_size)
+        result = latency.measure_ms(model, settings)
+        print(f"{args.model_onnx}: {result.ms:.3f} ms ({_settings_line(settings.as_dict())})")
+        return 0
+    reference = latency.make_session(args.reference, settings)
+    latency.check_same_input(model, reference)
+    if settings.batch_size is None:
+        settings = replace(settings, batch_size=latency.auto_batch_size(reference, args.input_size))
+    model.prepare(settings.batch_size, args.input_size)
+    reference.prepare(settings.batch_size, args.input_size)
+    paired = latency.measure_pair(model, reference, settings)
+    lo, hi = paired.spread
+    print(f"{args.model_onnx}: {paired.candidate_ms:.3f} ms, reference {paired.reference_ms:.3f} "
+          f"ms, ratio {paired.ratio:.3f} (blocks {lo:.3f}-{hi:.3f}; "
+          f"{_settings_line(settings.as_dict())})")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from compressor import atomic
+    from compressor.check import check
+
+    test_batches, name = None, ""
+    if args.dataset:
+        from compressor.data import load_dataset
+
+        data = _data_config(args)
+        dataset = load_dataset(data)
+        test_batches, name = dataset.test.batches(250), dataset.name
+    report = check(args.model_onnx, args.reference, _probe_settings(args, args.input_size),
+                   max_latency_ratio=args.max_latency_ratio, max_latency_ms=args.max_latency_ms,
+                   max_accuracy_drop=args.max_accuracy_drop, test_batches=test_batches,
+                   dataset_name=name, rounds=args.rounds)
+    if args.json:
+        atomic.write_json(args.json, report)
+    for key, c in report["checks"].items():
+        print(f"{key}: {c['value']:.3f} (limit {c['limit']}) {'ok' if c['ok'] else 'MISSED'}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    lat = report["latency"]
+    print(f"verdict: {report['verdict']} (ratio {lat['ratio']:.3f}, spread "
+          f"{lat['ratio_spread'][0]:.3f}-{lat['ratio_spread'][1]:.3f}, "
+          f"{_settings_line(lat['settings'])})")
+    return 0 if report["verdict"] == "pass" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compressor",
@@ -227,6 +304,43 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--policies-dir", default="policies")
     o.add_argument("--results-dir", default="results")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("apply", help="prune with a policy file, recover, evaluate, export")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_probe_args(p)
+    p.add_argument("--policy", required=True, help="policy JSON (policies/*.json)")
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--importance", choices=["l1", "l2", "bn", "taylor", "random"], default="l2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("latency", help="measure an ONNX model, optionally against a reference")
+    p.add_argument("model_onnx")
+    p.add_argument("--reference", default=None, help="dense ONNX model to pair with")
+    p.add_argument("--input-size", type=int, default=32)
+    _add_probe_args(p)
+    p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("check", help="CI gate: exit 1 when a latency/accuracy budget is missed")
+    p.add_argument("model_onnx")
+    p.add_argument("--reference", required=True, help="dense ONNX model")
+    p.add_argument("--max-latency-ratio", type=float, default=None)
+    p.add_argument("--max-latency-ms", type=float, default=None)
+    p.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="top-1 points on the test split (needs --dataset)")
+    p.add_argument("--dataset", default=None, help="dataset for the accuracy check")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--search-size", type=int, default=5000)
+    p.add_argument("--train-size", type=int, default=None)
+    p.add_argument("--test-size", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=3, help="repeated paired measurements")
+    p.add_argument("--json", default=None, help="write the machine-readable report here")
+    _add_probe_args(p)
+    p.set_defaults(func=cmd_check)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 
 import torch
@@ -94,6 +95,8 @@ def save_baseline(path: str | Path, model: nn.Module, model_name: str, num_class
                   metadata: dict) -> Path:
     """Write a baseline checkpoint atomically: weights plus what they were trained on and how."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # Plain JSON types only, so the file loads with torch.load(weights_only=True).
+    metadata = json.loads(json.dumps(metadata, default=str))
     return atomic.torch_save(path, {
         "format": BASELINE_FORMAT, "model": model_name, "num_classes": num_classes,
         "state_dict": state, "metadata": metadata,

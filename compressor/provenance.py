@@ -45,8 +45,8 @@ def library_versions() -> dict[str, str]:
     return {
         "compressor": compressor.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "torch_pruning": getattr(torch_pruning, "__version__", "unknown"),
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,

@@ -101,11 +101,11 @@ def train_steps(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += float(loss) * len(y)
+        loss_sum += float(loss.detach()) * len(y)
         correct += float((logits.argmax(1) == y).sum())
         seen += len(y)
         if on_step is not None:
-            on_step(float(loss), 100.0 * correct / seen)
+            on_step(float(loss.detach()), 100.0 * correct / seen)
     return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
 
 

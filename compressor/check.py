@@ -1,0 +1,111 @@
+"""`compressor check`: a CI gate on measured latency (and optionally accuracy) of an ONNX model.
+
+Exit codes: 0 within every budget, 1 a budget missed, 2 bad input. The JSON report's schema:
+
+    {"verdict": "pass" | "fail", "warnings": [str], "checks": {name: {"value", "limit", "ok"}},
+     "latency": {"ratio", "ratio_spread": [lo, hi], "candidate_ms", "reference_ms",
+                 "rounds": [{"ratio", "block_ratios", ...}], "settings": {...}},
+     "accuracy": {"candidate_top1", "reference_top1", "drop", "dataset", "images"} | null,
+     "model": path, "reference": path, "environment": {cpu, cores, threads, versions, ...}}
+
+A verdict must not flip between runs on the same machine: the paired measurement is repeated in
+`rounds` (each alternating blocks of the two models), the ratio is the median over all blocks, and
+its spread (min and max of the round medians) is reported. A model within budget by less than that
+spread passes with a warning.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from compressor import latency
+from compressor.errors import UserError
+from compressor.provenance import provenance
+
+
+def onnx_top1(session: latency.Session, batches) -> tuple[float, int]:
+    correct = total = 0
+    for x, y in batches:
+        (logits,) = session.inner.run(None, {session.input_name: x.numpy()})
+        correct += int((np.argmax(logits, 1) == y.numpy()).sum())
+        total += len(y)
+    return 100.0 * correct / max(total, 1), total
+
+
+def check(model_path: str, reference_path: str, settings: latency.ProbeSettings, *,
+          max_latency_ratio: float | None = None, max_latency_ms: float | None = None,
+          max_accuracy_drop: float | None = None, test_batches=None, dataset_name: str = "",
+          rounds: int = 3) -> dict[str, Any]:
+    """Measure and judge; returns the report (see the module docstring)."""
+    for name, value in (("--max-latency-ratio", max_latency_ratio),):
+        if value is not None and not 0 < value < 1:
+            raise UserError(f"{name} {value} must be between 0 and 1 (a ratio of the reference)")
+    if max_latency_ms is not None and max_latency_ms <= 0:
+        raise UserError(f"--max-latency-ms {max_latency_ms} must be positive")
+    if max_latency_ratio is None and max_latency_ms is None and max_accuracy_drop is None:
+        raise UserError("nothing to check: give --max-latency-ratio, --max-latency-ms or "
+                        "--max-accuracy-drop")
+    candidate = latency.make_session(model_path, settings)
+    reference = latency.make_session(reference_path, settings)
+    latency.check_same_input(candidate, reference)
+    input_size = reference.input_shape[-1] if isinstance(reference.input_shape[-1], int) \
+        else settings.input_size
+    settings = replace(settings, input_size=input_size)
+    if settings.batch_size is None:
+        settings = replace(settings, batch_size=latency.auto_batch_size(reference, input_size))
+    candidate.prepare(settings.batch_size, input_size)
+    reference.prepare(settings.batch_size, input_size)
+
+    measured = [latency.measure_pair(candidate, reference, settings) for _ in range(rounds)]
+    blocks = [r for m in measured for r in m.block_ratios]
+    ratio = statistics.median(blocks)
+    medians = [m.ratio for m in measured]
+    spread = (min(medians), max(medians))
+    candidate_ms = statistics.median(m.candidate_ms for m in measured)
+    reference_ms = statistics.median(m.reference_ms for m in measured)
+
+    checks: dict[str, dict] = {}
+    warnings: list[str] = []
+    if max_latency_ratio is not None:
+        checks["latency_ratio"] = {"value": ratio, "limit": max_latency_ratio,
+                                   "ok": ratio <= max_latency_ratio}
+        if ratio <= max_latency_ratio < spread[1]:
+            warnings.append(f"latency ratio {ratio:.3f} is within {max_latency_ratio} by less "
+                            f"than its spread ({spread[0]:.3f}-{spread[1]:.3f}); the verdict may "
+                            "flip on a noisier run")
+    if max_latency_ms is not None:
+        checks["latency_ms"] = {"value": candidate_ms, "limit": max_latency_ms,
+                                "ok": candidate_ms <= max_latency_ms}
+        ms_spread = (min(m.candidate_ms for m in measured), max(m.candidate_ms for m in measured))
+        if candidate_ms <= max_latency_ms < ms_spread[1]:
+            warnings.append(f"latency {candidate_ms:.2f} ms is within {max_latency_ms} ms by less "
+                            f"than its spread ({ms_spread[0]:.2f}-{ms_spread[1]:.2f} ms)")
+    accuracy = None
+    if max_accuracy_drop is not None:
+        if test_batches is None:
+            raise UserError("--max-accuracy-drop needs --dataset")
+        batches = list(test_batches)
+        cand_top1, images = onnx_top1(candidate, batches)
+        ref_top1, _ = onnx_top1(reference, batches)
+        drop = ref_top1 - cand_top1
+        accuracy = {"candidate_top1": cand_top1, "reference_top1": ref_top1, "drop": drop,
+                    "dataset": dataset_name, "images": images}
+        checks["accuracy_drop"] = {"value": drop, "limit": max_accuracy_drop,
+                                   "ok": drop <= max_accuracy_drop}
+    import onnxruntime
+
+    env = provenance()
+    env["versions"]["onnxruntime"] = onnxruntime.__version__
+    return {
+        "verdict": "pass" if all(c["ok"] for c in checks.values()) else "fail",
+        "warnings": warnings, "checks": checks,
+        "latency": {"ratio": ratio, "ratio_spread": list(spread), "candidate_ms": candidate_ms,
+                    "reference_ms": reference_ms, "rounds": [m.as_dict() for m in measured],
+                    "settings": settings.as_dict()},
+        "accuracy": accuracy, "model": str(model_path), "reference": str(reference_path),
+        "environment": env,
+    }

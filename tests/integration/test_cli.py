@@ -1,0 +1,127 @@
+"""The CLI in-process, end to end on a small slice of real data, with a small real baseline."""
+
+import json
+
+import pytest
+import torch
+
+from compressor import models
+from compressor.cli import main
+
+SLICE = ["--train-size", "512", "--test-size", "256", "--search-size", "1000"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A resnet18 baseline trained for a few steps on a slice (real, small) and its models dir."""
+    root = tmp_path_factory.mktemp("work")
+    code = main(["pretrain", "--model", "resnet18", "--epochs", "1", "--models-dir",
+                 str(root / "models"), *SLICE])
+    assert code == 0
+    return root
+
+
+def _compress_args(root, out, extra=()):
+    return ["compress", "--model", "resnet18", "--models-dir", str(root / "models"), *SLICE,
+            "--latency-budget", "0.6", "--episodes", "4", "--search-images", "200",
+            "--bn-batches", "2", "--candidates", "2", "--candidate-steps", "2",
+            "--latency-batch-size", "2", "--probe-every", "2",
+            "--out", str(out), "--policies-dir", str(root / "policies"),
+            "--results-dir", str(root / "results"), *extra]
+
+
+def test_pretrain_caches_a_baseline_with_metadata(workdir):
+    path = workdir / "models" / "resnet18-fashion-mnist.pt"
+    model, meta = models.load_baseline(path, "resnet18", 10)
+    assert meta["input_size"] == 32 and 0 <= meta["test_top1"] <= 100
+    assert meta["versions"]["torch"].startswith("2.")
+    assert len(meta["history"]) == 1
+
+
+def test_evaluate_prints_top1(workdir, capsys):
+    assert main(["evaluate", "--model", "resnet18", "--models-dir", str(workdir / "models"),
+                 *SLICE, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= out["test_top1"] <= 100
+
+
+def test_compress_writes_every_output_within_budget(workdir, capsys):
+    out = workdir / "run"
+    assert main(_compress_args(workdir, out)) == 0
+    for name in ("model.onnx", "dense.onnx", "model.pt", "episodes.jsonl", "config.json",
+                 "checkpoint.pt"):
+        assert (out / name).exists(), name
+    results = workdir / "results" / "run"
+    report = json.loads((results / "report.json").read_text())
+    for name in ("report.md", "search.png", "policy.png", "accuracy_vs_latency.png"):
+        assert (results / name).exists(), name
+    assert report["episodes"] == 4
+    assert report["final"]["onnx_max_abs_diff"] <= 1e-3
+    policy = json.loads((workdir / "policies" / "run.json").read_text())
+    assert policy["model"] == "resnet18" and len(policy["policy"]) == 12
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert all(e["latency_predicted"] <= 0.6 for e in episodes)
+    assert any("latency_measured" in e for e in episodes)
+    assert {"prune", "recover", "evaluate", "latency"} <= set(
+        next(e for e in episodes if not e["cached"])["seconds"])
+    # The exported checkpoint reloads without any search and matches the ONNX model's shapes.
+    from compressor.export import load_pruned_checkpoint
+
+    module, meta = load_pruned_checkpoint(out / "model.pt")
+    assert module(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+    # apply: the written policy, re-applied, exported and measured.
+    applied = workdir / "applied"
+    assert main(["apply", "--model", "resnet18", "--models-dir", str(workdir / "models"), *SLICE,
+                 "--policy", str(workdir / "policies" / "run.json"), "--out", str(applied),
+                 "--latency-batch-size", "2"]) == 0
+    assert (applied / "model.onnx").exists() and (applied / "policy.json").exists()
+    capsys.readouterr()
+
+    # latency and check on the exported pair.
+    assert main(["latency", str(out / "model.onnx"), "--reference", str(out / "dense.onnx"),
+                 "--latency-batch-size", "2"]) == 0
+    assert "ratio" in capsys.readouterr().out
+    report_path = workdir / "check.json"
+    code = main(["check", str(out / "model.onnx"), "--reference", str(out / "dense.onnx"),
+                 "--max-latency-ratio", "0.99", "--latency-batch-size", "2", "--rounds", "1",
+                 "--json", str(report_path)])
+    check = json.loads(report_path.read_text())
+    assert code == (0 if check["verdict"] == "pass" else 1)
+    assert check["environment"]["machine"]["cpu"]
+    assert main(["check", str(out / "dense.onnx"), "--reference", str(out / "dense.onnx"),
+                 "--max-latency-ratio", "0.2", "--latency-batch-size", "2", "--rounds", "1"]) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--model", "resnet19"], "did you mean resnet18"),
+    (["compress", "--model", "resnet18", "--latency-budget", "1.5"], "between 0 and 1"),
+    (["compress", "--model", "resnet18", "--latency-budget", "0.001"], "reachable minimum"),
+    (["compress", "--model", "resnet18"], "no budget given"),
+])
+def test_bad_input_gives_one_line_and_exit_code_2(workdir, capsys, argv, message):
+    extra = ["--models-dir", str(workdir / "models"), *SLICE,
+             "--latency-batch-size", "2"] if argv[0] == "compress" else []
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bad_files_give_one_line_and_exit_code_2(workdir, tmp_path, capsys):
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_text("hello")
+    assert main(["latency", str(not_onnx), "--latency-batch-size", "2"]) == 2
+    assert "not a loadable ONNX model" in capsys.readouterr().err
+    bad_policy = tmp_path / "p.json"
+    bad_policy.write_text(json.dumps({"model": "mobilenet_v2", "policy": {}}))
+    assert main(["apply", "--model", "resnet18", "--models-dir", str(workdir / "models"), *SLICE,
+                 "--policy", str(bad_policy), "--out", str(tmp_path / "o")]) == 2
+    assert "made for mobilenet_v2" in capsys.readouterr().err
+    bad_policy.write_text(json.dumps({"model": "resnet18", "policy": {"layer9": 0.5}}))
+    assert main(["apply", "--model", "resnet18", "--models-dir", str(workdir / "models"), *SLICE,
+                 "--policy", str(bad_policy), "--out", str(tmp_path / "o")]) == 2
+    assert "valid units: conv1" in capsys.readouterr().err
+    corrupt = tmp_path / "c.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    assert main(["evaluate", "--model", "resnet18", "--checkpoint", str(corrupt), *SLICE]) == 2
+    assert "corrupt" in capsys.readouterr().err
