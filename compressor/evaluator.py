@@ -84,8 +84,9 @@ class EpisodeEvaluator:
     def __call__(self, policy: dict[str, float]) -> Evaluation:
         self.calls += 1
         key = self.key(policy)
-        must_probe = self.probe is not None and (
-            self.probe_every <= 1 or self.calls % self.probe_every == 1)
+        # Every k-th call is measured too (k=1: every call; k=0: never).
+        must_probe = self.probe is not None and self.probe_every > 0 and (
+            self.probe_every == 1 or self.calls % self.probe_every == 1)
         cached = self.cache.get(key)
         if cached is not None and (not must_probe or "latency_measured" in cached.metrics):
             return cached._replace(metrics={**cached.metrics, "cached": True,

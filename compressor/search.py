@@ -94,6 +94,8 @@ def load_checkpoint(run_dir: Path, config_dict: dict, agent) -> SearchState:
         raise UserError(f"{run_dir} is not a search run directory (no {CONFIG}); pass the --out "
                         "directory of an earlier `compressor compress`")
     saved = json.loads(saved_config.read_text())
+    # Compare as JSON sees them (tuples become lists on disk).
+    config_dict = json.loads(json.dumps(config_dict, default=str))
     if saved.get("search") != config_dict.get("search"):
         diff = sorted(k for k in set(saved.get("search", {})) | set(config_dict["search"])
                       if saved.get("search", {}).get(k) != config_dict["search"].get(k))
@@ -132,6 +134,9 @@ def run_search(env: PruningEnv, evaluator, loop: LoopConfig, agent_config: Agent
                        torch.device("cpu"))
     log_path = run_dir / EPISODES
     if resume:
+        # A process killed inside an atomic write leaves its temporary file, never a half target.
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink()
         state = load_checkpoint(run_dir, config_dict, agent)
         _truncate_log(log_path, state.next_episode)
         evaluator.cache.update(state.cache)

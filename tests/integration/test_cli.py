@@ -7,18 +7,7 @@ import torch
 
 from compressor import models
 from compressor.cli import main
-
-SLICE = ["--train-size", "512", "--test-size", "256", "--search-size", "1000"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A resnet18 baseline trained for a few steps on a slice (real, small) and its models dir."""
-    root = tmp_path_factory.mktemp("work")
-    code = main(["pretrain", "--model", "resnet18", "--epochs", "1", "--models-dir",
-                 str(root / "models"), *SLICE])
-    assert code == 0
-    return root
+from tests.integration.conftest import SLICE
 
 
 def _compress_args(root, out, extra=()):
