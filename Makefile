@@ -14,7 +14,7 @@ EPISODES ?=
 SEED ?= 0
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data test lint compress pretrain bench bench-quick clean
+.PHONY: install data test lint compress pretrain bench bench-quick baselines clean
 
 install: $(VENV)/.stamp-install
 $(VENV)/.stamp-install: pyproject.toml
@@ -51,6 +51,21 @@ pretrain: install data
 compress: install data
 	$(CLI) compress --model $(MODEL) --dataset $(DATASET) --latency-budget $(BUDGET) \
 		--seed $(SEED) $(if $(EPISODES),--episodes $(EPISODES))
+
+# Benchmarks (results committed under results/bench*/ with the command in the generated summary).
+bench-quick: install data
+	$(PY) -m compressor.bench --models resnet18 --budgets 0.5 --seeds 0 --episodes 30 \
+		--methods uniform global greedy random agent --train-size 10000 --out results/bench-quick
+
+bench: install data
+	$(PY) -m compressor.bench --models resnet18 mobilenet_v2 --budgets 0.75 0.5 0.3 \
+		--seeds 0 1 2 --episodes 200 --out results/bench
+
+baselines: install data
+	$(CLI) pretrain --model resnet18
+	$(CLI) pretrain --model mobilenet_v2
+	$(PY) -m compressor.bench_baselines models/resnet18-fashion-mnist.pt \
+		models/mobilenet_v2-fashion-mnist.pt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -148,8 +148,9 @@ def cmd_compress(args) -> int:
     from compressor.compress import compress
 
     config = _compress_config(args)
-    compress(config, resume=args.resume, argv=["compressor", *sys.argv[1:]])
-    return 0
+    report = compress(config, resume=args.resume, argv=["compressor", *sys.argv[1:]])
+    # CI-grade: a model that measures over its budget fails the command.
+    return 0 if report["verdict"] == "within budget" else 1
 
 
 def cmd_apply(args) -> int:

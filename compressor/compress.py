@@ -156,9 +156,26 @@ def _finetune(model, dataset, epochs: int, lr: float, seed: int, device) -> None
     train(model, dataset.train, None, config, device, progress=True)
 
 
-def compress(config: CompressConfig, resume: str | None = None, say=print,
-             argv: list[str] | None = None) -> dict:
-    """Run the whole job; returns the report dict (also written to disk)."""
+@dataclass
+class Workspace:
+    """Everything a search and the final stage share, built once per run."""
+
+    config: CompressConfig
+    dataset: object
+    dense: torch.nn.Module
+    meta: dict
+    skeleton: pruning.Skeleton
+    latency_ratio: object
+    probe: Probe
+    budgets: list
+    asked: dict
+    evaluator: EpisodeEvaluator
+    device: torch.device
+    times: dict
+
+
+def prepare(config: CompressConfig, say=print) -> Workspace:
+    """Data, baseline (pretrained once if missing), skeleton, latency model, budgets, evaluator."""
     times: dict[str, float] = {}
     t0 = time.time()
     seed_everything(config.seed)
@@ -190,30 +207,44 @@ def compress(config: CompressConfig, resume: str | None = None, say=print,
         latency_ratio=latency_ratio, probe=probe,
         probe_every=1 if source_probe else config.budget.probe_every,
         latency_limit=asked.get("latency_ratio") if source_probe else None)
-    env = PruningEnv(skeleton.units, lambda v: skeleton.macs(skeleton.policy_from_vector(v))
-                     / skeleton.macs({}), budgets, evaluator, config.max_ratio, config.reward)
+    return Workspace(config, dataset, dense, meta, skeleton, latency_ratio, probe, budgets,
+                     asked, evaluator, device, times)
 
+
+def make_env(ws: Workspace) -> PruningEnv:
+    sk = ws.skeleton
+    dense_macs = sk.macs({})
+    return PruningEnv(sk.units, lambda v: sk.macs(sk.policy_from_vector(v)) / dense_macs,
+                      ws.budgets, ws.evaluator, ws.config.max_ratio, ws.config.reward)
+
+
+def compress(config: CompressConfig, resume: str | None = None, say=print,
+             argv: list[str] | None = None) -> dict:
+    """Run the whole job; returns the report dict (also written to disk)."""
+    ws = prepare(config, say)
+    env = make_env(ws)
     run_dir = Path(resume or config.out or Path("runs") / config.run_name)
     config_dict = {"search": _search_fields(config), "full": asdict(config),
                    "provenance": provenance(), "command": argv}
     agent_config = default_agent_config(config.loop.episodes, config.seed)
     t = time.time()
-    say(f"searching {config.loop.episodes} episodes over {len(skeleton.units)} units of "
+    say(f"searching {config.loop.episodes} episodes over {len(ws.skeleton.units)} units of "
         f"{config.model} ({config.loop.agent}); run directory {run_dir}")
     try:
-        best = run_search(env, evaluator, config.loop, agent_config, run_dir, config_dict,
+        best = run_search(env, ws.evaluator, config.loop, agent_config, run_dir, config_dict,
                           resume=resume is not None)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"search state saved in {run_dir}; continue with the same "
                                 f"command plus --resume {run_dir}") from None
-    times["search"] = time.time() - t
-    return finish(config, best, evaluator, dense, meta, dataset, skeleton, latency_ratio,
-                  probe, budgets, asked, run_dir, times, device, argv, say)
+    ws.times["search"] = time.time() - t
+    return finish(ws, best, run_dir, argv, say)
 
 
-def finish(config, best, evaluator, dense, meta, dataset, skeleton, latency_ratio, probe,
-           budgets, asked, run_dir: Path, times: dict, device, argv, say) -> dict:
+def finish(ws: Workspace, best, run_dir: Path, argv, say) -> dict:
     """Short fine-tune of the best candidates, full fine-tune of the winner, export, report."""
+    config, evaluator, dense, meta, dataset = ws.config, ws.evaluator, ws.dense, ws.meta, ws.dataset
+    skeleton, probe, budgets, asked = ws.skeleton, ws.probe, ws.budgets, ws.asked
+    times, device = ws.times, ws.device
     t = time.time()
     fin = config.final
     limit = asked.get("latency_ratio")
@@ -277,7 +308,8 @@ def finish(config, best, evaluator, dense, meta, dataset, skeleton, latency_rati
     uniform, _ = pruning.uniform_policy_for_budget(
         skeleton, lambda p: max(b.cost(skeleton_vector(skeleton, p)) / b.limit for b in budgets),
         1.0, config.max_ratio)
-    episodes = report.read_episodes(run_dir / "episodes.jsonl")
+    log_path = run_dir / "episodes.jsonl"
+    episodes = report.read_episodes(log_path) if log_path.exists() else []
     fresh = [e for e in episodes if not e.get("cached")]
     per_episode = {}
     for phase in ("prune", "recover", "evaluate", "latency"):
@@ -295,7 +327,8 @@ def finish(config, best, evaluator, dense, meta, dataset, skeleton, latency_rati
                                "importance": config.pruning.importance})
     export.save_pruned_checkpoint(model, run_dir / "model.pt",
                                   {"model": config.model, "policy": winner.policy, **metrics})
-    plots = report.plot_search(episodes, results_dir, f"{config.model}: {run_dir.name}")
+    plots = report.plot_search(episodes, results_dir, f"{config.model}: {run_dir.name}") \
+        if episodes else []
     plots.append(report.plot_policy(winner.policy, uniform, results_dir,
                                     "pruning ratio per unit"))
     base_top1 = meta.get("test_top1", float("nan"))
@@ -322,7 +355,8 @@ def finish(config, best, evaluator, dense, meta, dataset, skeleton, latency_rati
         "config": asdict(config), "provenance": provenance(),
     }
     report.write_report(results_dir, rep)
-    atomic.write_bytes(results_dir / "episodes.jsonl", (run_dir / "episodes.jsonl").read_bytes())
+    if episodes:
+        atomic.write_bytes(results_dir / "episodes.jsonl", log_path.read_bytes())
     say(f"{config.model}: test top-1 {top1:.2f}% (dense {base_top1:.2f}%), latency ratio "
         f"{paired.ratio:.3f} measured, {macs / 1e6:.1f} MMACs; {verdict}")
     say(f"wrote {onnx_path}, {run_dir / 'model.pt'}, {policy_path}, {results_dir / 'report.md'}")

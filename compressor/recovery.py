@@ -9,6 +9,7 @@ steps on top help more but cost ~10x an evaluation per image on the CPU, hence `
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -79,7 +80,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_batches: int,
             bn.momentum = momentum
         model.eval()
     if used < num_batches:
-        log.warning("BatchNorm recalibrated on %d batches instead of %d", used, num_batches)
+        # warnings (not logging): shown once per process, not once per search episode.
+        warnings.warn(f"BatchNorm recalibrated on {used} batches instead of {num_batches} "
+                      "(the training data is smaller)", stacklevel=2)
     return used
 
 

@@ -1,0 +1,204 @@
+"""Benchmark: does the agent beat uniform, random search, global magnitude and sensitivity-greedy?
+
+Every method produces a policy for the same budget and then goes through the same final stage
+(`compress.finish`: measured against the budget, short fine-tune, full fine-tune, export, paired
+latency measurement), so only the policy differs.
+
+    python -m compressor.bench --models resnet18 --budgets 0.5 --seeds 0 --episodes 200
+    make bench-quick   # <= 10 minutes: resnet18, budget 0.5, short searches, 10k-image fine-tune
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from compressor import atomic, pruning
+from compressor.compress import BudgetConfig, CompressConfig, FinalConfig, finish, make_env, prepare
+from compressor.data import DataConfig
+from compressor.errors import UserError
+from compressor.search import Candidate, LoopConfig, default_agent_config, run_search
+
+METHODS = ("agent", "uniform", "random", "global", "greedy", "agent-flops")
+
+
+def _budget_cost(ws):
+    """max over budgets of cost / limit: <= 1 meets every budget."""
+    sk = ws.skeleton
+
+    def cost(policy):
+        vector = [policy.get(u.name, 0.0) for u in sk.units]
+        return max(b.cost(vector) / b.limit for b in ws.budgets)
+    return cost
+
+
+def greedy_policy(ws, ratios=(0.25, 0.5, 0.75)) -> dict[str, float]:
+    """Sensitivity greedy (AIMET's greedy ratio selection, FastNAS): each unit's search accuracy
+    alone at a few ratios, then one accuracy-drop level bisected until the budget is met."""
+    sk, evaluate = ws.skeleton, ws.evaluator
+    dense_top1 = evaluate({}).top1
+    drops = {u.name: [0.0] + [dense_top1 - evaluate({u.name: r}).top1 for r in ratios]
+             for u in sk.units}
+    grid = (0.0, *ratios)
+    max_ratio = ws.config.max_ratio
+    cost = _budget_cost(ws)
+
+    def policy_at(level: float) -> dict[str, float]:
+        policy = {}
+        for name, d in drops.items():
+            # The largest ratio whose (monotone envelope of) measured drop stays within `level`.
+            best, worst = 0.0, 0.0
+            for r, drop in zip(grid, d, strict=True):
+                worst = max(worst, drop)
+                if worst <= level:
+                    best = r
+            policy[name] = min(best, max_ratio)
+        return policy
+
+    low, high = 0.0, 100.0
+    if cost(policy_at(high)) > 1:
+        raise UserError("sensitivity greedy cannot meet the budget with its ratio grid")
+    for _ in range(30):
+        mid = (low + high) / 2
+        if cost(policy_at(mid)) <= 1:
+            high = mid
+        else:
+            low = mid
+    return policy_at(high)
+
+
+def run_method(method: str, base: CompressConfig, out_root: Path, say=print) -> dict:
+    config = base
+    if method == "random":
+        config = replace(base, loop=replace(base.loop, agent="random"))
+    started = time.time()
+    ws = prepare(config, say)
+    if method == "agent-flops":
+        # The FLOPs ratio of the uniform policy that meets the latency budget.
+        uniform, _ = pruning.uniform_policy_for_budget(ws.skeleton, _budget_cost(ws), 1.0,
+                                                       config.max_ratio)
+        flops = ws.skeleton.macs(uniform) / ws.skeleton.macs({})
+        latency_limit = ws.asked.get("latency_ratio")
+        config = replace(config, budget=replace(config.budget, latency=None, flops=flops))
+        ws = prepare(config, say)
+        ws.asked["latency_ratio"] = latency_limit  # still judged on measured latency
+    run_dir = out_root / f"{config.model}-b{base.budget.latency}-{method}-s{config.seed}"
+    config = replace(config, results_dir=str(out_root / "runs"))
+    ws.config = config
+    if method in ("agent", "random", "agent-flops"):
+        best = run_search(make_env(ws), ws.evaluator, config.loop,
+                          default_agent_config(config.loop.episodes, config.seed), run_dir,
+                          {"search": {"method": method}}, progress=False)
+    else:
+        policy = {"uniform": lambda: pruning.uniform_policy_for_budget(
+                      ws.skeleton, _budget_cost(ws), 1.0, config.max_ratio)[0],
+                  "global": lambda: pruning.global_ranking_policy(
+                      ws.dense, ws.evaluator.example, config.pruning, _budget_cost(ws), 1.0,
+                      config.max_ratio),
+                  "greedy": lambda: greedy_policy(ws)}[method]()
+        evaluation = ws.evaluator(policy)
+        best = [Candidate(0, -(100 - evaluation.top1) / 100, evaluation.top1, policy)]
+        run_dir.mkdir(parents=True, exist_ok=True)
+    search_seconds = time.time() - started
+    try:
+        report = finish(ws, best, run_dir, ["compressor.bench", method], say)
+    except UserError as exc:
+        return {"method": method, "model": config.model, "budget": base.budget.latency,
+                "seed": config.seed, "error": str(exc), "search_seconds": search_seconds}
+    final = report["final"]
+    return {"method": method, "model": config.model, "budget": base.budget.latency,
+            "seed": config.seed, "test_top1": final["test_top1"],
+            "baseline_top1": report["baseline"]["test_top1"],
+            "latency_ratio": final["latency"]["ratio"],
+            "latency_spread": final["latency"]["spread"],
+            "macs": final["macs"], "params": final["params"],
+            "search_seconds": search_seconds, "total_seconds": time.time() - started,
+            "per_episode_seconds": report["per_episode_seconds"],
+            "verdict": report["verdict"], "policy": report["policy"]}
+
+
+def write_summary(rows: list[dict], out: Path, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compressor.provenance import provenance
+
+    prov = provenance()
+    lines = ["# Benchmarks: policy search methods at the same budget and final fine-tune", "",
+             f"Command: `{command}`", "",
+             f"Machine: {prov['machine']['cpu']}, {prov['machine']['cores']} cores; "
+             f"git {prov['git_commit']}.", "",
+             "| model | budget | method | seed | test top-1 | baseline | measured latency ratio "
+             "(block spread) | MMACs | params (M) | search s | total s | verdict |",
+             "|---" * 12 + "|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['budget']} | {r['method']} | {r['seed']} | "
+                         f"failed: {r['error']} |" + " |" * 7)
+            continue
+        lines.append(
+            f"| {r['model']} | {r['budget']} | {r['method']} | {r['seed']} | "
+            f"{r['test_top1']:.2f} | {r['baseline_top1']:.2f} | {r['latency_ratio']:.3f} "
+            f"({r['latency_spread'][0]:.3f}-{r['latency_spread'][1]:.3f}) | "
+            f"{r['macs'] / 1e6:.1f} | {r['params'] / 1e6:.2f} | {r['search_seconds']:.0f} | "
+            f"{r['total_seconds']:.0f} | {r['verdict']} |")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method in METHODS:
+        pts = [(r["latency_ratio"], r["test_top1"]) for r in rows
+               if r["method"] == method and "error" not in r]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), label=method)
+    ax.set(xlabel="measured ONNX latency ratio (paired)", ylabel="test top-1 (%)",
+           title="accuracy vs measured latency")
+    ax.legend()
+    fig.tight_layout()
+    atomic.write_via(out / "benchmarks.png", lambda p: fig.savefig(p, format="png", dpi=110))
+    lines += ["", "![top-1 vs latency](benchmarks.png)", ""]
+    atomic.write_text(out / "BENCHMARKS.generated.md", "\n".join(lines) + "\n")
+    atomic.write_json(out / "benchmarks.json", rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["resnet18"])
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.5])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--train-size", type=int, default=None,
+                   help="training images for the final fine-tune (quick runs)")
+    p.add_argument("--final-epochs", type=int, default=1)
+    p.add_argument("--out", default="results/bench")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    rows = []
+    deterministic = ("uniform", "global", "greedy")
+    for model in args.models:
+        for budget in args.budgets:
+            for method in args.methods:
+                for seed in (args.seeds[:1] if method in deterministic else args.seeds):
+                    base = CompressConfig(
+                        model=model, seed=seed,
+                        data=DataConfig(train_size=args.train_size),
+                        budget=BudgetConfig(latency=budget),
+                        loop=LoopConfig(episodes=args.episodes),
+                        final=FinalConfig(epochs=args.final_epochs),
+                        policies_dir=str(out / "policies"))
+                    row = run_method(method, base, out)
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "policy"}),
+                          flush=True)
+                    write_summary(rows, out, "python -m compressor.bench " + " ".join(
+                        sys.argv[1:] if argv is None else argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
