@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = ["| model | dataset | input | epochs | test top-1 | train wall time | train img/s "
             "(mean, min-max per epoch) | CPU | command |", "|---" * 9 + "|"]
+    notes: list[str] = []
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for path in args.checkpoints:
         blob = read_checkpoint(path)
@@ -43,11 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             f"`{command}` |")
         ax.plot([h["epoch"] for h in history], [h["test_top1"] for h in history], "o-",
                 label=f"{meta['model']} ({meta['test_top1']:.2f}%)")
-        rows.append("")
-        rows.append(f"Per epoch ({meta['model']}): " + ", ".join(
+        notes.append(f"Test top-1 per epoch ({meta['model']}): " + ", ".join(
             f"{h['epoch']}: {h['test_top1']:.2f}% ({h['seconds'] / 60:.1f} min)"
             for h in history))
-        rows.append("")
     ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="baseline test accuracy per epoch")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -56,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic.write_via(out / "baselines.png", lambda p: fig.savefig(p, format="png", dpi=110))
     text = "\n".join(["# Baselines (dense, Fashion-MNIST)", "",
                       "Written by `python -m compressor.bench_baselines models/*.pt`.", "",
-                      *rows, "![test accuracy per epoch](baselines.png)", ""])
+                      *rows, "", *[f"- {n}" for n in notes], "",
+                      "![test accuracy per epoch](baselines.png)", ""])
     atomic.write_text(out / "baselines.md", text)
     print(text)
     return 0
