@@ -114,3 +114,20 @@ def test_bad_files_give_one_line_and_exit_code_2(workdir, tmp_path, capsys):
     corrupt.write_bytes(b"\x00" * 100)
     assert main(["evaluate", "--model", "resnet18", "--checkpoint", str(corrupt), *SLICE]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_check_refuses_models_of_different_input_shapes(tmp_path, capsys):
+    from compressor.export import export_onnx
+
+    model = models.build_model("mobilenet_v2", 10).eval()
+    export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "a.onnx")
+    fixed = tmp_path / "b.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 48, 48),), str(fixed), dynamo=False,
+                      opset_version=17)
+    assert main(["check", str(tmp_path / "a.onnx"), "--reference", str(fixed),
+                 "--max-latency-ratio", "0.5", "--latency-batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "48" in err and "32" in err and len(err.strip().splitlines()) == 1
+    assert main(["check", str(tmp_path / "a.onnx"), "--reference", str(tmp_path / "a.onnx"),
+                 "--max-latency-ratio", "1.5"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
