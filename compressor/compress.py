@@ -267,8 +267,10 @@ def finish(ws: Workspace, best, run_dir: Path, argv, say) -> dict:
         row["finetuned_top1"] = evaluate_top1(model, dataset.search.batches(250), device)
         scored.append((row["finetuned_top1"], cand, model, row))
     if not scored:
-        raise UserError("every candidate policy measured over the latency budget; raise "
-                        "--margin or the budget (see the run's episodes.jsonl)")
+        measured = ", ".join(f"{r['latency_measured']:.3f}" for r in rows)
+        raise UserError(f"every candidate policy measured over the latency budget {limit} "
+                        f"(measured {measured}); raise --margin or the budget (see the run's "
+                        "episodes.jsonl)")
     scored.sort(key=lambda s: -s[0])
     _, winner, model, row = scored[0]
     row["chosen"] = True
