@@ -1,9 +1,14 @@
 """Latency, measured one way: an onnxruntime session on the exported model, settings reported.
 
 The absolute latency of one model drifts 12-35% between measurements on this kind of machine
-(../shared/MEASURED.md), so budgets are judged as a ratio to the dense model measured in the same
-window: the two sessions alternate in blocks of runs (not run by run, which flushes caches), and the
-ratio is the median of the per-block ratios.
+(MEASURED.md), so budgets are judged as a ratio to the dense model measured in the same window: the
+two sessions alternate in blocks of runs (not run by run, which flushes caches and doubles
+small-input latency), and the ratio is the median of the per-block ratios.
+
+    settings = ProbeSettings(batch_size=8, input_size=32)
+    paired = measure_pair(make_session(pruned_onnx, settings), make_session(dense_onnx, settings),
+                          settings)
+    paired.ratio, paired.spread  # e.g. 0.25, (0.246, 0.278)
 """
 
 from __future__ import annotations
@@ -18,43 +23,69 @@ import numpy as np
 
 from compressor.errors import UserError
 
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_STATISTICS = {"median": statistics.median, "min": min}
+
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """How a latency is measured. Reported beside every number."""
 
     threads: int = 1
-    """onnxruntime intra-op threads. One: two threads slow small graphs here (MEASURED.md)."""
+    """onnxruntime intra-op threads. One: two threads slow small graphs here (MEASURED.md); with
+    more than one, thread spinning is switched off so that sessions do not steal each other's
+    cores."""
     graph_optimization: str = "all"
-    """onnxruntime graph optimisation level: disable, basic, extended or all."""
+    """onnxruntime graph optimisation level: disable, basic, extended or all (ORT_ENABLE_ALL, the
+    default, is what a deployment uses: BatchNorm folding, Conv+activation fusion, NCHWc)."""
     batch_size: int | None = None
     """Images per run; None picks the smallest power of two at which the dense model takes
-    >= 5 ms, above this machine's noise floor (resnet18 at 32 px: 8)."""
+    >= 5 ms, above this machine's noise floor (resnet18 at 32 px: 8; see `auto_batch_size`)."""
     input_size: int = 32
-    """Side of the square input."""
+    """Side of the square input (3 channels)."""
     warmup: int = 10
-    """Untimed runs per session before measuring."""
+    """Untimed runs per session before measuring (allocations, caches, lazy kernel choice)."""
     runs: int = 20
     """Timed runs per block."""
     blocks: int = 6
-    """Alternating blocks per model in a paired measurement."""
+    """Blocks per session; in a paired measurement the two sessions alternate block by block."""
     statistic: str = "median"
-    """Per block: median of the runs' latencies."""
+    """What summarises a block's runs: median (robust to stray slow runs) or min (the machine's
+    undisturbed speed)."""
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in _LEVELS:
+            raise UserError(f"graph optimisation {self.graph_optimization!r} is not one of "
+                            f"{', '.join(_LEVELS)}")
+        if self.statistic not in _STATISTICS:
+            raise UserError(f"latency statistic {self.statistic!r} is not one of "
+                            f"{', '.join(_STATISTICS)}")
+        if self.threads < 1 or self.runs < 1 or self.blocks < 1 or self.warmup < 0:
+            raise UserError("latency probe threads, runs and blocks must be >= 1, warmup >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"latency batch size {self.batch_size} must be >= 1")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class LatencyResult(NamedTuple):
-    ms: float
-    runs_ms: list[float]
+    """One session measured alone."""
+
+    ms: float  # the statistic over the blocks' statistics
+    runs_ms: list[float]  # every timed run, in order
+    blocks_ms: list[float]  # per block
+    min_ms: float
+    iqr_ms: tuple[float, float]  # 25th and 75th percentile of the runs
+    settings: dict[str, Any]
 
 
 class PairedLatency(NamedTuple):
     """A candidate against its reference, measured in the same window."""
 
     ratio: float  # median of the per-block ratios
-    candidate_ms: float
+    candidate_ms: float  # median of the candidate's block statistics
     reference_ms: float
     block_ratios: list[float]
     settings: dict[str, Any]
@@ -64,14 +95,16 @@ class PairedLatency(NamedTuple):
         """Smallest and largest per-block ratio."""
         return min(self.block_ratios), max(self.block_ratios)
 
+    @property
+    def iqr(self) -> tuple[float, float]:
+        """25th and 75th percentile of the per-block ratios."""
+        lo, hi = np.percentile(self.block_ratios, [25, 75])
+        return float(lo), float(hi)
+
     def as_dict(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "candidate_ms": self.candidate_ms,
                 "reference_ms": self.reference_ms, "block_ratios": self.block_ratios,
-                "spread": list(self.spread), "settings": self.settings}
-
-
-_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+                "spread": list(self.spread), "iqr": list(self.iqr), "settings": self.settings}
 
 
 class Session:
@@ -83,18 +116,30 @@ class Session:
         self.feed: dict[str, np.ndarray] = {}
 
     def prepare(self, batch_size: int, input_size: int) -> None:
+        """Fix the timed input: `batch_size` seeded random images of `input_size` pixels."""
+        wanted = [3, input_size, input_size]
+        # Symbolic dims (strings) accept anything; fixed ones must match.
+        if any(isinstance(d, int) and d != w
+               for d, w in zip(self.input_shape[1:], wanted, strict=True)):
+            raise UserError(f"{self.source} takes inputs {self.input_shape[1:]}, not {wanted}; "
+                            "measure it at the input size it was exported for (--input-size)")
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch_size, 3, input_size, input_size)).astype(np.float32)
+        x = rng.standard_normal((batch_size, *wanted)).astype(np.float32)
         self.feed = {self.input_name: x}
 
+    @property
+    def batch_size(self) -> int | None:
+        return self.feed[self.input_name].shape[0] if self.feed else None
+
     def run_once(self) -> float:
+        """One timed run, in milliseconds."""
         started = time.perf_counter()
         self.inner.run(None, self.feed)
         return (time.perf_counter() - started) * 1000.0
 
 
-def make_session(model: bytes | str | Path, settings: ProbeSettings) -> Session:
-    """A CPU session for ONNX bytes or a file; a one-line error for anything that is not a model."""
+def session_options(settings: ProbeSettings):
+    """onnxruntime options for `settings` (shared with the latency model's layer probes)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -105,15 +150,25 @@ def make_session(model: bytes | str | Path, settings: ProbeSettings) -> Session:
     if settings.threads > 1:
         # Spinning threads of one session steal the cores of the other (MEASURED.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = "<bytes>" if isinstance(model, bytes) else str(model)
-    if not isinstance(model, bytes) and not Path(model).exists():
+    return options
+
+
+def make_session(model: bytes | str | Path, settings: ProbeSettings) -> Session:
+    """A CPU session for ONNX bytes or a file; a one-line UserError for anything that is not an
+    image model. With `settings.batch_size` set, the timed input is prepared too."""
+    import onnxruntime as ort
+
+    source = "<ONNX bytes>" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes) and not Path(model).is_file():
         raise UserError(f"ONNX file {model} does not exist")
     try:
-        inner = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+        inner = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                     session_options(settings),
                                      providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise UserError(f"{source} is not a loadable ONNX model ({type(exc).__name__}); pass a "
-                        ".onnx file written by `compressor compress` or `compressor apply`") from None
+    except Exception as exc:  # onnxruntime raises its own types for every kind of bad file
+        raise UserError(f"{source} is not a loadable ONNX model ({type(exc).__name__}); pass "
+                        "a .onnx file written by `compressor compress` or `compressor apply`"
+                        ) from None
     inputs = inner.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise UserError(f"{source} must take one NCHW image input, it takes "
@@ -132,44 +187,75 @@ def check_same_input(candidate: Session, reference: Session) -> None:
                         f"{reference.source} takes {b}; compare models of the same input size")
 
 
-def _block(session: Session, runs: int) -> float:
-    return statistics.median(session.run_once() for _ in range(runs))
+def _block(session: Session, settings: ProbeSettings) -> float:
+    return _STATISTICS[settings.statistic]([session.run_once() for _ in range(settings.runs)])
+
+
+def _ready(session: Session, settings: ProbeSettings) -> None:
+    if not session.feed:
+        if settings.batch_size is None:
+            raise ValueError("session has no input prepared: set settings.batch_size or call "
+                             "session.prepare")
+        session.prepare(settings.batch_size, settings.input_size)
 
 
 def measure_ms(session: Session, settings: ProbeSettings) -> LatencyResult:
+    """`settings.blocks` blocks of `settings.runs` timed runs after the warm-up."""
+    _ready(session, settings)
     for _ in range(settings.warmup):
         session.run_once()
     runs = [session.run_once() for _ in range(settings.runs * settings.blocks)]
-    return LatencyResult(statistics.median(runs), runs)
+    summarise = _STATISTICS[settings.statistic]
+    blocks = [summarise(runs[i:i + settings.runs]) for i in range(0, len(runs), settings.runs)]
+    q1, q3 = np.percentile(runs, [25, 75])
+    return LatencyResult(float(summarise(blocks)), runs, blocks, min(runs), (float(q1), float(q3)),
+                         {**settings.as_dict(), "batch_size": session.batch_size})
 
 
 def measure_pair(candidate: Session, reference: Session, settings: ProbeSettings
                  ) -> PairedLatency:
-    """Alternate blocks of runs of the two sessions; the ratio is the median block ratio."""
+    """Alternate blocks of runs of the two sessions; the ratio is the median block ratio.
+
+    The order flips every block (C R, R C, C R, ...) so that a steady drift of the machine's speed
+    biases half the block ratios up and half down instead of all of them one way.
+    """
     check_same_input(candidate, reference)
     for session in (candidate, reference):
-        if not session.feed:
-            raise ValueError("session has no input prepared: set settings.batch_size")
+        _ready(session, settings)
+    if candidate.batch_size != reference.batch_size:
+        raise ValueError(f"sessions prepared with batches {candidate.batch_size} and "
+                         f"{reference.batch_size}")
+    for session in (candidate, reference):
         for _ in range(settings.warmup):
             session.run_once()
     cand, ref = [], []
-    for _ in range(settings.blocks):
-        cand.append(_block(candidate, settings.runs))
-        ref.append(_block(reference, settings.runs))
+    for block in range(settings.blocks):
+        if block % 2 == 0:
+            cand.append(_block(candidate, settings))
+            ref.append(_block(reference, settings))
+        else:
+            ref.append(_block(reference, settings))
+            cand.append(_block(candidate, settings))
     ratios = [c / r for c, r in zip(cand, ref, strict=True)]
     return PairedLatency(statistics.median(ratios), statistics.median(cand),
-                         statistics.median(ref), ratios, settings.as_dict())
+                         statistics.median(ref), ratios,
+                         {**settings.as_dict(), "batch_size": reference.batch_size})
 
 
 def auto_batch_size(reference: Session, input_size: int, min_ms: float = 5.0,
                     largest: int = 256) -> int:
-    """Smallest power-of-two batch at which `reference` takes at least `min_ms`."""
+    """Smallest power-of-two batch at which `reference` takes at least `min_ms`; the session is
+    left prepared at that batch.
+
+    Judged on the fastest of ten runs, so a busy moment is less likely to make the choice smaller
+    (the cached latency model is keyed by the batch, so it should not change from run to run).
+    """
     batch = 1
     while batch < largest:
         reference.prepare(batch, input_size)
         for _ in range(3):
             reference.run_once()
-        if statistics.median(reference.run_once() for _ in range(7)) >= min_ms:
+        if min(reference.run_once() for _ in range(10)) >= min_ms:
             break
         batch *= 2
     reference.prepare(batch, input_size)
