@@ -120,7 +120,7 @@ def run_method(method: str, base: CompressConfig, out_root: Path, say=print) -> 
             "verdict": report["verdict"], "policy": report["policy"]}
 
 
-def write_summary(rows: list[dict], out: Path, command: str) -> None:
+def write_summary(rows: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +130,8 @@ def write_summary(rows: list[dict], out: Path, command: str) -> None:
 
     prov = provenance()
     lines = ["# Benchmarks: policy search methods at the same budget and final fine-tune", "",
-             f"Command: `{command}`", "",
+             "Commands (a rerun skips the rows already in benchmarks.json):", "",
+             *[f"- `{c}`" for c in dict.fromkeys(r.get("command", "?") for r in rows)], "",
              f"Machine: {prov['machine']['cpu']}, {prov['machine']['cores']} cores; "
              f"git {prov['git_commit']}.", "",
              "| model | budget | method | seed | test top-1 | baseline | measured latency ratio "
@@ -155,7 +156,8 @@ def write_summary(rows: list[dict], out: Path, command: str) -> None:
             ax.scatter(*zip(*pts, strict=True), label=method)
     ax.set(xlabel="measured ONNX latency ratio (paired)", ylabel="test top-1 (%)",
            title="accuracy vs measured latency")
-    ax.legend()
+    if ax.collections:
+        ax.legend()
     fig.tight_layout()
     atomic.write_via(out / "benchmarks.png", lambda p: fig.savefig(p, format="png", dpi=110))
     lines += ["", "![top-1 vs latency](benchmarks.png)", ""]
@@ -178,12 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     out = Path(args.out)
-    rows = []
+    command = "python -m compressor.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    # Rows already in the summary are kept and their runs skipped: a killed benchmark resumes.
+    done = out / "benchmarks.json"
+    rows = json.loads(done.read_text()) if done.exists() else []
+    finished = {(r["model"], r["budget"], r["method"], r["seed"]) for r in rows}
     deterministic = ("uniform", "global", "greedy")
     for model in args.models:
         for budget in args.budgets:
             for method in args.methods:
                 for seed in (args.seeds[:1] if method in deterministic else args.seeds):
+                    if (model, budget, method, seed) in finished:
+                        continue
                     base = CompressConfig(
                         model=model, seed=seed,
                         data=DataConfig(train_size=args.train_size),
@@ -191,12 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                         loop=LoopConfig(episodes=args.episodes),
                         final=FinalConfig(epochs=args.final_epochs),
                         policies_dir=str(out / "policies"))
-                    row = run_method(method, base, out)
+                    row = {**run_method(method, base, out), "command": command,
+                           "train_size": args.train_size, "episodes": args.episodes,
+                           "final_epochs": args.final_epochs}
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "policy"}),
                           flush=True)
-                    write_summary(rows, out, "python -m compressor.bench " + " ".join(
-                        sys.argv[1:] if argv is None else argv))
+                    write_summary(rows, out)
     return 0
 
 

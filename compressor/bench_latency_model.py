@@ -182,7 +182,7 @@ def report(results: list[dict]) -> str:
     lines += ["", "Settings: input 32x32, num_classes 10, random weights (latency depends on "
               "shapes only), onnxruntime "
               f"{results[0]['versions']['onnxruntime']}, graph optimisation all, 1 intra-op "
-              "thread, batch picked by `auto_batch_size` (dense >= 5 ms); measured with "
+              "thread, batch picked by `auto_batch_size` (dense >= 10 ms); measured with "
               + ", ".join(f"{k}={v}" for k, v in results[0]["measure_settings"].items()
                           if k != "batch_size") + ".", ""]
     for r in results:

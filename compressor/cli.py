@@ -105,13 +105,17 @@ def _add_probe_args(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime intra-op threads of the latency probe (default 1)")
     p.add_argument("--latency-batch-size", type=int, default=None,
                    help="probe batch size (default: smallest power of two at which the dense "
-                        "model takes >= 5 ms)")
+                        "model takes >= 10 ms)")
+    p.add_argument("--latency-statistic", choices=("min", "median"), default="min",
+                   help="what summarises a block of timed runs (default min: it repeats best "
+                        "on a shared machine)")
 
 
 def _probe_settings(args, input_size: int):
     from compressor.latency import ProbeSettings
 
-    settings = ProbeSettings(threads=args.threads, input_size=input_size)
+    settings = ProbeSettings(threads=args.threads, input_size=input_size,
+                             statistic=args.latency_statistic)
     if args.latency_batch_size:
         settings = replace(settings, batch_size=args.latency_batch_size)
     return settings
@@ -139,7 +143,7 @@ def _compress_config(args):
         loop=LoopConfig(episodes=args.episodes, agent=args.agent,
                         checkpoint_every=args.checkpoint_every),
         final=FinalConfig(candidates=args.candidates, candidate_steps=args.candidate_steps,
-                          epochs=args.final_epochs, lr=args.final_lr),
+                          epochs=args.final_epochs, lr=args.final_lr, fit=not args.no_fit),
         probe=_probe_settings(args, data.input_size),
     )
 
@@ -299,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--candidate-steps", type=int, default=100)
     f.add_argument("--final-epochs", type=int, default=1)
     f.add_argument("--final-lr", type=float, default=0.05)
+    f.add_argument("--no-fit", action="store_true",
+                   help="keep the searched policy exactly instead of rescaling it until it "
+                        "measures within the latency budget (reproducible to the bit)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="run directory (default runs/<run name>)")
     o.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this search")

@@ -65,7 +65,7 @@ from compressor.shapes import LayerShape, measure_layer_shapes
 
 log = logging.getLogger(__name__)
 
-FORMAT = "compressor-latency-model-v3"
+FORMAT = "compressor-latency-model-v4"  # v4: batch floor 10 ms
 
 
 # --- per-layer tables ----------------------------------------------------------------------------

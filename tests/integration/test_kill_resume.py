@@ -22,6 +22,7 @@ def _args(workdir, out):
             "--latency-budget", "0.6", "--episodes", "10", "--search-images", "200",
             "--bn-batches", "2", "--candidates", "1", "--candidate-steps", "1",
             "--latency-batch-size", "2", "--probe-every", "0", "--checkpoint-every", "2",
+            "--no-fit",  # the final policy must not depend on a measurement
             "--out", str(out), "--policies-dir", str(out.parent / f"{out.name}-policies"),
             "--results-dir", str(out.parent / f"{out.name}-results")]
 
