@@ -48,6 +48,8 @@ def _train_config(args):
     config = TrainConfig(seed=args.seed)
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
+    if getattr(args, "lr", None) is not None:
+        config = replace(config, max_lr=args.lr)
     return config
 
 
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the one-cycle schedule (default 0.4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None,
                    help="start from torchvision weights (e.g. IMAGENET1K_V1) or a checkpoint")
