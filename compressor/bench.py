@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -120,6 +121,67 @@ def run_method(method: str, base: CompressConfig, out_root: Path, say=print) -> 
             "verdict": report["verdict"], "policy": report["policy"]}
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One line per (model, budget, method): mean and spread over seeds of the finished runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            groups.setdefault((r["model"], r["budget"], r["method"]), []).append(r)
+    lines = []
+    for (model, budget, method), rs in groups.items():
+        top1 = [r["test_top1"] for r in rs]
+        lines.append({
+            "model": model, "budget": budget, "method": method, "seeds": len(rs),
+            "top1_mean": statistics.fmean(top1),
+            "top1_sd": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+            "top1_range": (min(top1), max(top1)),
+            "baseline_top1": rs[0]["baseline_top1"],
+            "latency_ratio_mean": statistics.fmean(r["latency_ratio"] for r in rs),
+            "latency_ratio_max": max(r["latency_ratio"] for r in rs),
+            "macs_mean": statistics.fmean(r["macs"] for r in rs),
+            "params_mean": statistics.fmean(r["params"] for r in rs),
+            "search_seconds_mean": statistics.fmean(r["search_seconds"] for r in rs),
+            "within_budget": sum(r["verdict"] == "within budget" for r in rs),
+            "per_episode_seconds": {k: statistics.fmean(r["per_episode_seconds"][k] for r in rs)
+                                    for k in rs[0]["per_episode_seconds"]},
+        })
+    return lines
+
+
+def goals(summary: list[dict], rows: list[dict]) -> list[str]:
+    """The issue's goals, judged on the mean over seeds; a goal without its runs says so."""
+    by = {(s["model"], s["budget"], s["method"]): s for s in summary}
+    models = sorted({s["model"] for s in summary})
+    out = []
+    for model in models:
+        agent, uniform = by.get((model, 0.3, "agent")), by.get((model, 0.3, "uniform"))
+        if agent and uniform:
+            gap = agent["top1_mean"] - uniform["top1_mean"]
+            out.append(f"- {model}, budget 0.3: agent {agent['top1_mean']:.2f} vs uniform "
+                       f"{uniform['top1_mean']:.2f}: {gap:+.2f} points (goal >= +1.0): "
+                       f"**{'met' if gap >= 1.0 else 'missed'}**")
+        for rival in ("random", "greedy"):
+            other = by.get((model, 0.3, rival))
+            if agent and other:
+                gap = agent["top1_mean"] - other["top1_mean"]
+                out.append(f"- {model}, budget 0.3: agent vs {rival} {other['top1_mean']:.2f}: "
+                           f"{gap:+.2f} points (goal >= 0): **{'met' if gap >= 0 else 'missed'}**")
+        agent = by.get((model, 0.5, "agent"))
+        if agent:
+            gap = agent["top1_mean"] - agent["baseline_top1"]
+            out.append(f"- {model}, budget 0.5: agent {agent['top1_mean']:.2f} vs baseline "
+                       f"{agent['baseline_top1']:.2f}: {gap:+.2f} points (goal >= -0.5): "
+                       f"**{'met' if gap >= -0.5 else 'missed'}**")
+    finished = [r for r in rows if "error" not in r]
+    over = [r for r in finished if r["verdict"] != "within budget"]
+    failed = [r for r in rows if "error" in r]
+    out.append(f"- every export within its budget: {len(finished) - len(over)} of "
+               f"{len(finished)} finished runs measured within budget"
+               + (f"; {len(failed)} run(s) found no policy within it" if failed else "")
+               + f": **{'met' if not over and not failed else 'missed'}**")
+    return out
+
+
 def write_summary(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -148,6 +210,23 @@ def write_summary(rows: list[dict], out: Path) -> None:
             f"({r['latency_spread'][0]:.3f}-{r['latency_spread'][1]:.3f}) | "
             f"{r['macs'] / 1e6:.1f} | {r['params'] / 1e6:.2f} | {r['search_seconds']:.0f} | "
             f"{r['total_seconds']:.0f} | {r['verdict']} |")
+    summary = aggregate(rows)
+    lines += ["", "## Mean over seeds", "",
+              "| model | budget | method | seeds | test top-1 mean (sd; min-max) | vs baseline | "
+              "measured latency ratio mean (max) | MMACs | params (M) | search s | "
+              "s/episode prune / recover / evaluate / latency | within budget |",
+              "|---" * 12 + "|"]
+    for g in summary:
+        split = " / ".join(f"{g['per_episode_seconds'].get(k, 0):.2f}"
+                           for k in ("prune", "recover", "evaluate", "latency"))
+        lines.append(
+            f"| {g['model']} | {g['budget']} | {g['method']} | {g['seeds']} | "
+            f"{g['top1_mean']:.2f} ({g['top1_sd']:.2f}; {g['top1_range'][0]:.2f}-"
+            f"{g['top1_range'][1]:.2f}) | {g['top1_mean'] - g['baseline_top1']:+.2f} | "
+            f"{g['latency_ratio_mean']:.3f} ({g['latency_ratio_max']:.3f}) | "
+            f"{g['macs_mean'] / 1e6:.1f} | {g['params_mean'] / 1e6:.2f} | "
+            f"{g['search_seconds_mean']:.0f} | {split} | {g['within_budget']}/{g['seeds']} |")
+    lines += ["", "## Goals (judged on the means above)", "", *goals(summary, rows)]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for method in METHODS:
         pts = [(r["latency_ratio"], r["test_top1"]) for r in rows
