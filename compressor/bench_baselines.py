@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ["| model | dataset | input | epochs | test top-1 | train wall time | train img/s "
-            "(mean, min-max per epoch) | CPU | command |", "|---" * 9 + "|"]
+    rows = ["| model | dataset | input | epochs | peak lr | test top-1 | train wall time | "
+            "train img/s (mean, min-max per epoch) | CPU | command |", "|---" * 10 + "|"]
     notes: list[str] = []
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for path in args.checkpoints:
@@ -33,18 +33,19 @@ def main(argv: list[str] | None = None) -> int:
         meta = blob["metadata"]
         history = meta["history"]
         speeds = [h["images_per_second"] for h in history]
+        lr = meta["train_config"]["max_lr"]
         command = (f"compressor pretrain --model {meta['model']} --dataset {meta['dataset']} "
-                   f"--epochs {meta['train_config']['epochs']}")
+                   f"--epochs {meta['train_config']['epochs']} --lr {lr:g}")
         rows.append(
             f"| {meta['model']} | {meta['dataset']} | {meta['input_size']} | "
-            f"{meta['train_config']['epochs']} | {meta['test_top1']:.2f}% | "
+            f"{meta['train_config']['epochs']} | {lr:g} | {meta['test_top1']:.2f}% | "
             f"{meta['train_seconds'] / 60:.1f} min | {sum(speeds) / len(speeds):.0f} "
             f"({min(speeds):.0f}-{max(speeds):.0f}) | {meta['machine']['cpu']}, "
             f"{meta['machine']['cores']} cores, {meta['machine']['torch_threads']} threads | "
             f"`{command}` |")
         ax.plot([h["epoch"] for h in history], [h["test_top1"] for h in history], "o-",
-                label=f"{meta['model']} ({meta['test_top1']:.2f}%)")
-        notes.append(f"Test top-1 per epoch ({meta['model']}): " + ", ".join(
+                label=f"{meta['model']}, lr {lr:g} ({meta['test_top1']:.2f}%)")
+        notes.append(f"Test top-1 per epoch ({meta['model']}, lr {lr:g}): " + ", ".join(
             f"{h['epoch']}: {h['test_top1']:.2f}% ({h['seconds'] / 60:.1f} min)"
             for h in history))
     ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="baseline test accuracy per epoch")

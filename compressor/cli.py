@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate of the one-cycle schedule (default 0.4)")
+                   help="peak learning rate of the one-cycle schedule (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None,
                    help="start from torchvision weights (e.g. IMAGENET1K_V1) or a checkpoint")

@@ -23,8 +23,10 @@ class TrainConfig:
     """Passes over the train split. The baseline recipe's accuracy curve flattens by the last one."""
     batch_size: int = 256
     """256 trains ~1.3x more images per second than 128 on 2 CPU cores (measured)."""
-    max_lr: float = 0.4
-    """Peak learning rate of the one-cycle schedule (SGD, Nesterov momentum)."""
+    max_lr: float = 0.2
+    """Peak learning rate of the one-cycle schedule (SGD, Nesterov momentum). Measured against 0.4
+    (same seed, 6 epochs): resnet18 92.04% vs 91.73%, mobilenet_v2 91.70% vs 89.75%; at 0.4
+    mobilenet_v2's BatchNorm statistics lag its weights (21.6% test after epoch 1)."""
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 5e-4

@@ -11,7 +11,7 @@ SLICE = ["--train-size", "512", "--test-size", "256", "--search-size", "1000"]
 def workdir(tmp_path_factory):
     """A resnet18 baseline trained for a few steps on a slice (real, small) and its models dir."""
     root = tmp_path_factory.mktemp("work")
-    code = main(["pretrain", "--model", "resnet18", "--epochs", "1", "--lr", "0.2", "--models-dir",
+    code = main(["pretrain", "--model", "resnet18", "--epochs", "1", "--lr", "0.3", "--models-dir",
                  str(root / "models"), *SLICE])
     assert code == 0
     return root

@@ -26,7 +26,7 @@ def test_pretrain_caches_a_baseline_with_metadata(workdir):
     assert meta["input_size"] == 32 and 0 <= meta["test_top1"] <= 100
     assert meta["versions"]["torch"].startswith("2.")
     assert len(meta["history"]) == 1
-    assert meta["train_config"]["max_lr"] == 0.2  # --lr reaches the recipe and its record
+    assert meta["train_config"]["max_lr"] == 0.3  # --lr reaches the recipe and its record
 
 
 def test_evaluate_prints_top1(workdir, capsys):
