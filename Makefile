@@ -58,8 +58,13 @@ bench-quick: install data
 		--methods uniform global greedy random agent --train-size 10000 --out results/bench-quick
 
 bench: install data
-	$(PY) -m compressor.bench --models resnet18 mobilenet_v2 --budgets 0.75 0.5 0.3 \
-		--seeds 0 1 2 --episodes 200 --out results/bench
+	$(PY) -m compressor.bench_latency_model --model resnet18 --policies 50 --seed 0
+	$(PY) -m compressor.bench_latency_model --model mobilenet_v2 --policies 50 --seed 0
+	$(PY) -m compressor.bench --models resnet18 mobilenet_v2 --budgets 0.3 0.5 --seeds 0 \
+		--episodes 100 --out results/bench
+	$(PY) -m compressor.bench --models resnet18 mobilenet_v2 --budgets 0.3 0.5 --seeds 1 2 \
+		--episodes 100 --methods agent random agent-flops --out results/bench
+	$(PY) -m compressor.bench_honesty --model resnet18 --budget 0.3 --policies 20 --episodes 40
 
 baselines: install data
 	$(CLI) pretrain --model resnet18
