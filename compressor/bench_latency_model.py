@@ -79,7 +79,8 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
     load_before = os.getloadavg()
 
     started = time.perf_counter()
-    model = lm.build_latency_model(dense, x, settings, grid_points=grid_points,
+    model = lm.build_latency_model(dense, x, settings, round_to=config.round_to,
+                                   grid_points=grid_points,
                                    model_name=model_name)
     build_seconds = time.perf_counter() - started
     say(f"{model_name}: latency model built in {build_seconds:.1f} s (batch {model.batch_size}, "

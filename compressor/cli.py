@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from compressor.errors import UserError
 
@@ -70,8 +71,6 @@ def cmd_pretrain(args) -> int:
     dataset = load_dataset(data_config)
     path = models.baseline_path(args.models_dir, args.model, dataset.name)
     if args.out:
-        from pathlib import Path
-
         path = Path(args.out)
     train_config = _train_config(args)
     print(f"pretraining {args.model} on {dataset.name} ({len(dataset.train)} train images, "
@@ -138,7 +137,7 @@ def _compress_config(args):
                             flops=args.flops_budget, params=args.params_budget,
                             margin=args.margin, latency_source=args.latency_source,
                             probe_every=args.probe_every),
-        pruning=PruningConfig(round_to=args.round_to, importance=args.importance,
+        pruning=PruningConfig(**_round_to(args.round_to), importance=args.importance,
                               ignored_layers=tuple(args.ignore)),
         evaluator=EvaluatorConfig(search_images=args.search_images, bn_batches=args.bn_batches,
                                   finetune_steps=args.episode_finetune_steps),
@@ -148,6 +147,20 @@ def _compress_config(args):
                           epochs=args.final_epochs, lr=args.final_lr, fit=not args.no_fit),
         probe=_probe_settings(args, data.input_size),
     )
+
+
+def _round_to(given: int | None, policy_path: str | None = None) -> dict:
+    """`round_to` as given, else as the policy file recorded it, else the config's default."""
+    if given is not None:
+        return {"round_to": given}
+    if policy_path is not None:
+        try:
+            recorded = json.loads(Path(policy_path).read_text()).get("round_to")
+        except (OSError, ValueError, AttributeError):
+            recorded = None  # read_policy reports a bad file with its own message
+        if isinstance(recorded, int):
+            return {"round_to": recorded}
+    return {}
 
 
 def cmd_compress(args) -> int:
@@ -166,7 +179,7 @@ def cmd_apply(args) -> int:
     data = _data_config(args)
     result = apply_policy_file(
         args.model, args.policy, args.out, data, _probe_settings(args, data.input_size),
-        PruningConfig(round_to=args.round_to, importance=args.importance),
+        PruningConfig(**_round_to(args.round_to, args.policy), importance=args.importance),
         finetune_epochs=args.finetune_epochs, seed=args.seed, models_dir=args.models_dir,
         checkpoint=args.checkpoint, device_name=args.device)
     print(f"{args.model}: test top-1 {result['test_top1']:.2f}% "
@@ -290,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--agent", choices=["ddpg", "random"], default="ddpg")
     s_.add_argument("--max-ratio", type=float, default=0.8, help="largest pruning ratio per unit")
     s_.add_argument("--reward", choices=["error", "error-log-flops"], default="error")
-    s_.add_argument("--round-to", type=int, default=8, help="kept channels are multiples of it")
+    s_.add_argument("--round-to", type=int, default=None,
+                    help="kept channels are multiples of it (default: the CPU kernels' channel "
+                         "block, 16 with AVX-512, else 8)")
     s_.add_argument("--importance", choices=["l1", "l2", "bn", "taylor", "random"], default="l2")
     s_.add_argument("--ignore", action="append", default=[],
                     help="qualified name of a layer never to prune (repeatable)")
@@ -323,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe_args(p)
     p.add_argument("--policy", required=True, help="policy JSON (policies/*.json)")
     p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--round-to", type=int, default=None,
+                   help="default: the policy file's, else the CPU kernels' channel block")
     p.add_argument("--importance", choices=["l1", "l2", "bn", "taylor", "random"], default="l2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")

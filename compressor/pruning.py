@@ -22,7 +22,7 @@ import difflib
 import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -38,13 +38,24 @@ IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
 
+def kernel_channel_block() -> int:
+    """The channel multiple ONNX Runtime's CPU conv kernels compute in: 16 with AVX-512, else 8.
+
+    Its NCHWc layout pads channels to the vector width, so a count between two multiples costs
+    the next one. Measured here (3x3 conv pairs, 8x8 maps, batch 32, AVX-512): 104 channels
+    4.13 ms vs 112 4.04 ms, 120 4.61 vs 128 4.63, 136 5.36 vs 144 5.33: pruning 128 to 120 buys
+    nothing. With AVX2 the block is 8.
+    """
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
 @dataclass(frozen=True)
 class PruningConfig:
     """How channels are counted and chosen."""
 
-    round_to: int = 8
+    round_to: int = field(default_factory=kernel_channel_block)
     """Kept channel counts are multiples of it (or a unit's full count); a unit keeps at least
-    this many."""
+    this many. Default: the CPU kernels' channel block (`kernel_channel_block`)."""
     importance: str = "l2"
     """Channel ranking: l1 / l2 (weight magnitude over the whole group), bn (BatchNorm scale; L1
     for units without BatchNorm), taylor (|weight x gradient| on a few batches), random."""

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from compressor import models
-from compressor.cli import main
+from compressor.cli import _round_to, main
+from compressor.pruning import PruningConfig
 from tests.integration.conftest import SLICE
 
 
@@ -50,6 +51,7 @@ def test_compress_writes_every_output_within_budget(workdir, capsys):
     assert report["final"]["onnx_max_abs_diff"] <= 1e-3
     policy = json.loads((workdir / "policies" / "run.json").read_text())
     assert policy["model"] == "resnet18" and len(policy["policy"]) == 12
+    assert policy["round_to"] == PruningConfig().round_to
     episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert all(e["latency_predicted"] <= 0.6 for e in episodes)
     assert any("latency_measured" in e for e in episodes)
@@ -133,3 +135,13 @@ def test_check_refuses_models_of_different_input_shapes(tmp_path, capsys):
     assert main(["check", str(tmp_path / "a.onnx"), "--reference", str(tmp_path / "a.onnx"),
                  "--max-latency-ratio", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_round_to_comes_from_the_flag_then_the_policy_file_then_the_default(tmp_path):
+    recorded = tmp_path / "p.json"
+    recorded.write_text(json.dumps({"policy": {}, "round_to": 32}))
+    assert _round_to(4, str(recorded)) == {"round_to": 4}
+    assert _round_to(None, str(recorded)) == {"round_to": 32}
+    (tmp_path / "bare.json").write_text(json.dumps({"policy": {}}))
+    assert _round_to(None, str(tmp_path / "bare.json")) == {}
+    assert _round_to(None, str(tmp_path / "missing.json")) == {}

@@ -21,6 +21,7 @@ from compressor.pruning import (
     build_skeleton,
     global_ranking_policy,
     kept_count,
+    kernel_channel_block,
     uniform_policy,
     uniform_policy_for_budget,
 )
@@ -126,6 +127,13 @@ def test_bad_configs_are_user_errors():
         PruningConfig(importance="l3")
     with pytest.raises(UserError):
         PruningConfig(round_to=0)
+
+
+def test_default_rounding_follows_the_cpu_kernels_channel_block():
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert kernel_channel_block() == (16 if avx512 else 8)
+    assert PruningConfig().round_to == kernel_channel_block()
+    assert PruningConfig(round_to=8).round_to == 8
 
 
 # --- the key invariant: predicted shapes == really pruned shapes ----------------------------------
