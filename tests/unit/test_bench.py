@@ -39,3 +39,12 @@ def test_a_failed_or_over_budget_run_misses_the_budget_goal():
     text = goals(aggregate(rows), rows)[-1]
     assert "0 of 1 finished" in text and "1 run(s) found no policy" in text
     assert text.endswith("**missed**")
+
+
+def test_the_flops_control_is_reported_apart_from_the_budget_goal():
+    rows = [row("agent", 90.0), row("agent-flops", 90.0, ratio=0.33, verdict="OVER BUDGET"),
+            {"model": "resnet18", "budget": 0.3, "method": "agent-flops", "seed": 1,
+             "error": "every candidate over"}]
+    text = goals(aggregate(rows), rows)
+    assert any("control agent-flops" in line and "0 of 2" in line for line in text)
+    assert text[-1].endswith("1 of 1 finished runs measured within budget: **met**")
