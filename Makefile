@@ -60,10 +60,10 @@ bench-quick: install data
 bench: install data
 	$(PY) -m compressor.bench_latency_model --model resnet18 --policies 50 --seed 0
 	$(PY) -m compressor.bench_latency_model --model mobilenet_v2 --policies 50 --seed 0
-	$(PY) -m compressor.bench --models resnet18 mobilenet_v2 --budgets 0.3 0.5 --seeds 0 \
-		--episodes 100 --out results/bench
-	$(PY) -m compressor.bench --models resnet18 mobilenet_v2 --budgets 0.3 0.5 --seeds 1 2 \
-		--episodes 100 --methods agent random agent-flops --out results/bench
+	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 0.5 \
+		--models resnet18 mobilenet_v2 --seeds 0
+	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 \
+		--models resnet18 mobilenet_v2 --seeds 1 2 --methods agent random
 	$(PY) -m compressor.bench_honesty --model resnet18 --budget 0.3 --policies 20 --episodes 40
 
 baselines: install data
