@@ -21,6 +21,7 @@ from compressor import atomic, pruning
 from compressor.compress import BudgetConfig, CompressConfig, FinalConfig, finish, make_env, prepare
 from compressor.data import DataConfig
 from compressor.errors import UserError
+from compressor.evaluator import EvaluatorConfig
 from compressor.search import Candidate, LoopConfig, default_agent_config, run_search
 
 METHODS = ("agent", "uniform", "random", "global", "greedy", "agent-flops")
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-size", type=int, default=None,
                    help="training images for the final fine-tune (quick runs)")
     p.add_argument("--final-epochs", type=int, default=1)
+    p.add_argument("--episode-finetune-steps", type=int, default=0,
+                   help="SGD steps of each episode's recovery before it is scored (the reward)")
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -287,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                         data=DataConfig(train_size=args.train_size),
                         budget=BudgetConfig(latency=budget),
                         loop=LoopConfig(episodes=args.episodes),
+                        evaluator=EvaluatorConfig(finetune_steps=args.episode_finetune_steps),
                         final=FinalConfig(epochs=args.final_epochs),
                         policies_dir=str(out / "policies"))
                     row = {**run_method(method, base, out), "command": command,
                            "train_size": args.train_size, "episodes": args.episodes,
+                           "episode_finetune_steps": args.episode_finetune_steps,
                            "final_epochs": args.final_epochs}
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "policy"}),
