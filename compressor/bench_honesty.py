@@ -87,15 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     rows_path = out / f"{args.model}-b{args.budget}.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []  # resumable
     dataset, device = ws.dataset, ws.device
+    # The same images for every policy, as in the search: only the policy differs.
+    proxies = {}
+    for steps in args.proxy_steps:
+        cfg = replace(ws.evaluator.recovery_config, finetune_steps=steps)
+        proxies[steps] = (cfg, list(dataset.train.batches(64, shuffle=True, seed=12345,
+                                                          limit=cfg.bn_batches + steps)))
     for e in chosen[len(rows):]:
         t = time.time()
         row = {"episode": e["episode"], "reward": e["reward"], "search_top1_bn": e["top1"],
                "policy": e["policy"]}
-        for steps in args.proxy_steps:
+        for steps, (cfg, batches) in proxies.items():
             model = ws.evaluator.prune(e["policy"])
-            cfg = replace(ws.evaluator.recovery_config, finetune_steps=steps)
-            batches = list(dataset.train.batches(64, shuffle=True, seed=12345,
-                                                 limit=cfg.bn_batches + steps))
             recovery.recover(model, batches, cfg, device)
             row[f"search_top1_ft{steps}"] = evaluate_top1(model, ws.evaluator.search_batches,
                                                           device)

@@ -18,8 +18,6 @@ def cpu_name() -> str:
     Machines here both call themselves "AMD EPYC" but one has AVX-512 and trains 5.8x faster
     than the other (AVX2 only): timings and cached latency tables must tell them apart.
     """
-    import torch
-
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
