@@ -349,7 +349,7 @@ def cache_key(model_name: str, dense_shapes: list[LayerShape], settings: ProbeSe
 
 
 def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
-                        settings: ProbeSettings, round_to: int = 8, grid_points: int = 4,
+                        settings: ProbeSettings, round_to: int, grid_points: int = 4,
                         calibration_models: list[nn.Module] | None = None,
                         model_name: str = "", target_ms: float = 15.0) -> LatencyModel:
     """Time every layer over its grid, measure the dense network, set the traffic term from its
@@ -427,7 +427,7 @@ def calibration_policies(skeleton, count: int, seed: int = 0,
 
 
 def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
-                  example_input: torch.Tensor, settings: ProbeSettings, round_to: int = 8,
+                  example_input: torch.Tensor, settings: ProbeSettings, round_to: int,
                   skeleton=None, say: Callable[[str], None] | None = None,
                   calibration: int = 0, grid_points: int = 4) -> LatencyModel:
     """The cached model for this network/input/batch/threads/runtime/CPU, else build and cache one.

@@ -49,7 +49,7 @@ def pruned(resnet):
 
 @pytest.fixture(scope="module")
 def built(resnet, pruned):
-    return lm.build_latency_model(resnet, X, SETTINGS, grid_points=3, target_ms=4.0,
+    return lm.build_latency_model(resnet, X, SETTINGS, round_to=8, grid_points=3, target_ms=4.0,
                                   calibration_models=[pruned[0.3], pruned[0.6]],
                                   model_name="resnet18")
 
@@ -152,7 +152,7 @@ def test_depthwise_and_grouped_layers_get_tables():
         nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=16), nn.ReLU(),  # grouped
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
     settings = ProbeSettings(batch_size=2, warmup=1, runs=3, blocks=2)
-    model = lm.build_latency_model(net, X, settings, grid_points=3, target_ms=1.0)
+    model = lm.build_latency_model(net, X, settings, round_to=8, grid_points=3, target_ms=1.0)
     shapes = measure_layer_shapes(net, X)
     depthwise, grouped = model.tables["4"], model.tables["6"]
     assert depthwise.depthwise and depthwise.outs == [8.0, 16.0, 32.0]
@@ -176,29 +176,33 @@ def test_cache_round_trip_and_rebuild_on_mismatch(built, resnet, tmp_path, monke
 
     monkeypatch.setattr(lm, "build_latency_model", fake_build)
     monkeypatch.setattr(lm, "cache_key", lambda *a: built.key)  # the fixture's key
-    first = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, say=lambda m: None)
+    first = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                     say=lambda m: None)
     assert len(builds) == 1 and first is built
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1
     shapes = measure_layer_shapes(resnet, X)
     half = [s._replace(out_channels=max(8, s.out_channels // 2)) for s in shapes]
-    again = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, say=lambda m: None)
+    again = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                     say=lambda m: None)
     assert len(builds) == 1  # loaded, not rebuilt
     assert again.predict_ratio(half) == pytest.approx(built.predict_ratio(half))
     assert again.dense_ms == built.dense_ms and again.batch_size == built.batch_size
     # An automatic batch accepts the cached one.
     lm.load_or_build(tmp_path, "resnet18", resnet, X, replace(SETTINGS, batch_size=None),
-                     say=lambda m: None)
+                     round_to=8, say=lambda m: None)
     assert len(builds) == 1
     # Another CPU (or runtime, threads, ...) in the cached key: rebuilt.
     blob = json.loads(files[0].read_text())
     blob["metadata"]["key"]["cpu"] = "another CPU"
     files[0].write_text(json.dumps(blob))
-    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, say=lambda m: None)
+    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                     say=lambda m: None)
     assert len(builds) == 2
     # A damaged cache: rebuilt too.
     files[0].write_text("{ truncated")
-    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, say=lambda m: None)
+    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                     say=lambda m: None)
     assert len(builds) == 3
 
 
