@@ -60,10 +60,10 @@ bench-quick: install data
 bench: install data
 	$(PY) -m compressor.bench_latency_model --model resnet18 --policies 50 --seed 0
 	$(PY) -m compressor.bench_latency_model --model mobilenet_v2 --policies 50 --seed 0
-	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 0.5 \
+	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
 		--models resnet18 mobilenet_v2 --seeds 0
-	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 \
-		--models resnet18 mobilenet_v2 --seeds 1 2 --methods agent random
+	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
+		--models resnet18 mobilenet_v2 --seeds 1 2 --methods agent random agent-flops
 	$(PY) -m compressor.bench_honesty --model resnet18 --budget 0.3 --policies 20 --episodes 40
 	$(PY) -m compressor.bench --episodes 100 --out results/bench-ft50 --budgets 0.3 \
 		--models resnet18 --seeds 0 --methods agent random --episode-finetune-steps 50

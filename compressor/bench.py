@@ -195,13 +195,10 @@ def goals(summary: list[dict], rows: list[dict]) -> list[str]:
 
 
 def write_summary(rows: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from compressor.provenance import provenance
 
+    # The rows first: a failure drawing the summary must not lose a finished run.
+    atomic.write_json(out / "benchmarks.json", rows)
     prov = provenance()
     lines = ["# Benchmarks: policy search methods at the same budget and final fine-tune", "",
              "Commands (a rerun skips the rows already in benchmarks.json):", "",
@@ -239,21 +236,38 @@ def write_summary(rows: list[dict], out: Path) -> None:
             f"{g['macs_mean'] / 1e6:.1f} | {g['params_mean'] / 1e6:.2f} | "
             f"{g['search_seconds_mean']:.0f} | {split} | {g['within_budget']}/{g['seeds']} |")
     lines += ["", "## Goals (judged on the means above)", "", *goals(summary, rows)]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for method in METHODS:
-        pts = [(r["latency_ratio"], r["test_top1"]) for r in rows
-               if r["method"] == method and "error" not in r]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), label=method)
-    ax.set(xlabel="measured ONNX latency ratio (paired)", ylabel="test top-1 (%)",
-           title="accuracy vs measured latency")
-    if ax.collections:
-        ax.legend()
-    fig.tight_layout()
-    atomic.write_via(out / "benchmarks.png", lambda p: fig.savefig(p, format="png", dpi=110))
+    _plot(rows, out / "benchmarks.png")
     lines += ["", "![top-1 vs latency](benchmarks.png)", ""]
     atomic.write_text(out / "BENCHMARKS.generated.md", "\n".join(lines) + "\n")
-    atomic.write_json(out / "benchmarks.json", rows)
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    """Test top-1 against measured latency ratio, one panel per model, budgets as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finished = [r for r in rows if "error" not in r]
+    models = list(dict.fromkeys(r["model"] for r in finished)) or ["(no runs)"]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        mine = [r for r in finished if r["model"] == model]
+        for i, method in enumerate(METHODS):
+            pts = [(r["latency_ratio"], r["test_top1"]) for r in mine if r["method"] == method]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), label=method, color=f"C{i}", s=22)
+        for budget in sorted({r["budget"] for r in mine}):
+            ax.axvline(budget, color="grey", linestyle="--", linewidth=0.8)
+        if mine:
+            ax.axhline(mine[0]["baseline_top1"], color="black", linewidth=0.8, label="dense")
+        ax.set(xlabel="measured ONNX latency ratio (paired; dashed: budgets)",
+               ylabel="test top-1 (%)", title=model)
+        if ax.collections:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic.write_via(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
