@@ -131,8 +131,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for r in rows:
         if "error" not in r:
             groups.setdefault((r["model"], r["budget"], r["method"]), []).append(r)
+    models = list(dict.fromkeys(model for model, _, _ in groups))
     lines = []
-    for (model, budget, method), rs in groups.items():
+    # Ordered for reading: model as first run, then budget, then the METHODS order.
+    for (model, budget, method), rs in sorted(groups.items(), key=lambda kv: (
+            models.index(kv[0][0]), kv[0][1], METHODS.index(kv[0][2]))):
         top1 = [r["test_top1"] for r in rs]
         lines.append({
             "model": model, "budget": budget, "method": method, "seeds": len(rs),

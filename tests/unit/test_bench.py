@@ -1,16 +1,19 @@
 """The benchmark's summary: means over seeds and the goal verdicts of issue #5."""
 
+import json
+
 import pytest
 
-from compressor.bench import aggregate, goals
+from compressor.bench import aggregate, goals, write_summary
 
 
-def row(method, top1, budget=0.3, seed=0, ratio=0.28, verdict="within budget"):
-    return {"model": "resnet18", "budget": budget, "method": method, "seed": seed,
+def row(method, top1, budget=0.3, seed=0, ratio=0.28, verdict="within budget", model="resnet18"):
+    return {"model": model, "budget": budget, "method": method, "seed": seed,
             "test_top1": top1, "baseline_top1": 92.0, "latency_ratio": ratio, "macs": 1e7,
             "params": 1e6, "search_seconds": 10.0, "verdict": verdict,
             "per_episode_seconds": {"prune": 0.1, "recover": 0.2, "evaluate": 0.3,
-                                    "latency": 0.0}}
+                                    "latency": 0.0}, "latency_spread": [ratio, ratio],
+            "total_seconds": 20.0}
 
 
 def test_aggregate_gives_mean_spread_and_budget_count_per_method():
@@ -48,3 +51,21 @@ def test_the_flops_control_is_reported_apart_from_the_budget_goal():
     text = goals(aggregate(rows), rows)
     assert any("control agent-flops" in line and "0 of 2" in line for line in text)
     assert text[-1].endswith("1 of 1 finished runs measured within budget: **met**")
+
+
+def test_summary_lists_model_then_budget_then_method_order():
+    rows = [row("random", 90.0, budget=0.5), row("agent", 90.0, budget=0.5),
+            row("agent", 88.0, model="mobilenet_v2"), row("greedy", 90.0, budget=0.3)]
+    order = [(g["model"], g["budget"], g["method"]) for g in aggregate(rows)]
+    assert order == [("resnet18", 0.3, "greedy"), ("resnet18", 0.5, "agent"),
+                     ("resnet18", 0.5, "random"), ("mobilenet_v2", 0.3, "agent")]
+
+
+def test_write_summary_keeps_every_row_and_draws_the_plot(tmp_path):
+    rows = [row("agent", 90.0), row("uniform", 89.5), row("agent", 88.0, model="mobilenet_v2"),
+            {"model": "resnet18", "budget": 0.3, "method": "global", "seed": 0, "error": "x"}]
+    write_summary(rows, tmp_path)
+    assert json.loads((tmp_path / "benchmarks.json").read_text()) == rows
+    text = (tmp_path / "BENCHMARKS.generated.md").read_text()
+    assert "| resnet18 | 0.3 | global | 0 | failed: x |" in text
+    assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
