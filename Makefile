@@ -67,6 +67,9 @@ bench: install data
 	$(PY) -m compressor.bench_honesty --model resnet18 --budget 0.3 --policies 20 --episodes 40
 	$(PY) -m compressor.bench --episodes 100 --out results/bench-ft50 --budgets 0.3 \
 		--models resnet18 --seeds 0 --methods agent random --episode-finetune-steps 50
+	$(PY) -m compressor.bench --episodes 100 --out results/bench-short --train-size 5000 \
+		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 \
+		--methods agent uniform random global greedy
 
 baselines: install data
 	$(CLI) pretrain --model resnet18
