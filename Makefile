@@ -70,6 +70,11 @@ bench: install data
 	$(PY) -m compressor.bench --episodes 100 --out results/bench-short --train-size 5000 \
 		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 \
 		--methods agent uniform random global greedy
+	$(PY) -m compressor.bench --episodes 100 --out results/bench-short --train-size 5000 \
+		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 1 2 --methods agent random
+	$(PY) -m compressor.bench --episodes 100 --out results/bench-short-ft50 --train-size 5000 \
+		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 --methods agent random \
+		--episode-finetune-steps 50
 
 baselines: install data
 	$(CLI) pretrain --model resnet18
