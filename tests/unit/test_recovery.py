@@ -59,7 +59,8 @@ def test_recalibration_changes_the_stats_of_a_pruned_network(fmnist_loader):
 def test_recalibration_without_batches_leaves_the_stats_alone():
     model = small_net()
     before = model[1].running_mean.clone()
-    assert recalibrate_bn(model, [], num_batches=5, device=CPU) == 0
+    with pytest.warns(UserWarning, match="recalibrated on 0 batches instead of 5"):
+        assert recalibrate_bn(model, [], num_batches=5, device=CPU) == 0
     assert torch.equal(model[1].running_mean, before) and model[1].momentum == 0.3
 
 
