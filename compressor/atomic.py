@@ -10,13 +10,24 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: reading it on every write would, for a moment each time, give files that
+# other threads create meanwhile a zero umask.
+_UMASK = _read_umask()
+
+
 def write_via(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` to fill a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a plain open() would not
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; a plain open() would not
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
@@ -26,12 +37,6 @@ def write_via(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

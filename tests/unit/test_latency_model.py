@@ -177,14 +177,14 @@ def test_cache_round_trip_and_rebuild_on_mismatch(built, resnet, tmp_path, monke
     monkeypatch.setattr(lm, "build_latency_model", fake_build)
     monkeypatch.setattr(lm, "cache_key", lambda *a: built.key)  # the fixture's key
     first = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
-                     say=lambda m: None)
+                             say=lambda m: None)
     assert len(builds) == 1 and first is built
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1
     shapes = measure_layer_shapes(resnet, X)
     half = [s._replace(out_channels=max(8, s.out_channels // 2)) for s in shapes]
     again = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
-                     say=lambda m: None)
+                             say=lambda m: None)
     assert len(builds) == 1  # loaded, not rebuilt
     assert again.predict_ratio(half) == pytest.approx(built.predict_ratio(half))
     assert again.dense_ms == built.dense_ms and again.batch_size == built.batch_size
@@ -196,13 +196,11 @@ def test_cache_round_trip_and_rebuild_on_mismatch(built, resnet, tmp_path, monke
     blob = json.loads(files[0].read_text())
     blob["metadata"]["key"]["cpu"] = "another CPU"
     files[0].write_text(json.dumps(blob))
-    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
-                     say=lambda m: None)
+    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8, say=lambda m: None)
     assert len(builds) == 2
     # A damaged cache: rebuilt too.
     files[0].write_text("{ truncated")
-    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
-                     say=lambda m: None)
+    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8, say=lambda m: None)
     assert len(builds) == 3
 
 
