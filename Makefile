@@ -43,7 +43,7 @@ test: install data
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check compressor tests
+	$(VENV)/bin/ruff check compressor tests benchmarks
 
 pretrain: install data
 	$(CLI) pretrain --model $(MODEL) --dataset $(DATASET)
@@ -54,32 +54,32 @@ compress: install data
 
 # Benchmarks (results committed under results/bench*/ with the command in the generated summary).
 bench-quick: install data
-	$(PY) -m compressor.bench --models resnet18 --budgets 0.5 --seeds 0 --episodes 30 \
+	$(PY) -m benchmarks.bench --models resnet18 --budgets 0.5 --seeds 0 --episodes 30 \
 		--methods uniform global greedy random agent --train-size 10000 --out results/bench-quick
 
 bench: install data
-	$(PY) -m compressor.bench_latency_model --model resnet18 --policies 50 --seed 0
-	$(PY) -m compressor.bench_latency_model --model mobilenet_v2 --policies 50 --seed 0
-	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
+	$(PY) -m benchmarks.latency_model --model resnet18 --policies 50 --seed 0
+	$(PY) -m benchmarks.latency_model --model mobilenet_v2 --policies 50 --seed 0
+	$(PY) -m benchmarks.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
 		--models resnet18 mobilenet_v2 --seeds 0
-	$(PY) -m compressor.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
+	$(PY) -m benchmarks.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
 		--models resnet18 mobilenet_v2 --seeds 1 2 --methods agent random agent-flops
-	$(PY) -m compressor.bench_honesty --model resnet18 --budget 0.3 --policies 20 --episodes 40
-	$(PY) -m compressor.bench --episodes 100 --out results/bench-ft50 --budgets 0.3 \
+	$(PY) -m benchmarks.honesty --model resnet18 --budget 0.3 --policies 20 --episodes 40
+	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-ft50 --budgets 0.3 \
 		--models resnet18 --seeds 0 --methods agent random --episode-finetune-steps 50
-	$(PY) -m compressor.bench --episodes 100 --out results/bench-short --train-size 5000 \
+	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-short --train-size 5000 \
 		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 \
 		--methods agent uniform random global greedy
-	$(PY) -m compressor.bench --episodes 100 --out results/bench-short --train-size 5000 \
+	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-short --train-size 5000 \
 		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 1 2 --methods agent random
-	$(PY) -m compressor.bench --episodes 100 --out results/bench-short-ft50 --train-size 5000 \
+	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-short-ft50 --train-size 5000 \
 		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 --methods agent random \
 		--episode-finetune-steps 50
 
 baselines: install data
 	$(CLI) pretrain --model resnet18
 	$(CLI) pretrain --model mobilenet_v2
-	$(PY) -m compressor.bench_baselines models/resnet18-fashion-mnist.pt \
+	$(PY) -m benchmarks.baselines models/resnet18-fashion-mnist.pt \
 		models/mobilenet_v2-fashion-mnist.pt
 
 clean:

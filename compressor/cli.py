@@ -36,7 +36,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _data_config(args):
-    from compressor.data import DataConfig
+    from compressor.zoo.datasets import DataConfig
 
     return DataConfig(dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size,
                       search_size=args.search_size, train_size=args.train_size,
@@ -44,7 +44,7 @@ def _data_config(args):
 
 
 def _train_config(args):
-    from compressor.train import TrainConfig
+    from compressor.pipeline.train import TrainConfig
 
     config = TrainConfig(seed=args.seed)
     if args.epochs is not None:
@@ -55,16 +55,17 @@ def _train_config(args):
 
 
 def cmd_models(args) -> int:
-    from compressor.models import list_classification_models
+    from compressor.zoo.models import list_classification_models
 
     print("\n".join(list_classification_models()))
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    from compressor import baseline, models
-    from compressor.data import load_dataset
     from compressor.provenance import pick_device
+    from compressor.zoo import baselines as baseline
+    from compressor.zoo import models
+    from compressor.zoo.datasets import load_dataset
 
     models.check_model_name(args.model)
     data_config = _data_config(args)
@@ -83,9 +84,9 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from compressor import baseline
-    from compressor.data import load_dataset
     from compressor.provenance import pick_device
+    from compressor.zoo import baselines as baseline
+    from compressor.zoo.datasets import load_dataset
 
     data_config = _data_config(args)
     dataset = load_dataset(data_config)
@@ -113,7 +114,7 @@ def _add_probe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _probe_settings(args, input_size: int):
-    from compressor.latency import ProbeSettings
+    from compressor.latency.probe import ProbeSettings
 
     settings = ProbeSettings(threads=args.threads, input_size=input_size,
                              statistic=args.latency_statistic)
@@ -123,10 +124,10 @@ def _probe_settings(args, input_size: int):
 
 
 def _compress_config(args):
-    from compressor.compress import BudgetConfig, CompressConfig, FinalConfig
-    from compressor.evaluator import EvaluatorConfig
+    from compressor.pipeline.compress import BudgetConfig, CompressConfig, FinalConfig
     from compressor.pruning import PruningConfig
-    from compressor.search import LoopConfig
+    from compressor.search.evaluator import EvaluatorConfig
+    from compressor.search.loop import LoopConfig
 
     data = _data_config(args)
     return CompressConfig(
@@ -164,7 +165,7 @@ def _round_to(given: int | None, policy_path: str | None = None) -> dict:
 
 
 def cmd_compress(args) -> int:
-    from compressor.compress import compress
+    from compressor.pipeline.compress import compress
 
     config = _compress_config(args)
     report = compress(config, resume=args.resume, argv=["compressor", *sys.argv[1:]])
@@ -173,7 +174,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from compressor.apply import apply_policy_file
+    from compressor.pipeline.apply import apply_policy_file
     from compressor.pruning import PruningConfig
 
     data = _data_config(args)
@@ -222,12 +223,12 @@ def cmd_latency(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from compressor import atomic
-    from compressor.check import check
+    from compressor.io import atomic
+    from compressor.pipeline.check import check
 
     test_batches, name = None, ""
     if args.dataset:
-        from compressor.data import load_dataset
+        from compressor.zoo.datasets import load_dataset
 
         data = _data_config(args)
         dataset = load_dataset(data)

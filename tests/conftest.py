@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.data import DataConfig, load_dataset
+from compressor.zoo.datasets import DataConfig, load_dataset
 
 # One thread: tests share 2 cores with each other's fixtures and other jobs; two threads on a
 # busy machine were measured 10x slower.

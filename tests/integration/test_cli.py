@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from compressor import models
 from compressor.cli import _round_to, main
 from compressor.pruning import PruningConfig
+from compressor.zoo import models
 from tests.integration.conftest import SLICE
 
 
@@ -58,7 +58,7 @@ def test_compress_writes_every_output_within_budget(workdir, capsys):
     assert {"prune", "recover", "evaluate", "latency"} <= set(
         next(e for e in episodes if not e["cached"])["seconds"])
     # The exported checkpoint reloads without any search and matches the ONNX model's shapes.
-    from compressor.export import load_pruned_checkpoint
+    from compressor.io.checkpoints import load_pruned_checkpoint
 
     module, meta = load_pruned_checkpoint(out / "model.pt")
     assert module(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -121,7 +121,7 @@ def test_bad_files_give_one_line_and_exit_code_2(workdir, tmp_path, capsys):
 
 
 def test_check_refuses_models_of_different_input_shapes(tmp_path, capsys):
-    from compressor.export import export_onnx
+    from compressor.io.export import export_onnx
 
     model = models.build_model("mobilenet_v2", 10).eval()
     export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "a.onnx")

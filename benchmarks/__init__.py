@@ -1,0 +1,1 @@
+"""Benchmarks of compressor (outside the product package): methods, baselines, honesty, latency model."""

@@ -1,0 +1,255 @@
+"""Benchmark the latency model: predicted vs paired-measured latency ratio of random policies.
+
+    python -m benchmarks.latency_model --model resnet18 --policies 50 --seed 0
+    python -m benchmarks.latency_model --model mobilenet_v2 --policies 50 --seed 0
+
+Each run builds the latency model from scratch (timed: the build cost), draws random per-unit
+pruning policies, prunes with `compressor.pruning.apply_policy`, measures every pruned network
+against the dense one (paired, alternating blocks) and compares with `predict_ratio` on the
+skeleton's predicted shapes, i.e. exactly what the budget wall sees. The MACs ratio is reported
+beside it as the proxy the latency model replaces. Results per model go to
+results/latency_model_<model>.json; results/latency_model.md is rewritten from all of them.
+Run it on a quiet machine: a training job on the other core adds its own noise to the measured
+side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from compressor import latency, pruning
+from compressor.io import atomic
+from compressor.io.export import onnx_bytes
+from compressor.latency import model as lm
+from compressor.provenance import cpu_name, library_versions
+from compressor.zoo.models import build_model
+
+TARGETS = {"median": 0.05, "max": 0.10}
+
+
+def random_policies(names: list[str], count: int, seed: int, max_ratio: float = 0.8
+                    ) -> list[dict[str, float]]:
+    """Per-unit ratios under a per-policy ceiling drawn in [0.1, max_ratio]: mild and heavy
+    pruning, uneven across units (the agent's policies are uneven too). Seeded."""
+    rng = random.Random(seed)
+    policies = []
+    for _ in range(count):
+        ceiling = rng.uniform(0.1, max_ratio)
+        policies.append({name: rng.uniform(0.0, ceiling) for name in names})
+    return policies
+
+
+def busy() -> bool:
+    """A `compressor pretrain` job is running (it would add noise to every measurement)."""
+    found = subprocess.run(["pgrep", "-f", "compressor.*pretrain"], capture_output=True)
+    return found.returncode == 0
+
+
+def variants(model: lm.LatencyModel, calibration: list[tuple[float, float, float]]
+             ) -> dict[str, lm.LatencyModel]:
+    """The built model and its ablations, sharing its tables: the plain layer sum, and the
+    traffic term fitted on calibration networks instead of the dense excess."""
+    def with_fit(beta: float, knee: float) -> lm.LatencyModel:
+        return lm.LatencyModel(model.tables, beta, knee, model.dense_ms, model.dense_shapes,
+                               model.metadata)
+
+    beta, knee = lm.fit_traffic(model.dense_sum, model.metadata["dense_traffic_mb"],
+                                model.metadata["dense_excess_ms"], calibration)
+    return {"latency model": model, "layer sum only": with_fit(0.0, 0.0),
+            f"calibrated on {len(calibration)} networks": with_fit(beta, knee)}
+
+
+def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSettings,
+          measure: latency.ProbeSettings, grid_points: int, calibration: int,
+          say=print) -> dict:
+    torch.manual_seed(seed)
+    dense = build_model(model_name, 10).eval()  # weights do not change latency; shapes do
+    x = torch.randn(1, 3, settings.input_size, settings.input_size)
+    config = pruning.PruningConfig()
+    skeleton = pruning.build_skeleton(dense, x, config)
+    load_before = os.getloadavg()
+
+    started = time.perf_counter()
+    model = lm.build_latency_model(dense, x, settings, round_to=config.round_to,
+                                   grid_points=grid_points,
+                                   model_name=model_name)
+    build_seconds = time.perf_counter() - started
+    say(f"{model_name}: latency model built in {build_seconds:.1f} s (batch {model.batch_size}, "
+        f"{model.metadata['grid_measurements']} grid points, tables "
+        f"{model.metadata['table_seconds']:.1f} s)")
+
+    measure = replace(measure, batch_size=model.batch_size, input_size=settings.input_size)
+    reference = latency.make_session(onnx_bytes(dense, x), measure)
+
+    def measured(policy: dict[str, float], probe: latency.ProbeSettings) -> latency.PairedLatency:
+        pruned = pruning.apply_policy(dense, policy, x, config)
+        return latency.measure_pair(latency.make_session(onnx_bytes(pruned, x), probe),
+                                    reference, probe)
+
+    started = time.perf_counter()
+    probe = replace(settings, batch_size=model.batch_size)
+    calibrated = []
+    for policy in lm.calibration_policies(skeleton, calibration):
+        shapes = skeleton.layer_shapes(policy)
+        calibrated.append((model.layer_sum(shapes), lm.traffic_mb(shapes, model.batch_size),
+                           measured(policy, probe).ratio))
+    calibration_seconds = time.perf_counter() - started
+    models = variants(model, calibrated)
+
+    dense_macs = skeleton.macs({})
+    rows = []
+    for i, policy in enumerate(random_policies(list(skeleton.names), policies, seed + 1000)):
+        shapes = skeleton.layer_shapes(policy)
+        paired = measured(policy, measure)
+        predicted = {name: m.predict_ratio(shapes) for name, m in models.items()}
+        row = {"measured": paired.ratio, "predicted": predicted["latency model"],
+               "variants": predicted, "spread": list(paired.spread),
+               "macs": skeleton.macs(policy) / dense_macs,
+               "traffic_mb": lm.traffic_mb(shapes, model.batch_size),
+               "candidate_ms": paired.candidate_ms, "reference_ms": paired.reference_ms}
+        row["error"] = row["predicted"] / paired.ratio - 1
+        rows.append(row)
+        say(f"  {i:3d}: measured {paired.ratio:.3f} ({paired.spread[0]:.3f}-"
+            f"{paired.spread[1]:.3f}) predicted {row['predicted']:.3f} ({row['error']:+.1%}), "
+            f"MACs {row['macs']:.3f}")
+    started = time.perf_counter()
+    shapes = skeleton.layer_shapes(random_policies(list(skeleton.names), 1, seed)[0])
+    for _ in range(1000):
+        model.predict_ratio(shapes)
+    predict_us = (time.perf_counter() - started) * 1000.0
+
+    def summary(predicted: list[float]) -> dict[str, float]:
+        errors = [abs(p / r["measured"] - 1) for p, r in zip(predicted, rows, strict=True)]
+        signed = [p / r["measured"] - 1 for p, r in zip(predicted, rows, strict=True)]
+        return {"median": statistics.median(errors), "max": max(errors),
+                "mean_signed": statistics.mean(signed)}
+
+    ablations = {name: summary([r["variants"][name] for r in rows]) for name in models}
+    ablations["MACs ratio (proxy)"] = summary([r["macs"] for r in rows])
+    return {
+        "model": model_name, "policies": policies, "seed": seed,
+        "median_error": ablations["latency model"]["median"],
+        "max_error": ablations["latency model"]["max"], "ablations": ablations,
+        "build_seconds": build_seconds, "calibration_seconds": calibration_seconds,
+        "calibration_fit": {"beta_ms_per_mb": models[list(models)[-1]].beta,
+                            "knee_mb": models[list(models)[-1]].knee_mb,
+                            "networks": [{"layer_sum_ms": c[0], "traffic_mb": c[1],
+                                          "measured": c[2]} for c in calibrated]},
+        "predict_us": predict_us, "rows": rows,
+        "latency_model": {k: v for k, v in model.metadata.items() if k != "key"},
+        "measure_settings": measure.as_dict(), "cpu": cpu_name(), "cores": os.cpu_count(),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "pretrain_running_after": busy(), "versions": library_versions(),
+        "command": f"python -m benchmarks.latency_model --model {model_name} "
+                   f"--policies {policies} --seed {seed}",
+    }
+
+
+def verdict(error: float, which: str) -> str:
+    return "met" if error <= TARGETS[which] else "missed"
+
+
+def report(results: list[dict]) -> str:
+    lines = ["# Latency model: predicted vs measured latency ratio", "",
+             "Written by `compressor/bench_latency_model.py`. Per model: the latency model is "
+             "built from scratch (per-layer ONNX Runtime kernel tables + the memory-traffic term, "
+             "see `compressor/latency_model.py`), then random per-unit pruning policies are "
+             "pruned for real (`compressor.pruning.apply_policy`), exported and measured against "
+             "the dense network (paired, alternating blocks); the prediction uses the skeleton's "
+             "predicted shapes, as the budget wall does. Error = predicted / measured - 1. "
+             f"Targets: median |error| <= {TARGETS['median']:.0%}, max <= {TARGETS['max']:.0%}.",
+             "",
+             "| model | policies | median abs error | max abs error | targets | MACs proxy median "
+             "/ max | build (s) | predict (us) | batch | threads | CPU | command |",
+             "|---" * 12 + "|"]
+    for r in results:
+        meta, macs = r["latency_model"], r["ablations"]["MACs ratio (proxy)"]
+        lines.append(
+            f"| {r['model']} | {r['policies']} | {r['median_error']:.1%} | {r['max_error']:.1%}"
+            f" | median {verdict(r['median_error'], 'median')}, max "
+            f"{verdict(r['max_error'], 'max')} | {macs['median']:.1%} / {macs['max']:.1%} | "
+            f"{r['build_seconds']:.1f} | "
+            f"{r['predict_us']:.0f} | {meta['batch_size']} | {meta['threads']} | {r['cpu']} "
+            f"({r['cores']} cores) | `{r['command']}` |")
+    lines += ["", "Settings: input 32x32, num_classes 10, random weights (latency depends on "
+              "shapes only), onnxruntime "
+              f"{results[0]['versions']['onnxruntime']}, graph optimisation all, 1 intra-op "
+              "thread, batch picked by `auto_batch_size` (dense >= 10 ms); measured with "
+              + ", ".join(f"{k}={v}" for k, v in results[0]["measure_settings"].items()
+                          if k != "batch_size") + ".", ""]
+    for r in results:
+        meta, fit = r["latency_model"], r["calibration_fit"]
+        measured = [row["measured"] for row in r["rows"]]
+        lines += [f"## {r['model']}", "",
+                  f"- build: {r['build_seconds']:.1f} s ({meta['grid_measurements']} grid "
+                  f"measurements over {meta['distinct_tables']} distinct layer tables, "
+                  f"{meta['table_seconds']:.1f} s of them)",
+                  f"- dense: {meta['dense_min_ms']:.2f} ms (fastest run) at batch "
+                  f"{meta['batch_size']}; sum of its layers' kernel tables "
+                  f"{meta['dense_layer_sum_ms']:.2f} ms; {meta['dense_traffic_mb']:.1f} MB "
+                  f"moved per run; traffic term {meta['beta_ms_per_mb']:.3f} ms per MB above "
+                  f"{meta['knee_mb']:.1f} MB",
+                  f"- measured ratios {min(measured):.3f}-{max(measured):.3f}; load average "
+                  f"{r['load_average_before'][0]:.2f} before, {r['load_average_after'][0]:.2f} "
+                  f"after; pretrain job running at the end: {r['pretrain_running_after']}", "",
+                  "Ablations on the same measurements (calibration networks measured in "
+                  f"{r['calibration_seconds']:.1f} s; fit {fit['beta_ms_per_mb']:.3f} ms per MB "
+                  f"above {fit['knee_mb']:.1f} MB):", "",
+                  "| predictor | median abs error | max abs error | mean signed error |",
+                  "|---|---|---|---|"]
+        order = ["latency model", "layer sum only"]
+        for name, a in sorted(r["ablations"].items(),
+                              key=lambda kv: (order + [kv[0]]).index(kv[0])):
+            lines.append(f"| {name} | {a['median']:.1%} | {a['max']:.1%} | "
+                         f"{a['mean_signed']:+.1%} |")
+        lines += ["", "| # | measured (block min-max) | predicted | error | MACs ratio | "
+                  "traffic (MB) |", "|---|---|---|---|---|---|"]
+        for i, row in enumerate(r["rows"]):
+            lines.append(f"| {i} | {row['measured']:.3f} ({row['spread'][0]:.3f}-"
+                         f"{row['spread'][1]:.3f}) | {row['predicted']:.3f} | "
+                         f"{row['error']:+.1%} | {row['macs']:.3f} | {row['traffic_mb']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="repeatable; default resnet18 and "
+                        "mobilenet_v2")
+    parser.add_argument("--policies", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid-points", type=int, default=4)
+    parser.add_argument("--calibration", type=int, default=6,
+                        help="calibration networks for the 'calibrated' ablation")
+    parser.add_argument("--blocks", type=int, default=10, help="paired blocks per policy")
+    parser.add_argument("--runs", type=int, default=20, help="runs per block")
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # pruning and export on one core, like the probe
+    if busy():
+        print("warning: a `compressor pretrain` job is running; measurements will be noisy")
+    out = Path(args.out)
+    for name in args.model or ["resnet18", "mobilenet_v2"]:
+        result = bench(name, args.policies, args.seed, latency.ProbeSettings(),
+                       latency.ProbeSettings(runs=args.runs, blocks=args.blocks),
+                       args.grid_points, args.calibration)
+        atomic.write_json(out / f"latency_model_{name}.json", result)
+        print(f"{name}: median |error| {result['median_error']:.1%}, max "
+              f"{result['max_error']:.1%}, build {result['build_seconds']:.1f} s")
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("latency_model_*.json"))]
+    atomic.write_text(out / "latency_model.md", report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Budgets: what a pruned network must fit in, and the action wall that meets them by construction."""

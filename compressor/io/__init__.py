@@ -1,0 +1,1 @@
+"""Files: ONNX export with verification, pruned checkpoints, policy files, reports, atomic writes."""

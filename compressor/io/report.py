@@ -1,0 +1,137 @@
+"""The run report: report.json (machine-readable), report.md (for people) and three plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compressor.io import atomic
+
+
+def read_episodes(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_search(episodes: list[dict], out_dir: Path, title: str) -> list[str]:
+    """Reward and best accuracy per episode; accuracy against latency (or MACs) ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    xs = [e["episode"] for e in episodes]
+    best, running = [], float("-inf")
+    for e in episodes:
+        running = max(running, e["top1"])
+        best.append(running)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].plot(xs, [e["reward"] for e in episodes], ".", ms=3)
+    ax[0].set(xlabel="episode", ylabel="reward", title="reward per episode")
+    ax[1].plot(xs, [e["top1"] for e in episodes], ".", ms=3, label="episode")
+    ax[1].plot(xs, best, "-", label="best so far")
+    ax[1].set(xlabel="episode", ylabel="search top-1 (%)", title="search accuracy")
+    ax[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic.write_via(out_dir / "search.png", lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    names.append("search.png")
+
+    key = "latency_predicted" if "latency_predicted" in episodes[0] else "flops_ratio"
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter([e[key] for e in episodes], [e["top1"] for e in episodes],
+               c=xs, cmap="viridis", s=10)
+    measured = [e for e in episodes if "latency_measured" in e]
+    if measured:
+        ax.scatter([e["latency_measured"] for e in measured], [e["top1"] for e in measured],
+                   marker="x", c="red", s=20, label="measured (probe)")
+        ax.legend()
+    ax.set(xlabel=key.replace("_", " "), ylabel="search top-1 (%)",
+           title="accuracy vs cost, all episodes (colour: episode)")
+    fig.tight_layout()
+    atomic.write_via(out_dir / "accuracy_vs_latency.png",
+                     lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    names.append("accuracy_vs_latency.png")
+    return names
+
+
+def plot_policy(policy: dict[str, float], uniform: dict[str, float], out_dir: Path,
+                title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(policy)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4.5))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [policy[n] for n in names], 0.4, label="agent")
+    ax.bar([x + 0.2 for x in xs], [uniform.get(n, 0) for n in names], 0.4, label="uniform")
+    ax.set_xticks(list(xs), names, rotation=75, fontsize=7)
+    ax.set(ylabel="pruning ratio", title=title)
+    ax.legend()
+    fig.tight_layout()
+    atomic.write_via(out_dir / "policy.png", lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return "policy.png"
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    """report.json verbatim, and a short markdown summary of it."""
+    atomic.write_json(out_dir / "report.json", report)
+    final, base = report["final"], report["baseline"]
+    lines = [
+        f"# {report['model']} on {report['dataset']}: {report['headline']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        _row(["", "dense", "pruned"]), _row(["---", "---", "---"]),
+        _row(["test top-1 (%)", f"{base['test_top1']:.2f}", f"{final['test_top1']:.2f}"]),
+        _row(["MMACs", f"{base['macs'] / 1e6:.1f}", f"{final['macs'] / 1e6:.1f}"]),
+        _row(["params (M)", f"{base['params'] / 1e6:.2f}", f"{final['params'] / 1e6:.2f}"]),
+        _row(["ONNX latency (ms)", f"{final['latency']['reference_ms']:.2f}",
+              f"{final['latency']['candidate_ms']:.2f}"]),
+        _row(["latency ratio (paired)", "1.000", f"{final['latency']['ratio']:.3f}"]),
+        "",
+        f"Budgets: {json.dumps(report['budgets'])}. Verdict: **{report['verdict']}**.",
+        f"Search aimed at {report['search_target']}: {report['margin_note']}",
+        "",
+        "Latency settings: " + ", ".join(f"{k}={v}" for k, v in
+                                          final['latency']['settings'].items()) + ".",
+        f"ONNX parity: max abs difference {final['onnx_max_abs_diff']:.2e} (limit 1e-3).",
+        "",
+        "## Time",
+        _row(["phase", "seconds"]), _row(["---", "---"]),
+        *[_row([k, f"{v:.1f}"]) for k, v in report["time"].items()],
+        "",
+        "Per episode (mean seconds over evaluated, uncached episodes): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in report["per_episode_seconds"].items())
+        + f"; {report['cache_hits']} of {report['episodes']} episodes were cache hits.",
+        "",
+        "## Candidates after the search (short fine-tune on the train split, scored on search)",
+        _row(["episode", "reward", "search top-1", "after short fine-tune", "latency measured",
+              "chosen"]),
+        _row(["---"] * 6),
+        *[_row([c["episode"], f"{c['reward']:.4f}", f"{c['top1']:.2f}",
+                f"{c.get('finetuned_top1', float('nan')):.2f}",
+                f"{c.get('latency_measured', float('nan')):.3f}",
+                "yes" if c.get("chosen") else ""]) for c in report["candidates"]],
+        "",
+        "## Policy (pruning ratio per unit)",
+        _row(["unit", "agent", "uniform at the same budget"]), _row(["---", "---", "---"]),
+        *[_row([n, f"{r:.3f}", f"{report['uniform_policy'].get(n, 0):.3f}"])
+          for n, r in report["policy"].items()],
+        "",
+        *[f"![{p}]({p})" for p in report["plots"]],
+        "",
+        f"Machine: {report['provenance']['machine']['cpu']}, "
+        f"{report['provenance']['machine']['cores']} cores; git {report['provenance']['git_commit']}.",
+    ]
+    atomic.write_text(out_dir / "report.md", "\n".join(lines) + "\n")

@@ -1,0 +1,27 @@
+"""Latency: the paired ONNX Runtime probe, the per-layer latency model, and the fit to a budget.
+
+    from compressor import latency
+    settings = latency.ProbeSettings(threads=1, batch_size=32)
+    paired = latency.measure_pair(latency.make_session("model.onnx", settings),
+                                  latency.make_session("dense.onnx", settings), settings)
+    paired.ratio  # candidate / dense, measured in alternating blocks
+"""
+
+from compressor.latency.fit import FitResult, fit_to_latency
+from compressor.latency.model import LatencyModel, load_or_build
+from compressor.latency.probe import (
+    LatencyResult,
+    PairedLatency,
+    Probe,
+    ProbeSettings,
+    Session,
+    auto_batch_size,
+    check_same_input,
+    make_session,
+    measure_ms,
+    measure_pair,
+)
+
+__all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
+           "Session", "auto_batch_size", "check_same_input", "fit_to_latency", "load_or_build",
+           "make_session", "measure_ms", "measure_pair"]

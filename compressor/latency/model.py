@@ -1,0 +1,473 @@
+"""A latency model: predict a pruned network's ONNX Runtime latency (ratio) without exporting it.
+
+NetAdapt's lookup table, per layer: every Conv2d/Linear of the dense network is timed alone (a
+Conv + bias + ReLU, or Gemm, ONNX graph at the probe's batch, feature-map size and threads) over a
+grid of (in, out) channel counts that are multiples of `round_to`, and interpolated bilinearly in
+between (a conv's cost is close to a + b*in*out + c*in + d*out, which bilinear interpolation
+reproduces exactly; the grid catches the rest). Layers with the same signature share one table.
+The tables hold kernel time from onnxruntime's profiler, not wall time: a lone graph also pays a
+per-run overhead and NCHW <-> NCHWc reorders that the layer does not pay inside the network.
+
+What the sum S of the tables misses is, measured here (ORT profiles of whole networks), not the
+non-conv nodes (BatchNorm is folded, activations and residual adds are fused into the convs,
+pooling and the head take < 2% of a run) but memory traffic: a lone layer runs with its weights
+and activations in cache, a whole network whose weights and activations outgrow its share of the
+cache streams them from DRAM on every run. Measured for resnet18 at 32x32, batch 4 (45 MB of
+weights; the L3 here is 32 MB, shared with whatever else runs): the dense network took 2.35 ms
+more than the sum of its lone layers, uniformly pruned to 11 MB of weights 0.68 ms more, below
+3 MB nothing. So the model is
+
+    latency(shapes) = S(shapes) + beta * max(0, T(shapes) - knee)
+    T = megabytes moved per run: float32 weights + the batch's layer outputs
+    ratio(shapes)   = latency(shapes) / latency(dense shapes)
+
+By default (no calibration) the knee is 0 and beta spreads the dense network's measured excess
+(its latency minus S) over its traffic T: the excess shrinks with the bytes a pruned network
+moves. With pruned calibration networks measured against the dense one (paired, same window),
+beta >= 0 and the knee can be fitted to their ratios instead (`fit_traffic`); on this machine
+that was not more accurate (results/latency_model.md), so it is optional. Prediction is pure
+Python over a few dozen small tables (tens of microseconds), so the budget wall can call it
+hundreds of times per episode. Models are cached on disk per network, input, batch, threads,
+onnxruntime version and CPU, since they hold only for the machine that measured them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import math
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.io import atomic
+from compressor.latency.probe import (
+    ProbeSettings,
+    auto_batch_size,
+    make_session,
+    measure_ms,
+    measure_pair,
+    session_options,
+)
+from compressor.provenance import cpu_name
+from compressor.pruning.shapes import LayerShape, measure_layer_shapes
+
+log = logging.getLogger(__name__)
+
+FORMAT = "compressor-latency-model-v4"  # v4: batch floor 10 ms
+
+
+# --- per-layer tables ----------------------------------------------------------------------------
+
+
+def _grid(full: int, step: int, points: int) -> list[int]:
+    """Up to `points` channel counts from `step` to `full`: multiples of `step`, plus `full`."""
+    if full <= step or points < 2:
+        return [full]
+    values = np.linspace(step, full, points)
+    return sorted({min(full, max(step, int(round(v / step)) * step)) for v in values} | {full})
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise-linear interpolation, clamped at the ends (plain Python: ~10x np.interp on these
+    1-6 point grids, and the budget wall calls it thousands of times per episode)."""
+    if len(xs) == 1 or x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1 = xs[i - 1], xs[i]
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
+
+
+class LayerTable:
+    """Latency (ms) of one layer over a grid of (in, out) channel counts, bilinear in between.
+
+    Depthwise convs have one axis (in = out = groups): `ins` is then a single placeholder row.
+    """
+
+    def __init__(self, ins: list[int], outs: list[int], ms, depthwise: bool):
+        self.ins, self.outs = [float(v) for v in ins], [float(v) for v in outs]
+        self.ms = [[float(v) for v in row] for row in np.asarray(ms, float).reshape(
+            len(self.ins), len(self.outs))]
+        self.depthwise = depthwise
+
+    def __call__(self, cin: int, cout: int) -> float:
+        if len(self.ins) == 1:
+            return _interp(cout, self.outs, self.ms[0])
+        i = bisect.bisect_right(self.ins, cin)
+        if i == 0 or cin >= self.ins[-1]:  # clamped: one row
+            return _interp(cout, self.outs, self.ms[0 if i == 0 else -1])
+        x0, x1 = self.ins[i - 1], self.ins[i]
+        lo = _interp(cout, self.outs, self.ms[i - 1])
+        hi = _interp(cout, self.outs, self.ms[i])
+        return lo + (hi - lo) * (cin - x0) / (x1 - x0)
+
+    def to_json(self) -> dict:
+        return {"ins": self.ins, "outs": self.outs, "ms": self.ms, "depthwise": self.depthwise}
+
+    @classmethod
+    def from_json(cls, d: dict) -> LayerTable:
+        return cls(d["ins"], d["outs"], d["ms"], d["depthwise"])
+
+
+def _padding(shape: LayerShape) -> int:
+    """The symmetric padding that maps in_hw to out_hw (LayerShape does not carry it)."""
+    return max(0, math.ceil(((shape.out_hw - 1) * shape.stride + shape.kernel - shape.in_hw) / 2))
+
+
+def _layer_graph(shape: LayerShape, cin: int, cout: int, batch: int) -> bytes:
+    """One layer as ONNX, as it runs inside the exported network: Conv + bias + ReLU (BatchNorm is
+    folded into the conv's bias at export and the activation fused by onnxruntime), or Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if shape.kind == "linear":
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin])
+        w = rng.standard_normal((cout, cin)).astype(np.float32) * 0.1
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(
+            np.zeros(cout, np.float32), "b")]
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    else:
+        groups = cin if shape.depthwise else shape.groups
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                          [batch, cin, shape.in_hw, shape.in_hw])
+        w = rng.standard_normal((cout, cin // groups, shape.kernel, shape.kernel)) * 0.1
+        inits = [numpy_helper.from_array(w.astype(np.float32), "w"),
+                 numpy_helper.from_array(np.zeros(cout, np.float32), "b")]
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], group=groups,
+                                  kernel_shape=[shape.kernel] * 2, strides=[shape.stride] * 2,
+                                  pads=[_padding(shape)] * 4),
+                 helper.make_node("Relu", ["c"], ["y"])]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "layer", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettings,
+                target_ms: float, profile_dir: str) -> float:
+    """Kernel time (ms) of the layer in a lone graph: the fastest run of each node, summed over
+    the nodes other than layout reorders, from onnxruntime's profiler.
+
+    Kernel time, not wall time: a lone graph also pays ~25 us of per-run overhead and two
+    NCHW <-> NCHWc reorders that the layer does not pay inside the exported network (where
+    onnxruntime keeps the whole chain in NCHWc); on small layers that is as much as the layer.
+    The minimum: on this machine noise only ever adds time.
+    """
+    import onnxruntime as ort
+
+    options = session_options(settings)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(profile_dir) / "layer")
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    feed = {"x": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+    spent, runs = 0.0, 0
+    while runs < 2 + 5 or (spent < target_ms and runs < 60):  # two warm-up runs
+        started = time.perf_counter()
+        session.run(None, feed)
+        spent += (time.perf_counter() - started) * 1000.0 if runs >= 2 else 0.0
+        runs += 1
+    path = Path(session.end_profiling())
+    events = json.loads(path.read_text())
+    path.unlink()
+    kernels: dict[str, list[float]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and \
+                not event["args"]["op_name"].startswith("Reorder"):
+            kernels.setdefault(event["name"], []).append(event["dur"] / 1000.0)
+    return sum(min(times[2:]) for times in kernels.values())
+
+
+def _signature(shape: LayerShape, first: bool) -> tuple:
+    """Layers with equal signatures have equal tables (resnet18's repeated blocks, for one)."""
+    return (shape.kind, shape.kernel, shape.stride, shape.groups if not shape.depthwise else -1,
+            shape.in_hw, shape.out_hw, shape.in_channels, shape.out_channels, first)
+
+
+def _axes(shape: LayerShape, first: bool, round_to: int, points: int) -> tuple[list, list]:
+    """Grid of in and out channel counts for one layer's table."""
+    if shape.depthwise:
+        return [shape.in_channels], _grid(shape.out_channels, round_to, points)
+    step = math.lcm(round_to, shape.groups)  # grouped convs keep their groups: widths shrink
+    ins = [shape.in_channels] if first else _grid(shape.in_channels, step, points)
+    return ins, _grid(shape.out_channels, step, points)
+
+
+def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, batch: int,
+                   settings: ProbeSettings, target_ms: float, profile_dir: str) -> LayerTable:
+    ins, outs = _axes(shape, first, round_to, points)
+    rows = []
+    for cin in ins:
+        row = []
+        for cout in outs:
+            c_in = cout * shape.in_channels // shape.out_channels if shape.depthwise else cin
+            dims = (batch, c_in) if shape.kind == "linear" else (batch, c_in, shape.in_hw,
+                                                                  shape.in_hw)
+            row.append(_time_graph(_layer_graph(shape, c_in, cout, batch), dims, settings,
+                                   target_ms, profile_dir))
+        rows.append(row)
+    return LayerTable(ins, outs, rows, shape.depthwise)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+def traffic_mb(shapes: list[LayerShape], batch: int) -> float:
+    """Megabytes a run moves through memory: the float32 conv/linear weights (BatchNorm is
+    folded into them at export) plus the batch's layer outputs."""
+    weights = sum(s.params for s in shapes)
+    outputs = batch * sum(s.out_channels * s.out_hw * s.out_hw for s in shapes)
+    return (weights + outputs) * 4e-6
+
+
+class LatencyModel:
+    """Predicts latency (ms) and the ratio to the dense network from predicted layer shapes.
+
+    `metadata` holds the key (model, input size, batch, threads, onnxruntime, cpu) and how the
+    model was built (grid, fit, calibration, build seconds).
+    """
+
+    def __init__(self, tables: dict[str, LayerTable], beta: float, knee_mb: float,
+                 dense_ms: float, dense_shapes: list[LayerShape], metadata: dict[str, Any]):
+        self.tables, self.beta, self.knee_mb = tables, beta, knee_mb
+        self.batch = int(metadata["batch_size"])
+        self.dense_ms, self.metadata = dense_ms, metadata
+        self.dense_shapes = list(dense_shapes)
+        missing = [s.name for s in dense_shapes if s.name not in tables]
+        if missing:
+            raise ValueError(f"latency model has no table for layers {missing[:5]}")
+        self.dense_sum = self.layer_sum(dense_shapes)
+        self.dense_cost = self.cost(self.dense_sum, traffic_mb(dense_shapes, self.batch))
+
+    @property
+    def batch_size(self) -> int:
+        return self.metadata["batch_size"]
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return self.metadata["key"]
+
+    def layer_sum(self, shapes: list[LayerShape]) -> float:
+        """Sum of the layers' table latencies (ms)."""
+        try:
+            return sum(self.tables[s.name](s.in_channels, s.out_channels) for s in shapes)
+        except KeyError as exc:
+            raise ValueError(f"layer {exc.args[0]!r} is not in the latency model of "
+                             f"{self.metadata.get('model') or 'this network'}; shapes must "
+                             "come from the network it was built for") from None
+
+    def cost(self, layer_sum: float, traffic: float) -> float:
+        """Modelled latency (ms) from a layer sum and the megabytes moved per run."""
+        return layer_sum + self.beta * max(0.0, traffic - self.knee_mb)
+
+    def predict_ratio(self, shapes: list[LayerShape]) -> float:
+        """Latency of the network with these layer shapes over the dense network's latency."""
+        return self.cost(self.layer_sum(shapes), traffic_mb(shapes, self.batch)) / self.dense_cost
+
+    def predict_ms(self, shapes: list[LayerShape]) -> float:
+        """Absolute latency at the probe settings: the ratio times the dense network's measured
+        (median) latency."""
+        return self.predict_ratio(shapes) * self.dense_ms
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "tables": {k: t.to_json() for k, t in self.tables.items()},
+                "beta": self.beta, "knee_mb": self.knee_mb, "dense_ms": self.dense_ms,
+                "dense_shapes": [list(s) for s in self.dense_shapes], "metadata": self.metadata}
+
+    @classmethod
+    def from_json(cls, blob: dict) -> LatencyModel:
+        if blob.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        return cls({k: LayerTable.from_json(t) for k, t in blob["tables"].items()},
+                   blob["beta"], blob["knee_mb"], blob["dense_ms"],
+                   [LayerShape(*s) for s in blob["dense_shapes"]], blob["metadata"])
+
+
+def fit_traffic(dense_sum: float, dense_mb: float, excess_ms: float,
+                calibration: list[tuple[float, float, float]],
+                knees: int = 40) -> tuple[float, float]:
+    """(beta, knee) of latency = S + beta * max(0, T - knee), beta >= 0 (T: `traffic_mb`).
+
+    `calibration` holds (layer sum S_i, traffic MB T_i, measured ratio r_i) per pruned network.
+    For each knee on a grid over [0, T_dense), beta solves the linearised equations
+    S_i + beta*h_i = r_i * (S_d + beta*h_d) (h = the hinge) by least squares, each divided by
+    r_i * S_d so that it weighs a relative error; the pair with the smallest squared relative
+    error of the predicted ratios wins (beta = 0, the plain layer sum, is a candidate too).
+    Fewer than two calibrations: knee 0 and beta = `excess_ms` (the dense network's measured
+    latency minus its layer sum) per dense megabyte moved.
+    """
+    if len(calibration) < 2:
+        return max(0.0, excess_ms) / dense_mb if dense_mb > 0 else 0.0, 0.0
+    s, w, r = (np.array(v, float) for v in zip(*calibration, strict=True))
+
+    def error(beta: float, knee: float) -> float:
+        cost_d = dense_sum + beta * max(0.0, dense_mb - knee)
+        return float(np.sum(((s + beta * np.maximum(0.0, w - knee)) / cost_d / r - 1) ** 2))
+
+    best = (error(0.0, 0.0), 0.0, 0.0)
+    for knee in np.linspace(0.0, dense_mb, knees, endpoint=False):
+        h, h_d = np.maximum(0.0, w - knee), max(0.0, dense_mb - knee)
+        x = (h - r * h_d) / (r * dense_sum)
+        y = (r * dense_sum - s) / (r * dense_sum)
+        if not np.any(x):
+            continue
+        beta = max(0.0, float(x @ y / (x @ x)))
+        candidate = (error(beta, float(knee)), beta, float(knee))
+        if candidate[0] < best[0]:
+            best = candidate
+    return best[1], best[2]
+
+
+def _fingerprint(shapes: list[LayerShape]) -> str:
+    return hashlib.sha256(json.dumps([list(s) for s in shapes]).encode()).hexdigest()[:16]
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def cache_key(model_name: str, dense_shapes: list[LayerShape], settings: ProbeSettings,
+              round_to: int) -> dict[str, Any]:
+    """What a latency model is valid for; a cached model with another key is rebuilt."""
+    return {"model": model_name, "layers": _fingerprint(dense_shapes),
+            "input_size": settings.input_size, "batch_size": settings.batch_size,
+            "threads": settings.threads, "graph_optimization": settings.graph_optimization,
+            "round_to": round_to, "cpu": cpu_name(), "onnxruntime": _ort_version()}
+
+
+def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
+                        settings: ProbeSettings, round_to: int, grid_points: int = 4,
+                        calibration_models: list[nn.Module] | None = None,
+                        model_name: str = "", target_ms: float = 15.0) -> LatencyModel:
+    """Time every layer over its grid, measure the dense network, set the traffic term from its
+    excess or fit it on the `calibration_models` (pruned copies of `dense_model`; `fit_traffic`).
+
+    `settings.batch_size` None picks it with `auto_batch_size`. `target_ms` is the time each grid
+    point is run for. Calibration uses `settings`' blocks and runs.
+    """
+    from compressor.io.export import onnx_bytes
+
+    started = time.perf_counter()
+    one = example_input[:1].detach().cpu()
+    dense_session = make_session(onnx_bytes(dense_model, one), settings)
+    if settings.batch_size is None:
+        settings = replace(settings, batch_size=auto_batch_size(dense_session,
+                                                                settings.input_size))
+    dense_session.prepare(settings.batch_size, settings.input_size)
+    batch = settings.batch_size
+    shapes = measure_layer_shapes(dense_model, one)
+    by_signature: dict[tuple, LayerTable] = {}
+    tables: dict[str, LayerTable] = {}
+    with tempfile.TemporaryDirectory(prefix="compressor-latency-") as profile_dir:
+        for i, shape in enumerate(shapes):
+            first = i == 0 or shape.in_channels == 3  # the image's channels are never pruned
+            key = _signature(shape, first)
+            if key not in by_signature:
+                by_signature[key] = _measure_table(shape, first, round_to, grid_points, batch,
+                                                   settings, target_ms, profile_dir)
+            tables[shape.name] = by_signature[key]
+    table_seconds = time.perf_counter() - started
+    dense = measure_ms(dense_session, replace(settings, statistic="min"))
+    dense_median = statistics.median(dense.runs_ms)
+
+    key = cache_key(model_name, shapes, settings, round_to)
+    metadata: dict[str, Any] = {
+        "key": key, **key, "grid_points": grid_points, "target_ms": target_ms,
+        "settings": settings.as_dict(), "distinct_tables": len(by_signature),
+        "grid_measurements": sum(len(t.ins) * len(t.outs) for t in by_signature.values()),
+        "table_seconds": table_seconds, "dense_min_ms": dense.min_ms}
+    model = LatencyModel(tables, 0.0, 0.0, dense_median, shapes, metadata)
+    excess = dense.min_ms - model.dense_sum
+    calibration = []
+    for pruned in calibration_models or []:
+        session = make_session(onnx_bytes(pruned, one), settings)
+        pruned_shapes = measure_layer_shapes(pruned, one)
+        ratio = measure_pair(session, dense_session, settings).ratio
+        calibration.append((model.layer_sum(pruned_shapes), traffic_mb(pruned_shapes, batch),
+                            ratio))
+    beta, knee = fit_traffic(model.dense_sum, traffic_mb(shapes, batch), excess, calibration)
+    model = LatencyModel(tables, beta, knee, dense_median, shapes, metadata)
+    metadata.update({
+        "dense_layer_sum_ms": model.dense_sum, "dense_excess_ms": excess,
+        "dense_traffic_mb": traffic_mb(shapes, batch), "beta_ms_per_mb": beta, "knee_mb": knee,
+        "calibration": [{"measured": r, "predicted": model.cost(s, t) / model.dense_cost,
+                         "traffic_mb": t} for s, t, r in calibration],
+        "build_seconds": time.perf_counter() - started})
+    return model
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def calibration_policies(skeleton, count: int, seed: int = 0,
+                         max_ratio: float = 0.8) -> list[dict[str, float]]:
+    """`count` pruning policies that spread over the cost range (the knee needs small networks
+    as well as large ones): uniform at 0.25, 0.5 and 0.75, then random per-unit ratios under a
+    random ceiling (seeded: the same every build)."""
+    rng = random.Random(seed)
+    uniform = [{name: r for name in skeleton.names} for r in (0.5, 0.25, 0.75)][:count]
+    randoms = []
+    for _ in range(count - len(uniform)):
+        ceiling = rng.uniform(0.2, max_ratio)
+        randoms.append({name: rng.uniform(0.0, ceiling) for name in skeleton.names})
+    return uniform + randoms
+
+
+def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
+                  example_input: torch.Tensor, settings: ProbeSettings, round_to: int,
+                  skeleton=None, say: Callable[[str], None] | None = None,
+                  calibration: int = 0, grid_points: int = 4) -> LatencyModel:
+    """The cached model for this network/input/batch/threads/runtime/CPU, else build and cache one.
+
+    With `skeleton` (compressor.pruning.Skeleton of `dense`) and `calibration` > 0, that many
+    pruned copies (`calibration_policies`) fit the traffic term; the default (0) uses the
+    dense network's measured excess instead, which was as accurate in results/latency_model.md
+    and saves their export and measurement. `settings.batch_size` None accepts a cached model of
+    any batch (it was picked automatically too).
+    """
+    say = say or log.info
+    one = example_input[:1].detach().cpu()
+    dense_shapes = measure_layer_shapes(dense, one)
+    key = cache_key(model_name, dense_shapes, settings, round_to)
+    # One file per setup, whatever the batch: an automatic batch then finds the model built with
+    # the batch it picked last time.
+    name = "-".join(str(v) for v in (model_name or "model", f"{settings.input_size}px",
+                                      f"t{settings.threads}", settings.graph_optimization,
+                                      f"r{round_to}"))
+    path = Path(cache_dir) / f"{name}.json"
+    if path.exists():
+        try:
+            cached = LatencyModel.from_json(json.loads(path.read_text()))
+            if all(cached.key.get(k) == v for k, v in key.items()
+                   if not (k == "batch_size" and v is None)):
+                return cached
+            say(f"latency model cache {path} was built for another setup; rebuilding")
+        except (ValueError, KeyError, TypeError) as exc:  # damaged or older: rebuild
+            say(f"latency model cache {path} is unreadable ({type(exc).__name__}); rebuilding")
+    say(f"measuring a latency model for {model_name} (once per model, input, runtime and CPU)")
+    models = None
+    if skeleton is not None and calibration > 0:
+        from compressor import pruning
+
+        config = pruning.PruningConfig(round_to=round_to)
+        models = [pruning.apply_policy(dense, policy, one, config)
+                  for policy in calibration_policies(skeleton, calibration)]
+    model = build_latency_model(dense, one, settings, round_to, grid_points,
+                                calibration_models=models, model_name=model_name)
+    atomic.write_json(path, model.to_json())
+    say(f"latency model for {model_name} built in {model.metadata['build_seconds']:.0f} s "
+        f"(batch {model.batch_size}); cached in {path}")
+    return model

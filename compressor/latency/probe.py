@@ -1,0 +1,285 @@
+"""Latency, measured one way: an onnxruntime session on the exported model, settings reported.
+
+The absolute latency of one model drifts 12-35% between measurements on this kind of machine
+(MEASURED.md), so budgets are judged as a ratio to the dense model measured in the same window: the
+two sessions alternate in blocks of runs (not run by run, which flushes caches and doubles
+small-input latency), and the ratio is the median of the per-block ratios.
+
+    settings = ProbeSettings(batch_size=8, input_size=32)
+    paired = measure_pair(make_session(pruned_onnx, settings), make_session(dense_onnx, settings),
+                          settings)
+    paired.ratio, paired.spread  # e.g. 0.25, (0.246, 0.278)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.errors import UserError
+from compressor.io.export import onnx_bytes
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_STATISTICS = {"median": statistics.median, "min": min}
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How a latency is measured. Reported beside every number."""
+
+    threads: int = 1
+    """onnxruntime intra-op threads. One: two threads slow small graphs here (MEASURED.md); with
+    more than one, thread spinning is switched off so that sessions do not steal each other's
+    cores."""
+    graph_optimization: str = "all"
+    """onnxruntime graph optimisation level: disable, basic, extended or all (ORT_ENABLE_ALL, the
+    default, is what a deployment uses: BatchNorm folding, Conv+activation fusion, NCHWc)."""
+    batch_size: int | None = None
+    """Images per run; None picks the smallest power of two at which the dense model takes
+    >= 10 ms (resnet18 at 32 px: 8; mobilenet_v2: 32; see `auto_batch_size`)."""
+    input_size: int = 32
+    """Side of the square input (3 channels)."""
+    warmup: int = 10
+    """Untimed runs per session before measuring (allocations, caches, lazy kernel choice)."""
+    runs: int = 20
+    """Timed runs per block."""
+    blocks: int = 6
+    """Blocks per session; in a paired measurement the two sessions alternate block by block."""
+    statistic: str = "min"
+    """What summarises a block's runs: min (the machine's undisturbed speed) or median. Min is the
+    default because it repeats: six paired measurements of one pruned resnet18 (batch 4) gave
+    ratios with sd 0.008 under min and 0.031 under median (mobilenet_v2, batch 16: 0.023 vs
+    0.036); interference on a shared machine only ever adds time, and the min drops it."""
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in _LEVELS:
+            raise UserError(f"graph optimisation {self.graph_optimization!r} is not one of "
+                            f"{', '.join(_LEVELS)}")
+        if self.statistic not in _STATISTICS:
+            raise UserError(f"latency statistic {self.statistic!r} is not one of "
+                            f"{', '.join(_STATISTICS)}")
+        if self.threads < 1 or self.runs < 1 or self.blocks < 1 or self.warmup < 0:
+            raise UserError("latency probe threads, runs and blocks must be >= 1, warmup >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"latency batch size {self.batch_size} must be >= 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LatencyResult(NamedTuple):
+    """One session measured alone."""
+
+    ms: float  # the statistic over the blocks' statistics
+    runs_ms: list[float]  # every timed run, in order
+    blocks_ms: list[float]  # per block
+    min_ms: float
+    iqr_ms: tuple[float, float]  # 25th and 75th percentile of the runs
+    settings: dict[str, Any]
+
+
+class PairedLatency(NamedTuple):
+    """A candidate against its reference, measured in the same window."""
+
+    ratio: float  # median of the per-block ratios
+    candidate_ms: float  # median of the candidate's block statistics
+    reference_ms: float
+    block_ratios: list[float]
+    settings: dict[str, Any]
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """Smallest and largest per-block ratio."""
+        return min(self.block_ratios), max(self.block_ratios)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        """25th and 75th percentile of the per-block ratios."""
+        lo, hi = np.percentile(self.block_ratios, [25, 75])
+        return float(lo), float(hi)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "candidate_ms": self.candidate_ms,
+                "reference_ms": self.reference_ms, "block_ratios": self.block_ratios,
+                "spread": list(self.spread), "iqr": list(self.iqr), "settings": self.settings}
+
+
+class Session:
+    """An onnxruntime session plus the input it is timed on."""
+
+    def __init__(self, inner, input_name: str, input_shape: list, source: str):
+        self.inner, self.input_name, self.input_shape, self.source = (
+            inner, input_name, input_shape, source)
+        self.feed: dict[str, np.ndarray] = {}
+
+    def prepare(self, batch_size: int, input_size: int) -> None:
+        """Fix the timed input: `batch_size` seeded random images of `input_size` pixels."""
+        wanted = [3, input_size, input_size]
+        # Symbolic dims (strings) accept anything; fixed ones must match.
+        if any(isinstance(d, int) and d != w
+               for d, w in zip(self.input_shape[1:], wanted, strict=True)):
+            raise UserError(f"{self.source} takes inputs {self.input_shape[1:]}, not {wanted}; "
+                            "measure it at the input size it was exported for (--input-size)")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch_size, *wanted)).astype(np.float32)
+        self.feed = {self.input_name: x}
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.feed[self.input_name].shape[0] if self.feed else None
+
+    def run_once(self) -> float:
+        """One timed run, in milliseconds."""
+        started = time.perf_counter()
+        self.inner.run(None, self.feed)
+        return (time.perf_counter() - started) * 1000.0
+
+
+def session_options(settings: ProbeSettings):
+    """onnxruntime options for `settings` (shared with the latency model's layer probes)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               _LEVELS[settings.graph_optimization])
+    if settings.threads > 1:
+        # Spinning threads of one session steal the cores of the other (MEASURED.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def make_session(model: bytes | str | Path, settings: ProbeSettings) -> Session:
+    """A CPU session for ONNX bytes or a file; a one-line UserError for anything that is not an
+    image model. With `settings.batch_size` set, the timed input is prepared too."""
+    import onnxruntime as ort
+
+    source = "<ONNX bytes>" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise UserError(f"ONNX file {model} does not exist")
+    try:
+        inner = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                     session_options(settings),
+                                     providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for every kind of bad file
+        raise UserError(f"{source} is not a loadable ONNX model ({type(exc).__name__}); pass "
+                        "a .onnx file written by `compressor compress` or `compressor apply`"
+                        ) from None
+    inputs = inner.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise UserError(f"{source} must take one NCHW image input, it takes "
+                        f"{[i.shape for i in inputs]}")
+    session = Session(inner, inputs[0].name, list(inputs[0].shape), source)
+    if settings.batch_size is not None:
+        session.prepare(settings.batch_size, settings.input_size)
+    return session
+
+
+def check_same_input(candidate: Session, reference: Session) -> None:
+    """Both models must take the same image shape (the batch axis may differ)."""
+    a, b = candidate.input_shape[1:], reference.input_shape[1:]
+    if a != b:
+        raise UserError(f"{candidate.source} takes inputs {a} but the reference "
+                        f"{reference.source} takes {b}; compare models of the same input size")
+
+
+def _block(session: Session, settings: ProbeSettings) -> float:
+    return _STATISTICS[settings.statistic]([session.run_once() for _ in range(settings.runs)])
+
+
+def _ready(session: Session, settings: ProbeSettings) -> None:
+    if not session.feed:
+        if settings.batch_size is None:
+            raise ValueError("session has no input prepared: set settings.batch_size or call "
+                             "session.prepare")
+        session.prepare(settings.batch_size, settings.input_size)
+
+
+def measure_ms(session: Session, settings: ProbeSettings) -> LatencyResult:
+    """`settings.blocks` blocks of `settings.runs` timed runs after the warm-up."""
+    _ready(session, settings)
+    for _ in range(settings.warmup):
+        session.run_once()
+    runs = [session.run_once() for _ in range(settings.runs * settings.blocks)]
+    summarise = _STATISTICS[settings.statistic]
+    blocks = [summarise(runs[i:i + settings.runs]) for i in range(0, len(runs), settings.runs)]
+    q1, q3 = np.percentile(runs, [25, 75])
+    return LatencyResult(float(summarise(blocks)), runs, blocks, min(runs), (float(q1), float(q3)),
+                         {**settings.as_dict(), "batch_size": session.batch_size})
+
+
+def measure_pair(candidate: Session, reference: Session, settings: ProbeSettings
+                 ) -> PairedLatency:
+    """Alternate blocks of runs of the two sessions; the ratio is the median block ratio.
+
+    The order flips every block (C R, R C, C R, ...) so that a steady drift of the machine's speed
+    biases half the block ratios up and half down instead of all of them one way.
+    """
+    check_same_input(candidate, reference)
+    for session in (candidate, reference):
+        _ready(session, settings)
+    if candidate.batch_size != reference.batch_size:
+        raise ValueError(f"sessions prepared with batches {candidate.batch_size} and "
+                         f"{reference.batch_size}")
+    for session in (candidate, reference):
+        for _ in range(settings.warmup):
+            session.run_once()
+    cand, ref = [], []
+    for block in range(settings.blocks):
+        if block % 2 == 0:
+            cand.append(_block(candidate, settings))
+            ref.append(_block(reference, settings))
+        else:
+            ref.append(_block(reference, settings))
+            cand.append(_block(candidate, settings))
+    ratios = [c / r for c, r in zip(cand, ref, strict=True)]
+    return PairedLatency(statistics.median(ratios), statistics.median(cand),
+                         statistics.median(ref), ratios,
+                         {**settings.as_dict(), "batch_size": reference.batch_size})
+
+
+def auto_batch_size(reference: Session, input_size: int, min_ms: float = 10.0,
+                    largest: int = 256) -> int:
+    """Smallest power-of-two batch at which `reference` takes at least `min_ms`; the session is
+    left prepared at that batch.
+
+    Why 10 ms: below ~2 ms a run is 10-25% noise here, and at resnet18's 5 ms batch (2) the dense
+    network is bound by streaming its 45 MB of weights, so ratios jump (10% uniform pruning measured
+    0.73 of the latency at batch 2, 0.82 at batch 8) and the latency model's error doubled
+    (uniform 0.5: predicted 0.27, measured 0.13 at batch 2; 0.29 vs 0.26 at batch 8).
+
+    Judged on the fastest of ten runs, so a busy moment is less likely to make the choice smaller
+    (the cached latency model is keyed by the batch, so it should not change from run to run).
+    """
+    batch = 1
+    while batch < largest:
+        reference.prepare(batch, input_size)
+        for _ in range(3):
+            reference.run_once()
+        if min(reference.run_once() for _ in range(10)) >= min_ms:
+            break
+        batch *= 2
+    reference.prepare(batch, input_size)
+    return batch
+
+
+class Probe:
+    """Paired ONNX Runtime measurement of pruned networks against the dense one."""
+
+    def __init__(self, dense: nn.Module, example: torch.Tensor, settings: ProbeSettings):
+        self.settings = settings
+        self.example = example
+        self.reference = make_session(onnx_bytes(dense, example), settings)
+
+    def measure(self, model: nn.Module) -> PairedLatency:
+        session = make_session(onnx_bytes(model, self.example), self.settings)
+        return measure_pair(session, self.reference, self.settings)

@@ -1,0 +1,25 @@
+"""Channel pruning by coupled groups: units, the skeleton that predicts shapes, applying a policy.
+
+    from compressor import pruning
+    skeleton = pruning.build_skeleton(model, torch.zeros(1, 3, 32, 32), pruning.PruningConfig())
+    pruned = pruning.apply_policy(model, {skeleton.names[0]: 0.5}, x, pruning.PruningConfig())
+"""
+
+from compressor.pruning.apply import apply_policy
+from compressor.pruning.policies import global_ranking_policy, uniform_policy, uniform_policy_for_budget
+from compressor.pruning.shapes import LayerShape, measure_layer_shapes
+from compressor.pruning.skeleton import (
+    IMPORTANCES,
+    PruningConfig,
+    Skeleton,
+    Unit,
+    build_skeleton,
+    check_policy,
+    kept_count,
+    kernel_channel_block,
+)
+
+__all__ = ["IMPORTANCES", "LayerShape", "PruningConfig", "Skeleton", "Unit", "apply_policy",
+           "build_skeleton", "check_policy", "global_ranking_policy", "kept_count",
+           "kernel_channel_block", "measure_layer_shapes", "uniform_policy",
+           "uniform_policy_for_budget"]

@@ -1,0 +1,51 @@
+"""Apply a policy: a pruned copy of the model with exactly the channel counts the skeleton predicts."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from compressor.pruning.importance import (
+    accumulate_gradients,
+    criterion_for,
+    prune_indices,
+    unit_importance,
+)
+from compressor.pruning.skeleton import PruningConfig, channel_step, check_policy, kept_count, trace
+
+
+def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torch.Tensor,
+                 config: PruningConfig, calibration_batches: Iterable | None = None) -> nn.Module:
+    """A pruned deep copy of `model` (the input is never touched).
+
+    Each unit keeps `kept_count(channels, step, ratio)` channels, chosen by `config.importance`
+    computed on the dense copy before anything is removed (as torch-pruning's MetaPruner does).
+    `calibration_batches` of (images, labels) are needed for the taylor criterion.
+    """
+    device = next(model.parameters()).device
+    example_input = example_input.to(device)
+    work = copy.deepcopy(model)
+    traced = trace(work, example_input, config)
+    check_policy(policy, traced.groups)
+    criterion = criterion_for(config)
+    plans = []
+    for name, ratio in policy.items():
+        group, groups = traced.groups[name], traced.channel_groups[name]
+        channels = len(group[0].idxs)
+        kept = kept_count(channels, channel_step(channels, groups, config.round_to), ratio)
+        if kept < channels:
+            plans.append((name, group, groups, kept))
+    if plans and config.importance == "taylor":
+        accumulate_gradients(work, calibration_batches, config.taylor_batches, device)
+    pruning = [(group[0].dep.target.module, group[0].dep.handler,
+                prune_indices(unit_importance(name, group, groups, criterion, config), groups,
+                               kept))
+               for name, group, groups, kept in plans]
+    for root, handler, idxs in pruning:
+        traced.graph.get_pruning_group(root, handler, idxs).prune()
+    work.zero_grad(set_to_none=True)
+    work.train(model.training)  # tracing switched the copy to eval mode
+    return work

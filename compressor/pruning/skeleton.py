@@ -1,0 +1,342 @@
+"""Channel pruning by coupled groups: the units an agent decides on, their shapes, the pruner.
+
+A *unit* is one of torch-pruning's coupled channel groups: the out channels of one or more layers
+that must shrink together (a ResNet residual stream, a MobileNet expand conv and its depthwise
+conv), plus the in channels of every consumer. A policy gives each unit a pruning ratio,
+`{name: ratio}`; units left out keep all their channels.
+
+We decide the kept channel counts ourselves (`kept_count`) and make torch-pruning remove exactly
+that many channels (ranked by importance, lowest first), so `Skeleton` can predict the pruned
+network's layer shapes without pruning anything. For any model, input x and policy:
+
+    skeleton = build_skeleton(model, x, PruningConfig())
+    policy = skeleton.policy_from_vector([0.5] * len(skeleton.units))
+    pruned = apply_policy(model, policy, x, PruningConfig())
+    assert skeleton.layer_shapes(policy) == measure_layer_shapes(pruned, x)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from compressor.errors import UserError
+from compressor.pruning.shapes import LayerShape, measure_layer_shapes
+from compressor.zoo.models import classifier_name
+
+IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
+ROOT_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def kernel_channel_block() -> int:
+    """The channel multiple ONNX Runtime's CPU conv kernels compute in: 16 with AVX-512, else 8.
+
+    Its NCHWc layout pads channels to the vector width, so a count between two multiples costs
+    the next one. Measured here (3x3 conv pairs, 8x8 maps, batch 32, AVX-512): 104 channels
+    4.13 ms vs 112 4.04 ms, 120 4.61 vs 128 4.63, 136 5.36 vs 144 5.33: pruning 128 to 120 buys
+    nothing. With AVX2 the block is 8.
+    """
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """How channels are counted and chosen."""
+
+    round_to: int = field(default_factory=kernel_channel_block)
+    """Kept channel counts are multiples of it (or a unit's full count); a unit keeps at least
+    this many. Default: the CPU kernels' channel block (`kernel_channel_block`)."""
+    importance: str = "l2"
+    """Channel ranking: l1 / l2 (weight magnitude over the whole group), bn (BatchNorm scale; L1
+    for units without BatchNorm), taylor (|weight x gradient| on a few batches), random."""
+    ignored_layers: tuple[str, ...] = ()
+    """Qualified names of Conv2d/Linear layers whose out channels are never pruned (the classifier
+    is always kept)."""
+    taylor_batches: int = 4
+    """Calibration batches whose gradients the taylor criterion accumulates."""
+    seed: int = 0
+    """Seed of the random criterion (the same policy always gives the same network)."""
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise UserError(f"unknown importance {self.importance!r}; choose one of "
+                            f"{', '.join(IMPORTANCES)}")
+        if self.round_to < 1 or self.taylor_batches < 1:
+            raise UserError("round_to and taylor_batches must be at least 1")
+
+
+class Unit(NamedTuple):
+    """One coupled channel group: one agent decision."""
+
+    index: int  # position in graph order (input to output)
+    name: str  # qualified name of torch-pruning's root layer of the group
+    kind: str  # "residual", "depthwise", "conv" or "linear"
+    channels: int  # out channels of the group, dense
+    in_channels: int  # of the root layer
+    kernel: int
+    stride: int
+    macs: int  # dense MACs of the layers whose in or out channels the unit changes
+    params: int  # dense params of those layers
+
+
+def kept_count(channels: int, step: int, ratio: float) -> int:
+    """Channels kept when pruning `ratio` of `channels`: the allowed count nearest to the target.
+
+    Allowed counts are the multiples of `step` up to `channels`, and `channels` itself; ties keep
+    more. A unit no larger than `step` is never pruned. Non-increasing in `ratio`; 0 keeps all.
+
+    >>> [kept_count(64, 8, 0.5), kept_count(10, 8, 0.0), kept_count(10, 8, 0.5)]
+    [32, 10, 8]
+    >>> [kept_count(24, 8, 0.5), kept_count(1280, 8, 0.001)]  # a tie keeps more
+    [16, 1280]
+    """
+    if channels <= step:
+        return channels
+    target = channels * (1.0 - ratio)
+    lower = max(step, int(target // step) * step)
+    upper = min(channels, lower + step)
+    return upper if upper - target <= target - lower else lower
+
+
+class _Layer(NamedTuple):
+    dense: LayerShape
+    out_unit: int  # unit setting the out channels, -1 for none
+    in_terms: tuple[tuple[int, int], ...]  # (unit, in channels per unit channel) feeding the input
+    depthwise: bool  # in channels and groups follow the out channels
+
+
+class Skeleton:
+    """Units and the layer graph of one model: predicts shapes and costs of any policy, fast.
+
+    Pure Python over precomputed tables (no torch): the budget wall calls it hundreds of times per
+    episode. `layers` mirror `measure_layer_shapes` (same names, same order).
+    """
+
+    def __init__(self, units: Sequence[Unit], steps: Sequence[int], layers: Sequence[_Layer]):
+        self.units = tuple(units)
+        self.names = tuple(u.name for u in self.units)
+        self.dense_shapes = [layer.dense for layer in layers]
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self._channels = [u.channels for u in self.units]
+        self._steps = list(steps)
+        self._layers = tuple(layers)
+        # Flat per-layer constants for the cost loops, which run hundreds of times per episode.
+        self._costs = [(d.kernel * d.kernel * d.out_hw * d.out_hw, d.kernel * d.kernel, d.bias)
+                       for d in self.dense_shapes]
+
+    def kept_vector(self, policy: dict[str, float]) -> list[int]:
+        """Kept channels per unit, in unit order."""
+        kept = list(self._channels)
+        for name, ratio in check_policy(policy, self._index).items():
+            i = self._index[name]
+            kept[i] = kept_count(kept[i], self._steps[i], ratio)
+        return kept
+
+    def kept_channels(self, policy: dict[str, float]) -> dict[str, int]:
+        """Kept channels per unit name (every unit, pruned or not)."""
+        return dict(zip(self.names, self.kept_vector(policy), strict=True))
+
+    def _channels_of(self, policy: dict[str, float]) -> list[tuple[int, int, int]]:
+        """(in channels, out channels, groups) of every layer under `policy`."""
+        kept = self.kept_vector(policy)
+        cut = [full - k for full, k in zip(self._channels, kept, strict=True)]
+        rows = []
+        for dense, out_unit, in_terms, depthwise in self._layers:
+            out = dense.out_channels if out_unit < 0 else kept[out_unit]
+            if depthwise:
+                rows.append((out, out, out))
+                continue
+            in_channels = dense.in_channels
+            for unit, per_channel in in_terms:
+                in_channels -= per_channel * cut[unit]
+            rows.append((in_channels, out, dense.groups))
+        return rows
+
+    def layer_shapes(self, policy: dict[str, float]) -> list[LayerShape]:
+        """The shapes `measure_layer_shapes` will read off `apply_policy(model, policy, ...)`."""
+        return [LayerShape(d.name, d.kind, i, o, d.kernel, d.stride, g, d.in_hw, d.out_hw, d.bias)
+                for d, (i, o, g) in zip(self.dense_shapes, self._channels_of(policy), strict=True)]
+
+    def macs(self, policy: dict[str, float]) -> int:
+        """Multiply-accumulates per image of the pruned network (conv and linear layers)."""
+        return sum(per_weight * (i // g) * o for (per_weight, _, _), (i, o, g)
+                   in zip(self._costs, self._channels_of(policy), strict=True))
+
+    def params(self, policy: dict[str, float]) -> int:
+        """Conv and linear parameters of the pruned network (BatchNorm excluded)."""
+        return sum(k2 * (i // g) * o + (o if bias else 0) for (_, k2, bias), (i, o, g)
+                   in zip(self._costs, self._channels_of(policy), strict=True))
+
+    def policy_from_vector(self, ratios: Sequence[float]) -> dict[str, float]:
+        """`{unit name: ratio}` from ratios in unit order."""
+        if len(ratios) != len(self.names):
+            raise ValueError(f"{len(ratios)} ratios for {len(self.names)} units")
+        return dict(zip(self.names, (float(r) for r in ratios), strict=True))
+
+
+def check_policy(policy: dict[str, float], valid: Iterable[str]) -> dict[str, float]:
+    """The policy itself, or a one-line UserError naming the unknown unit or bad ratio."""
+    for name, ratio in policy.items():
+        if name not in valid:
+            raise UserError(f"unknown unit {name!r} in policy; valid units: {', '.join(valid)}")
+        if not 0.0 <= ratio < 1.0:
+            raise UserError(f"pruning ratio {ratio} for unit {name!r} is outside [0, 1)")
+    return policy
+
+
+# --- tracing -------------------------------------------------------------------------------------
+
+
+class _Traced(NamedTuple):
+    graph: tp.DependencyGraph
+    groups: dict[str, tp.Group]  # root name -> group with all indices, torch-pruning's order
+    channel_groups: dict[str, int]  # root name -> groups every kept count must split evenly into
+
+
+def _ignored_modules(model: nn.Module, config: PruningConfig) -> list[nn.Module]:
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, ROOT_TYPES)}
+    for name in config.ignored_layers:
+        if name not in layers:
+            close = difflib.get_close_matches(name, list(layers), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "pass a Conv2d/Linear name"
+            raise UserError(f"ignored layer {name!r} is not a Conv2d/Linear of "
+                            f"{type(model).__name__}: {hint}")
+    head = classifier_name(model)
+    return [layers[name] for name in {head, *config.ignored_layers} if name in layers]
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV
+
+
+def _channel_groups(graph: tp.DependencyGraph, group: tp.Group) -> int:
+    """Grouped convs (and GroupNorm) need the same channels removed from every group, as in
+    MetaPruner; the lcm keeps every member's grouping even. Depthwise convs drop groups instead."""
+    result = 1
+    for dep, _ in group:
+        module = dep.target.module
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or not isinstance(module, nn.Module) or _is_depthwise(module):
+            continue
+        if graph.is_out_channel_pruning_fn(dep.handler):
+            count = getattr(pruner, "get_out_channel_groups", lambda m: 1)(module)
+        else:
+            count = getattr(pruner, "get_in_channel_groups", lambda m: 1)(module)
+        result = math.lcm(result, count or 1)
+    return result
+
+
+def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig) -> _Traced:
+    """torch-pruning's graph and coupled groups of `model` (which the tracer puts in eval mode)."""
+    ignored = _ignored_modules(model, config)
+    try:
+        with torch.enable_grad():  # the tracer follows autograd
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            groups = list(graph.get_all_groups(ignored_layers=ignored,
+                                               root_module_types=list(ROOT_TYPES)))
+    except Exception as exc:  # the tracer fails deep inside on unsupported ops
+        reason = " ".join(str(exc).split()) or "no message"
+        raise UserError(f"torch-pruning cannot trace {type(model).__name__} "
+                        f"({type(exc).__name__}: {reason[:200]}); channel shuffles and channel "
+                        "reshapes are unsupported, choose another model") from None
+    by_root = {graph._module2name[g[0].dep.target.module]: g for g in groups}
+    return _Traced(graph, by_root, {n: _channel_groups(graph, g) for n, g in by_root.items()})
+
+
+def channel_step(channels: int, channel_groups: int, round_to: int) -> int:
+    step = math.lcm(channel_groups, round_to)
+    return step if channels % channel_groups == 0 else channels  # uneven groups: never prune
+
+
+def build_skeleton(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
+                   verify: bool = True) -> Skeleton:
+    """Trace `model` once (on a copy) and tabulate which unit sets which layer's channels.
+
+    With `verify`, one policy (every unit at 0.5) is really pruned and its measured shapes compared
+    with the prediction, so a model torch-pruning mishandles fails here with a UserError rather than
+    mid-search.
+    """
+    example_input = example_input.to(next(model.parameters()).device)
+    work = copy.deepcopy(model)
+    traced = trace(work, example_input, config)
+    graph = traced.graph
+    dense = measure_layer_shapes(work, example_input)
+    position = {}
+    for i, shape in enumerate(dense):
+        position.setdefault(shape.name, i)
+
+    outs: dict[str, str] = {}
+    ins: dict[str, list[tuple[str, int]]] = {}
+    order, kinds = {}, {}
+    for root, group in traced.groups.items():
+        channels = graph.get_out_channels(group[0].dep.target.module)
+        out_layers, depthwise, added = [], False, False
+        for dep, idxs in group:
+            module = dep.target.module
+            if isinstance(module, tp.ops._ElementWiseOp) and str(module._grad_fn).startswith("Add"):
+                added = True
+            if not isinstance(module, ROOT_TYPES):
+                continue
+            name = graph._module2name[module]
+            if graph.is_out_channel_pruning_fn(dep.handler):  # includes depthwise in == out
+                outs[name] = root
+                out_layers.append(name)
+                depthwise |= _is_depthwise(module)
+            else:
+                if len(idxs) % channels:
+                    raise UserError(f"torch-pruning maps unit {root} of {type(model).__name__} "
+                                    "unevenly onto its consumers; choose another model")
+                ins.setdefault(name, []).append((root, len(idxs) // channels))
+        order[root] = min(position.get(n, len(dense)) for n in out_layers)
+        plain = [n for n in out_layers if not _is_depthwise(work.get_submodule(n))]
+        kinds[root] = ("residual" if added and len(plain) > 1 else "depthwise" if depthwise
+                       else "linear" if isinstance(work.get_submodule(root), nn.Linear) else "conv")
+
+    roots = sorted(traced.groups, key=lambda r: (order[r], r))
+    index = {r: i for i, r in enumerate(roots)}
+    layers = [_Layer(shape, index[outs[shape.name]] if shape.name in outs else -1,
+                     tuple((index[r], mult) for r, mult in ins.get(shape.name, ())),
+                     shape.name in outs and _is_depthwise(work.get_submodule(shape.name)))
+              for shape in dense]
+    units, steps = [], []
+    for i, root in enumerate(roots):
+        touched = [layer.dense for layer in layers
+                   if layer.out_unit == i or any(u == i for u, _ in layer.in_terms)]
+        shape = next(s for s in dense if s.name == root)
+        units.append(Unit(i, root, kinds[root], shape.out_channels, shape.in_channels,
+                          shape.kernel, shape.stride, sum(s.macs for s in touched),
+                          sum(s.params for s in touched)))
+        steps.append(channel_step(shape.out_channels, traced.channel_groups[root], config.round_to))
+    skeleton = Skeleton(units, steps, layers)
+    if verify:
+        _verify(skeleton, model, example_input, config)
+    return skeleton
+
+
+def _verify(skeleton: Skeleton, model: nn.Module, x: torch.Tensor, config: PruningConfig) -> None:
+    policy = {name: 0.5 for name in skeleton.names}
+    name = type(model).__name__
+    from compressor.pruning.apply import apply_policy  # apply imports this module
+
+    pruned = apply_policy(model, policy, x, replace(config, importance="l2"))
+    try:
+        measured = measure_layer_shapes(pruned, x)
+    except Exception as exc:
+        raise UserError(f"{name} no longer runs once pruned by torch-pruning "
+                        f"({type(exc).__name__}); choose another model") from None
+    predicted = skeleton.layer_shapes(policy)
+    for want, got in zip(predicted, measured, strict=False):
+        if want != got:
+            raise UserError(f"torch-pruning mishandles {name}: layer {got.name} was pruned to "
+                            f"{got.in_channels}->{got.out_channels} channels, predicted "
+                            f"{want.in_channels}->{want.out_channels}; choose another model")
+    if len(predicted) != len(measured):
+        raise UserError(f"{name} runs a different set of layers once pruned; choose another model")

@@ -1,0 +1,150 @@
+"""The pruning environment: one step per prunable unit, AMC's layer embedding as the observation.
+
+Description:
+    The agent visits the network's prunable units (torch-pruning's coupled channel groups) in graph
+    order and chooses, for each, the fraction of its channels to remove. Before a choice takes
+    effect, the action wall (`compressor.budgets.wall`) raises it to the least pruning that keeps every
+    budget reachable, so every finished episode meets every budget by construction. After the last
+    unit, the injected evaluator prunes, recovers and scores the network.
+
+Action Space:
+    Box(0, 1, (1,), float32), mapped linearly to a pruning ratio in [0, max_ratio]. Ratios near 1
+    are silently skipped by torch-pruning, hence the cap (default 0.8, as in AMC's code).
+
+Observation Space:
+    Box(0, 1, (11,), float32): unit index, kind, output channels, input channels, kernel, stride,
+    MACs and params the unit controls, MACs already removed by earlier choices, MACs of the units
+    still to come, and the previous action. Static features are divided by their maximum over the
+    units (AMC scales every feature to [0, 1] over the episode's layers); the MACs features by the
+    dense network's total.
+
+Rewards:
+    0 on every step but the last; then `reward_fn(evaluation)` (default AMC's -error on the search
+    split). The agent copies the final reward to every step of the episode, as AMC does.
+
+Episode End:
+    Terminated after the last unit. Never truncated.
+
+Arguments:
+    units: the `compressor.pruning.Unit`s in order; cost: `macs(ratios)` as a fraction of dense (the
+    "reduced" feature); budgets: `compressor.budgets.wall.Budget`s enforced by the wall; evaluate: a
+    callable from a policy `{unit name: pruning_ratio}` to an `Evaluation`; max_ratio; reward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from compressor.budgets import wall as walls
+
+KINDS = ("conv", "linear", "depthwise", "residual")
+OBS_DIM = 11
+
+
+class Evaluation(NamedTuple):
+    """What the injected evaluator says of one pruned network."""
+
+    top1: float  # percent, on the search split
+    flops_ratio: float  # MACs of the pruned network / dense MACs
+    metrics: dict[str, Any]  # anything else worth logging (latency, timings, cache hit)
+
+
+def reward_error(evaluation: Evaluation) -> float:
+    """AMC's R_err: minus the error rate (the wall already enforces the budget).
+
+    A network whose measured latency broke the budget (`--latency-source probe`) scores -1.
+    """
+    if evaluation.metrics.get("over_budget"):
+        return -1.0
+    return -(100.0 - evaluation.top1) / 100.0
+
+
+def reward_error_log_flops(evaluation: Evaluation) -> float:
+    """AMC's R_FLOPs: -error * log(FLOPs), for searches without a hard budget."""
+    return -(100.0 - evaluation.top1) / 100.0 * math.log(max(evaluation.flops_ratio, 1e-9) * 1e9)
+
+
+REWARDS: dict[str, Callable[[Evaluation], float]] = {
+    "error": reward_error,
+    "error-log-flops": reward_error_log_flops,
+}
+
+
+def unit_features(units: Sequence[Any]) -> np.ndarray:
+    """The static part of AMC's embedding, one row per unit, each column scaled to [0, 1]."""
+    rows = np.array([
+        [u.index, KINDS.index(u.kind) if u.kind in KINDS else 0, u.channels, u.in_channels,
+         u.kernel, u.stride, u.macs, u.params]
+        for u in units
+    ], dtype=np.float64)
+    scale = rows.max(axis=0)
+    scale[1] = len(KINDS) - 1
+    scale[scale == 0] = 1.0
+    return rows / scale
+
+
+class PruningEnv(gym.Env):
+    """See the module docstring (Pendulum's layout: description, spaces, rewards, episode end)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, units: Sequence[Any], macs_ratio: Callable[[Sequence[float]], float],
+                 budgets: Sequence[walls.Budget], evaluate: Callable[[dict[str, float]], Evaluation],
+                 max_ratio: float = 0.8, reward: str = "error"):
+        super().__init__()
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; choose from {sorted(REWARDS)}")
+        self.units = list(units)
+        self.names = [u.name for u in self.units]
+        self.macs_ratio = macs_ratio
+        self.budgets = list(budgets)
+        self.evaluate = evaluate
+        self.max_ratio = max_ratio
+        self.reward_fn = REWARDS[reward]
+        walls.check_feasible(self.budgets, len(self.units), max_ratio)
+        self.static = unit_features(self.units)
+        total = sum(u.macs for u in self.units) or 1
+        # MACs of the units after t, as a fraction of all units' MACs ("rest" in AMC).
+        self.rest = np.array([sum(u.macs for u in self.units[t + 1:]) / total
+                              for t in range(len(self.units))])
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
+        self.action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.ratios: list[float] = []
+
+    def _observation(self) -> np.ndarray:
+        t = len(self.ratios)
+        reduced = 1.0 - self.macs_ratio(self.ratios + [0.0] * (len(self.units) - t))
+        previous = self.ratios[-1] / self.max_ratio if self.ratios else 0.0
+        obs = np.concatenate([self.static[t], [reduced, self.rest[t], previous]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.ratios = []
+        return self._observation(), {}
+
+    def wall(self) -> float:
+        """The least pruning ratio the current unit may take (0 when the budget is loose)."""
+        return walls.wall(self.ratios, self.budgets, len(self.units), self.max_ratio)
+
+    def step(self, action):
+        wanted = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        ratio = walls.clip_action(self.ratios, wanted * self.max_ratio, self.budgets,
+                                  len(self.units), self.max_ratio)
+        self.ratios.append(ratio)
+        info: dict[str, Any] = {"ratio": ratio, "applied_action": ratio / self.max_ratio}
+        if len(self.ratios) < len(self.units):
+            return self._observation(), 0.0, False, False, info
+        policy = dict(zip(self.names, self.ratios, strict=True))
+        evaluation = self.evaluate(policy)
+        info.update(policy=policy, evaluation=evaluation)
+        # The terminal observation is never used by the agent (done=1); repeat the last unit's.
+        last = np.concatenate([self.static[-1], [1.0 - self.macs_ratio(self.ratios), 0.0,
+                                                 ratio / self.max_ratio]])
+        return (np.clip(last, 0, 1).astype(np.float32), float(self.reward_fn(evaluation)), True,
+                False, info)

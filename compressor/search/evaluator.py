@@ -1,0 +1,112 @@
+"""The reward's slow parts: prune a policy, recover it briefly, score it, and read its latency.
+
+One `EpisodeEvaluator` serves a whole search. Its batches are cut once and reused, so every episode
+is scored on the same images, and results are cached by the rounded channel configuration: two
+policies that round to the same network are evaluated once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor import latency, pruning
+from compressor.pipeline import recovery
+from compressor.pipeline.train import evaluate_top1
+from compressor.search.env import Evaluation
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How each episode's network is recovered and scored."""
+
+    search_images: int = 2000
+    """Images of the search split scored per episode (2000: ~0.5 point standard error)."""
+    bn_batches: int = 20
+    """Training batches for adaptive BatchNorm recalibration (EagleEye)."""
+    batch_size: int = 64
+    """Batch size of recalibration, fine-tune and scoring batches."""
+    finetune_steps: int = 0
+    """Short fine-tune after recalibration, in SGD steps (0: recalibration only; see README)."""
+    finetune_lr: float = 0.01
+    """Learning rate of that short fine-tune."""
+
+
+class EpisodeEvaluator:
+    """Callable from a policy to an `Evaluation`, with a cache and per-phase timings."""
+
+    def __init__(self, dense: nn.Module, skeleton: pruning.Skeleton, example: torch.Tensor,
+                 pruning_config: pruning.PruningConfig, config: EvaluatorConfig, dataset,
+                 device: torch.device, latency_ratio=None, probe: latency.Probe | None = None,
+                 probe_every: int = 0, latency_limit: float | None = None):
+        self.dense, self.skeleton, self.example = dense, skeleton, example
+        self.pruning_config, self.config, self.device = pruning_config, config, device
+        self.latency_ratio = latency_ratio  # policy -> predicted ratio, or None without a model
+        self.probe, self.probe_every = probe, probe_every
+        # With `--latency-source probe` a measured ratio over this limit voids the reward.
+        self.latency_limit = latency_limit
+        self.recovery_config = recovery.RecoveryConfig(
+            bn_batches=config.bn_batches, finetune_steps=config.finetune_steps,
+            lr=config.finetune_lr)
+        # Fixed images for every episode: the reward differs only through the policy.
+        self.train_batches = list(dataset.train.batches(
+            config.batch_size, shuffle=True, seed=12345,
+            limit=config.bn_batches + config.finetune_steps))
+        self.search_batches = list(dataset.search.subset(config.search_images).batches(250))
+        self.cache: dict[tuple[int, ...], Evaluation] = {}
+        self.calls = 0
+
+    def key(self, policy: dict[str, float]) -> tuple[int, ...]:
+        kept = self.skeleton.kept_channels(policy)
+        return tuple(kept[name] for name in sorted(kept))
+
+    def prune(self, policy: dict[str, float]) -> nn.Module:
+        calibration = self.train_batches[:4] if self.pruning_config.importance == "taylor" else None
+        return pruning.apply_policy(self.dense, policy, self.example, self.pruning_config,
+                                    calibration_batches=calibration)
+
+    def __call__(self, policy: dict[str, float]) -> Evaluation:
+        self.calls += 1
+        key = self.key(policy)
+        # Every k-th call is measured too (k=1: every call; k=0: never).
+        must_probe = self.probe is not None and self.probe_every > 0 and (
+            self.probe_every == 1 or self.calls % self.probe_every == 1)
+        cached = self.cache.get(key)
+        if cached is not None and (not must_probe or "latency_measured" in cached.metrics):
+            return cached._replace(metrics={**cached.metrics, "cached": True,
+                                            "seconds": {}})
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        model = self.prune(policy)
+        seconds["prune"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        recovery.recover(model, self.train_batches, self.recovery_config, self.device)
+        seconds["recover"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        top1 = evaluate_top1(model, self.search_batches, self.device)
+        seconds["evaluate"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        metrics: dict[str, Any] = {
+            "params_ratio": self.skeleton.params(policy) / self.skeleton.params({}),
+        }
+        if self.latency_ratio is not None:
+            metrics["latency_predicted"] = self.latency_ratio(policy)
+        if must_probe:
+            paired = self.probe.measure(model.cpu())
+            metrics["latency_measured"] = paired.ratio
+            metrics["latency_measured_spread"] = list(paired.spread)
+            if self.latency_limit is not None:
+                metrics["over_budget"] = paired.ratio > self.latency_limit
+        seconds["latency"] = time.perf_counter() - started
+
+        evaluation = Evaluation(top1=top1, flops_ratio=self.skeleton.macs(policy)
+                                / self.skeleton.macs({}), metrics={**metrics, "cached": False})
+        self.cache[key] = evaluation
+        return evaluation._replace(metrics={**evaluation.metrics, "seconds": seconds})

@@ -1,0 +1,1 @@
+"""The zoo: torchvision models, the embedded datasets, and cached baselines."""

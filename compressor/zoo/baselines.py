@@ -1,0 +1,68 @@
+"""The dense baseline every search starts from: trained once per model and dataset, then cached."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compressor.pipeline.train import TrainConfig, evaluate_top1, train
+from compressor.provenance import provenance, seed_everything
+from compressor.zoo import models
+from compressor.zoo.datasets import DataConfig, Dataset
+
+log = logging.getLogger(__name__)
+
+
+def expected_metadata(data_config: DataConfig, dataset: Dataset) -> dict:
+    """What a cached baseline must have been trained on to be reused by this run."""
+    return {"input_size": data_config.input_size, "data_fingerprint": dataset.fingerprint,
+            "dataset": dataset.name}
+
+
+def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_config: TrainConfig,
+             path: Path, device: torch.device, weights: str | None = None,
+             progress: bool = True) -> tuple[nn.Module, dict]:
+    """Train a baseline and cache it at `path` with its metadata (resumable per epoch)."""
+    seed_everything(train_config.seed)
+    model = models.build_model(model_name, dataset.num_classes, weights)
+    partial = path.with_name(f".{path.stem}.partial.pt")
+    started = time.time()
+    result = train(model, dataset.train, dataset.test, train_config, device,
+                   resume_path=partial, progress=progress)
+    top1 = result.history[-1].test_top1
+    metadata = {
+        **expected_metadata(data_config, dataset),
+        "model": model_name, "test_top1": top1, "seed": train_config.seed,
+        "train_config": asdict(train_config), "weights": weights,
+        "train_seconds": result.seconds, "wall_seconds": time.time() - started,
+        "history": [asdict(r) for r in result.history], **provenance(),
+    }
+    models.save_baseline(path, model, model_name, dataset.num_classes, metadata)
+    partial.unlink(missing_ok=True)
+    return model.cpu(), metadata
+
+
+def load_or_pretrain(model_name: str, dataset: Dataset, data_config: DataConfig,
+                     train_config: TrainConfig, models_dir: str | Path, device: torch.device,
+                     checkpoint: str | None = None, say=print) -> tuple[nn.Module, dict]:
+    """The cached baseline for this model and dataset, pretraining it first when it is missing."""
+    models.check_model_name(model_name)
+    if checkpoint is not None:
+        return models.load_baseline(checkpoint, model_name, dataset.num_classes)
+    path = models.baseline_path(models_dir, model_name, dataset.name)
+    expect = expected_metadata(data_config, dataset)
+    if path.exists():
+        return models.load_baseline(path, model_name, dataset.num_classes, expect)
+    say(f"No cached baseline at {path}: pretraining {model_name} on {dataset.name} for "
+        f"{train_config.epochs} epochs. This happens once; later runs reuse the cache.")
+    return pretrain(model_name, dataset, data_config, train_config, path, device)
+
+
+def test_top1(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 500
+              ) -> float:
+    return evaluate_top1(model.to(device), dataset.test.batches(batch_size), device)

@@ -1,0 +1,221 @@
+"""The latency model: tables, the overhead fit, a real build against measurements, the cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from compressor import latency
+from compressor.io.export import onnx_bytes
+from compressor.latency import model as lm
+from compressor.latency.probe import ProbeSettings
+from compressor.pruning.shapes import LayerShape, measure_layer_shapes
+from compressor.zoo.models import build_model, classifier_name
+
+# A small build: 3 grid points per axis, short timings. Accuracy targets belong to the benchmark
+# (compressor/bench_latency_model.py, results/latency_model.md); these tests check the mechanics
+# and a loose tolerance.
+SETTINGS = ProbeSettings(batch_size=4, warmup=2, runs=8, blocks=6)
+X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def tp_prune(model: nn.Module, ratio: float, x: torch.Tensor) -> nn.Module:
+    work = copy.deepcopy(model).eval()
+    with torch.enable_grad():
+        tp.pruner.BasePruner(
+            work, x[:1], importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio, round_to=8,
+            ignored_layers=[work.get_submodule(classifier_name(work))]).step()
+    return work.eval()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return build_model("resnet18", 10).eval()
+
+
+@pytest.fixture(scope="module")
+def pruned(resnet):
+    return {r: tp_prune(resnet, r, X) for r in (0.1, 0.3, 0.6)}
+
+
+@pytest.fixture(scope="module")
+def built(resnet, pruned):
+    return lm.build_latency_model(resnet, X, SETTINGS, round_to=8, grid_points=3, target_ms=4.0,
+                                  calibration_models=[pruned[0.3], pruned[0.6]],
+                                  model_name="resnet18")
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("full, step, points", [(64, 8, 4), (512, 8, 5), (24, 8, 9), (8, 8, 3),
+                                                (3, 8, 3), (10, 8, 4), (96, 32, 3)])
+def test_grid_holds_multiples_of_the_step_and_the_full_count(full, step, points):
+    grid = lm._grid(full, step, points)
+    assert grid == sorted(set(grid)) and grid[-1] == full and len(grid) <= points + 1
+    assert all(v % step == 0 for v in grid[:-1]) and grid[0] == min(full, step)
+
+
+def test_table_reproduces_a_bilinear_function_and_clamps():
+    def f(i, o):
+        return 0.1 + 0.002 * i * o + 0.01 * i + 0.03 * o
+
+    ins, outs = [8, 32, 64], [8, 16, 48, 64]
+    table = lm.LayerTable(ins, outs, [[f(i, o) for o in outs] for i in ins], depthwise=False)
+    for i, o in [(8, 8), (24, 40), (56, 17), (64, 64)]:
+        assert table(i, o) == pytest.approx(f(i, o))
+    assert table(100, 100) == pytest.approx(f(64, 64)) and table(1, 1) == pytest.approx(f(8, 8))
+    again = lm.LayerTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again(24, 40) == table(24, 40)
+    depthwise = lm.LayerTable([32], [8, 32], [[1.0, 4.0]], depthwise=True)
+    assert depthwise(16, 16) == pytest.approx(2.0)
+
+
+def test_padding_maps_the_input_side_to_the_output_side():
+    for k, s, i, o in [(3, 1, 8, 8), (3, 2, 32, 16), (7, 2, 32, 16), (1, 2, 8, 4), (1, 1, 4, 4)]:
+        pad = lm._padding(LayerShape("c", "conv", 8, 8, k, s, 1, i, o, False))
+        assert (i + 2 * pad - k) // s + 1 == o
+
+
+def test_traffic_fit_recovers_a_known_hinge():
+    beta, knee = 0.05, 10.0
+    dense_s, dense_w = 4.0, 40.0
+
+    def cost(s, w):
+        return s + beta * max(0.0, w - knee)
+
+    calibration = [(s, w, cost(s, w) / cost(dense_s, dense_w))
+                   for s, w in [(2.5, 25.0), (1.0, 11.0), (0.4, 3.0), (3.0, 30.0), (1.5, 15.0)]]
+    fitted_beta, fitted_knee = lm.fit_traffic(dense_s, dense_w, 0.0, calibration,
+                                                     knees=40)
+    assert fitted_knee == pytest.approx(knee) and fitted_beta == pytest.approx(beta, rel=1e-6)
+    # Networks that run as their layer sums say: no weight term at all.
+    plain = [(s, w, s / dense_s) for s, w, _ in calibration]
+    assert lm.fit_traffic(dense_s, dense_w, 1.0, plain) == (0.0, 0.0)
+    # Without calibration the dense network's measured excess goes onto its weight bytes.
+    assert lm.fit_traffic(dense_s, dense_w, 2.0, []) == (pytest.approx(0.05), 0.0)
+    assert lm.fit_traffic(dense_s, dense_w, -1.0, []) == (0.0, 0.0)
+
+
+# --- a real build --------------------------------------------------------------------------------
+
+
+def test_dense_shapes_predict_ratio_one_and_the_measured_latency(built, resnet):
+    shapes = measure_layer_shapes(resnet, X)
+    assert built.predict_ratio(shapes) == pytest.approx(1.0)
+    assert built.predict_ms(shapes) == pytest.approx(built.dense_ms)
+    meta = built.metadata
+    for key in ("model", "input_size", "batch_size", "threads", "onnxruntime", "cpu",
+                "build_seconds"):
+        assert key in meta and meta[key] == built.key.get(key, meta[key])
+    assert meta["batch_size"] == 4 and meta["distinct_tables"] < len(shapes)  # shared tables
+    assert len(meta["calibration"]) == 2 and built.beta >= 0
+
+
+def test_more_pruning_is_predicted_faster(built, pruned):
+    r = {k: built.predict_ratio(measure_layer_shapes(m, X)) for k, m in pruned.items()}
+    assert r[0.6] < r[0.3] < r[0.1] < 1.0
+
+
+def test_prediction_is_near_a_paired_measurement(built, resnet, pruned):
+    reference = latency.make_session(onnx_bytes(resnet, X), SETTINGS)
+    candidate = latency.make_session(onnx_bytes(pruned[0.1], X), SETTINGS)
+    measured = latency.measure_pair(candidate, reference, SETTINGS).ratio
+    predicted = built.predict_ratio(measure_layer_shapes(pruned[0.1], X))
+    assert predicted == pytest.approx(measured, rel=0.25)
+
+
+def test_prediction_is_fast_and_needs_known_layers(built, pruned):
+    shapes = measure_layer_shapes(pruned[0.3], X)
+    started = time.perf_counter()
+    for _ in range(200):
+        built.predict_ratio(shapes)
+    assert (time.perf_counter() - started) / 200 < 1e-3
+    with pytest.raises(ValueError, match="not in the latency model"):
+        built.predict_ratio([shapes[0]._replace(name="nope")])
+
+
+def test_depthwise_and_grouped_layers_get_tables():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(),  # depthwise
+        nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=16), nn.ReLU(),  # grouped
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    settings = ProbeSettings(batch_size=2, warmup=1, runs=3, blocks=2)
+    model = lm.build_latency_model(net, X, settings, round_to=8, grid_points=3, target_ms=1.0)
+    shapes = measure_layer_shapes(net, X)
+    depthwise, grouped = model.tables["4"], model.tables["6"]
+    assert depthwise.depthwise and depthwise.outs == [8.0, 16.0, 32.0]
+    assert grouped.ins == grouped.outs == [16.0, 32.0]  # multiples of lcm(8, groups=16)
+    assert model.tables["0"].ins == [3.0]  # the image's channels are never pruned
+    half = [s._replace(in_channels=max(3, s.in_channels // 2) if s.name != "0" else 3,
+                       out_channels=s.out_channels // 2 if s.name != "10" else 10,
+                       groups=s.groups // 2 if s.name == "4" else s.groups) for s in shapes]
+    assert model.predict_ratio(half) < 1.0
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def test_cache_round_trip_and_rebuild_on_mismatch(built, resnet, tmp_path, monkeypatch):
+    builds = []
+
+    def fake_build(*args, **kwargs):
+        builds.append(args)
+        return built
+
+    monkeypatch.setattr(lm, "build_latency_model", fake_build)
+    monkeypatch.setattr(lm, "cache_key", lambda *a: built.key)  # the fixture's key
+    first = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                             say=lambda m: None)
+    assert len(builds) == 1 and first is built
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    shapes = measure_layer_shapes(resnet, X)
+    half = [s._replace(out_channels=max(8, s.out_channels // 2)) for s in shapes]
+    again = lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                             say=lambda m: None)
+    assert len(builds) == 1  # loaded, not rebuilt
+    assert again.predict_ratio(half) == pytest.approx(built.predict_ratio(half))
+    assert again.dense_ms == built.dense_ms and again.batch_size == built.batch_size
+    # An automatic batch accepts the cached one.
+    lm.load_or_build(tmp_path, "resnet18", resnet, X, replace(SETTINGS, batch_size=None),
+                     round_to=8, say=lambda m: None)
+    assert len(builds) == 1
+    # Another CPU (or runtime, threads, ...) in the cached key: rebuilt.
+    blob = json.loads(files[0].read_text())
+    blob["metadata"]["key"]["cpu"] = "another CPU"
+    files[0].write_text(json.dumps(blob))
+    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8, say=lambda m: None)
+    assert len(builds) == 2
+    # A damaged cache: rebuilt too.
+    files[0].write_text("{ truncated")
+    lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8, say=lambda m: None)
+    assert len(builds) == 3
+
+
+def test_cache_key_names_what_a_table_depends_on(resnet):
+    shapes = measure_layer_shapes(resnet, X)
+    key = lm.cache_key("resnet18", shapes, SETTINGS, 8)
+    assert {"model", "input_size", "batch_size", "threads", "onnxruntime", "cpu"} <= set(key)
+    other = build_model("resnet18", 100)
+    assert lm.cache_key("resnet18", measure_layer_shapes(other, X), SETTINGS, 8) != key
+
+
+def test_calibration_policies_are_seeded_and_in_range():
+    class FakeSkeleton:
+        names = ("a", "b", "c")
+
+    policies = lm.calibration_policies(FakeSkeleton(), 5)
+    assert policies == lm.calibration_policies(FakeSkeleton(), 5) and len(policies) == 5
+    assert all(0 <= r < 1 for p in policies for r in p.values())

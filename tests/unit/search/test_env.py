@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+import torchvision
+from gymnasium.utils.env_checker import check_env
+
+from compressor.budgets.wall import Budget
+from compressor.errors import UserError
+from compressor.pruning import PruningConfig, build_skeleton
+from compressor.search.env import OBS_DIM, Evaluation, PruningEnv, reward_error
+
+
+@pytest.fixture(scope="module")
+def skeleton():
+    model = torchvision.models.resnet18(num_classes=10)
+    return build_skeleton(model, torch.zeros(1, 3, 32, 32), PruningConfig())
+
+
+def _env(skeleton, limit=0.5, evaluate=None):
+    dense = skeleton.macs({})
+
+    def macs_ratio(vector):
+        return skeleton.macs(skeleton.policy_from_vector(vector)) / dense
+
+    def evaluate_by_macs(policy):
+        # A small real evaluator: a deterministic score of the pruned network's size.
+        ratio = skeleton.macs(policy) / dense
+        return Evaluation(top1=50 + 40 * ratio, flops_ratio=ratio, metrics={})
+
+    budgets = [Budget("flops", macs_ratio, limit)]
+    return PruningEnv(skeleton.units, macs_ratio, budgets, evaluate or evaluate_by_macs,
+                      max_ratio=0.8)
+
+
+def test_check_env_passes(skeleton):
+    check_env(_env(skeleton), skip_render_check=True)
+
+
+def test_episode_visits_every_unit_and_meets_the_budget_for_any_actions(skeleton):
+    env = _env(skeleton, limit=0.4)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs, _ = env.reset()
+        assert obs.shape == (OBS_DIM,) and env.observation_space.contains(obs)
+        steps, terminated = 0, False
+        while not terminated:
+            obs, reward, terminated, truncated, info = env.step(rng.uniform(0, 1, 1))
+            assert env.observation_space.contains(obs) and not truncated
+            assert 0 <= info["ratio"] <= 0.8
+            steps += 1
+        assert steps == len(skeleton.units) == 12
+        evaluation = info["evaluation"]
+        assert evaluation.flops_ratio <= 0.4
+        assert reward == pytest.approx(reward_error(evaluation))
+        assert set(info["policy"]) == set(skeleton.names)
+
+
+def test_zero_actions_are_raised_by_the_wall(skeleton):
+    env = _env(skeleton, limit=0.5)
+    env.reset()
+    terminated = False
+    while not terminated:
+        _, _, terminated, _, info = env.step(np.zeros(1, np.float32))
+    assert info["evaluation"].flops_ratio <= 0.5
+    assert max(info["policy"].values()) > 0
+
+
+def test_observation_tracks_removed_macs_and_previous_action(skeleton):
+    env = _env(skeleton, limit=0.9)
+    obs0, _ = env.reset()
+    assert obs0[-3] == 0.0 and obs0[-1] == 0.0  # nothing removed yet, no previous action
+    obs1, *_ = env.step(np.array([1.0], np.float32))
+    assert obs1[-1] == pytest.approx(1.0)
+    assert obs1[-3] > 0.0
+
+
+def test_impossible_budget_is_rejected_with_the_reachable_minimum(skeleton):
+    with pytest.raises(UserError, match="reachable minimum"):
+        _env(skeleton, limit=0.01)
+    with pytest.raises(UserError, match="between 0 and 1"):
+        _env(skeleton, limit=1.5)
