@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import math
+import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -31,6 +34,8 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.zoo.models import classifier_name
+
+log = logging.getLogger(__name__)
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
@@ -234,11 +239,34 @@ def _channel_groups(graph: tp.DependencyGraph, group: tp.Group) -> int:
     return result
 
 
+_LOGGED_ONCE: set[str] = set()
+"""torch-pruning warnings already logged by this process (a search traces a model many times)."""
+_ONCE_PREFIXES = ("Unwrapped parameters detected",)
+
+
+def _pass_on(caught: list[warnings.WarningMessage]) -> None:
+    """Re-issue the tracer's warnings; the ones it repeats on every trace (convnext_tiny's
+    "Unwrapped parameters", 15 times a run) are logged once per process instead."""
+    for record in caught:
+        text = str(record.message)
+        if text.startswith(_ONCE_PREFIXES):
+            # The names come from a set: their order changes from one copy of the model to the next.
+            key = " ".join(sorted(re.findall(r"'([^']*)'", text))) or text
+            if key not in _LOGGED_ONCE:
+                _LOGGED_ONCE.add(key)
+                log.warning("torch-pruning: %s", " ".join(text.split()))
+            continue
+        warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+
+
 def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig) -> _Traced:
     """torch-pruning's graph and coupled groups of `model` (which the tracer puts in eval mode)."""
     ignored = _ignored_modules(model, config)
     try:
-        with torch.enable_grad():  # the tracer follows autograd
+        # The tracer follows autograd; its warnings are recorded and handed to `_pass_on`.
+        with torch.enable_grad(), warnings.catch_warnings(record=True) as caught:
+            for prefix in _ONCE_PREFIXES:  # dedup is ours, whatever the caller's filters say
+                warnings.filterwarnings("always", message=prefix)
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
             groups = list(graph.get_all_groups(ignored_layers=ignored,
                                                root_module_types=list(ROOT_TYPES)))
@@ -247,6 +275,7 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig) 
         raise UserError(f"torch-pruning cannot trace {type(model).__name__} "
                         f"({type(exc).__name__}: {reason[:200]}); channel shuffles and channel "
                         "reshapes are unsupported, choose another model") from None
+    _pass_on(caught)
     by_root = {graph._module2name[g[0].dep.target.module]: g for g in groups}
     return _Traced(graph, by_root, {n: _channel_groups(graph, g) for n, g in by_root.items()})
 
