@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
+from compressor.pipeline.train import TrainConfig, evaluate_top1, pretraining_warning, train
 from compressor.provenance import provenance, seed_everything
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, Dataset
@@ -27,9 +27,16 @@ def expected_metadata(data_config: DataConfig, dataset: Dataset) -> dict:
 def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_config: TrainConfig,
              path: Path, device: torch.device, weights: str | None = None,
              progress: bool = True) -> tuple[nn.Module, dict]:
-    """Train a baseline and cache it at `path` with its metadata (resumable per epoch)."""
+    """Train a baseline and cache it at `path` with its metadata (resumable per epoch).
+
+    The input size is checked with one forward pass before any training (`check_input_size`).
+    A baseline far below the recipe's accuracy is logged as a warning and recorded under the
+    metadata's "warning" key (`pretraining_warning`).
+    """
     seed_everything(train_config.seed)
     model = models.build_model(model_name, dataset.num_classes, weights)
+    size = data_config.input_size
+    models.check_input_size(model, torch.zeros(1, 3, size, size), model_name)
     partial = path.with_name(f".{path.stem}.partial.pt")
     started = time.time()
     result = train(model, dataset.train, dataset.test, train_config, device,
@@ -42,6 +49,10 @@ def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_c
         "train_seconds": result.seconds, "wall_seconds": time.time() - started,
         "history": [asdict(r) for r in result.history], **provenance(),
     }
+    warning = pretraining_warning(top1, dataset.num_classes) if top1 is not None else None
+    if warning is not None:
+        log.warning("%s: %s", model_name, warning)
+        metadata["warning"] = warning
     models.save_baseline(path, model, model_name, dataset.num_classes, metadata)
     partial.unlink(missing_ok=True)
     return model.cpu(), metadata

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -14,6 +16,15 @@ from compressor.errors import UserError
 from compressor.io import atomic
 
 BASELINE_FORMAT = "compressor-baseline-v1"
+
+CONSTRUCTOR_OVERRIDES: dict[str, dict] = {
+    # Auxiliary heads make train mode return GoogLeNetOutputs / InceptionOutputs, which neither
+    # cross-entropy nor the exporter takes; init_weights=True is torchvision's old default and
+    # silences its warning about the default changing.
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+"""Constructor arguments an untrained model is built with, by torchvision name."""
 
 
 def list_classification_models() -> list[str]:
@@ -60,10 +71,13 @@ def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.M
 
     `weights` is a torchvision weights name (`IMAGENET1K_V1`, `ResNet18_Weights.IMAGENET1K_V1`,
     `DEFAULT`), loaded from the torch hub cache or its URL, or a path to a checkpoint of ours.
+    Models with auxiliary heads (googlenet, inception_v3) are built without them
+    (`CONSTRUCTOR_OVERRIDES`; torchvision drops them itself after loading pretrained weights).
     """
     check_model_name(name)
     if weights is None:
-        return torchvision.models.get_model(name, num_classes=num_classes)
+        return torchvision.models.get_model(name, num_classes=num_classes,
+                                            **CONSTRUCTOR_OVERRIDES.get(name, {}))
     if Path(weights).exists():
         model, _ = load_baseline(weights, model_name=name, num_classes=num_classes)
         return model
@@ -86,6 +100,84 @@ def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.M
     return model
 
 
+_EXPECTED_SIZE = re.compile(r"[Ee]xpected (?:image size |size )?(\d+)(?:x\d+)? but got (\d+)")
+
+
+def check_input_size(model: nn.Module, example_input: torch.Tensor, name: str) -> None:
+    """Run one forward pass of `model` in eval mode on `example_input` (its train/eval mode is
+    restored); a model that refuses the input's shape is a one-line UserError naming the fix.
+
+    Cheap (no gradients) and meant to run before any training: ViT-style models accept only the
+    size they were built for and assert deep inside their forward pass. The expected size is read
+    from the model's message when it gives one ("Wrong image height! Expected 224 but got 32!").
+    """
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    except Exception as exc:  # models refuse shapes with asserts, RuntimeErrors, ValueErrors
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        shape = "x".join(str(d) for d in example_input.shape[2:])
+        match = _EXPECTED_SIZE.search(text)
+        if match:
+            size = match.group(1)
+            raise UserError(f"{name} takes {size}x{size} inputs only; pass --input-size {size}"
+                            ) from None
+        raise UserError(f"{name} refused a {shape} input ({type(exc).__name__}: {text[:160]}); "
+                        "pass a larger --input-size (e.g. 224) or choose another model") from None
+    finally:
+        model.train(was_training)
+
+
+def load_full_module(path: str | Path, *, trusted: bool) -> nn.Module:
+    """A whole module a user saved with `torch.save(model)`, in eval mode.
+
+    Reading it unpickles arbitrary code, so it is refused unless the caller vouches for the file
+    (`trusted=True` in the API, `--trust-checkpoint` in the CLI). A file holding a state dict is
+    refused with the way to use it instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist; pass the file you saved with "
+                        "torch.save(model)")
+    if not trusted:
+        raise UserError(f"loading the whole module in {path} runs any code its pickle holds; if "
+                        "you made the file yourself, pass --trust-checkpoint (trusted=True in the "
+                        "API)")
+    try:
+        # The caller trusts this file (above): a whole module can only be read by unpickling it.
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"cannot read model file {path} ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:160]}); save it with torch.save(model)"
+                        ) from None
+    if isinstance(blob, nn.Module):
+        return blob.eval()
+    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise UserError(f"{path} holds a state dict, not a module; pass --model with the "
+                        "torchvision name of its architecture together with it, or save the "
+                        "module itself with torch.save(model)")
+    raise UserError(f"{path} holds a {type(blob).__name__}, not a module; save the module itself "
+                    "with torch.save(model)")
+
+
+def state_dict_versions(model: nn.Module) -> dict[str, dict]:
+    """The state dict's per-module `_metadata` (state-dict versions) as plain dicts, which
+    `torch.load(weights_only=True)` reads back. torchvision's loaders need them: MNASNet refuses a
+    state dict without them ("version should be set to 1 or 2 instead of None")."""
+    metadata = getattr(model.state_dict(), "_metadata", None) or {}
+    return {prefix: dict(values) for prefix, values in metadata.items()}
+
+
+def with_versions(tensors: dict[str, torch.Tensor], versions: dict[str, dict] | None
+                  ) -> OrderedDict:
+    """A state dict for `load_state_dict`: `tensors` with `versions` restored as `_metadata`."""
+    state = OrderedDict(tensors)
+    if versions:
+        state._metadata = OrderedDict((k, dict(v)) for k, v in versions.items())
+    return state
+
+
 def baseline_path(models_dir: str | Path, model_name: str, dataset: str) -> Path:
     safe = dataset.replace(":", "-").replace("/", "_").strip("-_")
     return Path(models_dir) / f"{model_name}-{safe}.pt"
@@ -93,13 +185,15 @@ def baseline_path(models_dir: str | Path, model_name: str, dataset: str) -> Path
 
 def save_baseline(path: str | Path, model: nn.Module, model_name: str, num_classes: int,
                   metadata: dict) -> Path:
-    """Write a baseline checkpoint atomically: weights plus what they were trained on and how."""
+    """Write a baseline checkpoint atomically: weights, their state-dict versions, and what they
+    were trained on and how."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     # Plain JSON types only, so the file loads with torch.load(weights_only=True).
     metadata = json.loads(json.dumps(metadata, default=str))
     return atomic.torch_save(path, {
         "format": BASELINE_FORMAT, "model": model_name, "num_classes": num_classes,
-        "state_dict": state, "metadata": metadata,
+        "state_dict": state, "state_dict_versions": state_dict_versions(model),
+        "metadata": metadata,
     })
 
 
@@ -137,10 +231,11 @@ def load_baseline(path: str | Path, model_name: str | None = None, num_classes: 
         if key in metadata and metadata[key] != value:
             raise UserError(f"checkpoint {path} was made with {key}={metadata[key]}, this run uses "
                             f"{value}; delete it or match the setting")
-    model = torchvision.models.get_model(blob["model"], num_classes=blob["num_classes"])
+    model = build_model(blob["model"], blob["num_classes"])
     try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError:
+        # Files written before state-dict versions were kept load as before (without them).
+        model.load_state_dict(with_versions(blob["state_dict"], blob.get("state_dict_versions")))
+    except (RuntimeError, ValueError):  # shape/key mismatch; MNASNet's missing version
         raise UserError(f"checkpoint {path} does not match the {blob['model']} architecture of "
                         "this torchvision; pretrain it again") from None
     return model, metadata

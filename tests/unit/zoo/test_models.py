@@ -65,3 +65,52 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
     torch.save({"state_dict": model.state_dict()}, plain)
     with pytest.raises(UserError, match="not a compressor baseline"):
         models.load_baseline(plain, "resnet18", 10)
+
+
+def test_models_with_auxiliary_heads_are_built_without_them():
+    model = models.build_model("googlenet", 10).train()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+    assert model.aux1 is None and model.aux2 is None
+
+
+@pytest.fixture(scope="module")
+def vit():
+    """vit_b_16, untrained (~86M parameters: built once for the module)."""
+    return models.build_model("vit_b_16", 10)
+
+
+def test_a_fixed_size_model_is_refused_with_the_size_it_takes(vit):
+    vit.train()
+    with pytest.raises(UserError) as info:
+        models.check_input_size(vit, torch.zeros(1, 3, 32, 32), "vit_b_16")
+    assert str(info.value) == "vit_b_16 takes 224x224 inputs only; pass --input-size 224"
+    assert vit.training  # the caller's mode is restored
+
+
+def test_an_input_the_model_cannot_take_is_refused_with_the_reason():
+    needs_room = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 7), torch.nn.Flatten())
+    models.check_input_size(needs_room, torch.zeros(1, 3, 8, 8), "mine")  # fits: no error
+    with pytest.raises(UserError) as info:
+        models.check_input_size(needs_room, torch.zeros(1, 3, 4, 4), "mine")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("mine refused a 4x4 input (RuntimeError:")
+    assert "--input-size" in message
+
+
+def test_full_modules_load_only_when_trusted(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).eval()
+    path = tmp_path / "mine.pt"
+    torch.save(model, path)
+    with pytest.raises(UserError) as info:
+        models.load_full_module(path, trusted=False)
+    assert "--trust-checkpoint" in str(info.value) and "trusted=True" in str(info.value)
+    loaded = models.load_full_module(path, trusted=True)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(UserError, match="holds a state dict.*--model"):
+        models.load_full_module(tmp_path / "weights.pt", trusted=True)
+    with pytest.raises(UserError, match="does not exist"):
+        models.load_full_module(tmp_path / "none.pt", trusted=True)

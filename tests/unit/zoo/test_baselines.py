@@ -1,0 +1,56 @@
+"""Baselines that reload: state-dict versions kept, a pretrain that warns when it learned little."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressor.errors import UserError
+from compressor.pipeline.train import TrainConfig
+from compressor.zoo import baselines, models
+from compressor.zoo.datasets import DataConfig, Dataset
+
+
+def test_mnasnet_baseline_round_trips_with_its_state_dict_versions(tmp_path):
+    torch.manual_seed(0)
+    model = models.build_model("mnasnet0_5", 10).eval()
+    path = models.save_baseline(tmp_path / "m.pt", model, "mnasnet0_5", 10, {"input_size": 32})
+    # The file still loads with weights_only=True (what read_checkpoint uses).
+    blob = torch.load(path, weights_only=True)
+    assert blob["state_dict_versions"][""] == {"version": 2}
+    loaded, _ = models.load_baseline(path, "mnasnet0_5", 10)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.eval()(x))
+
+
+def test_a_baseline_without_the_versions_mnasnet_needs_is_a_user_error(tmp_path):
+    model = models.build_model("mnasnet0_5", 10)
+    path = models.save_baseline(tmp_path / "m.pt", model, "mnasnet0_5", 10, {})
+    blob = torch.load(path, weights_only=True)
+    del blob["state_dict_versions"]  # what files written before the fix hold
+    torch.save(blob, path)
+    with pytest.raises(UserError, match="pretrain it again"):
+        models.load_baseline(path, "mnasnet0_5", 10)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(fmnist) -> Dataset:
+    return Dataset("fashion-mnist", fmnist.train.subset(64), fmnist.search.subset(32),
+                   fmnist.test.subset(64), 10, "tiny-slice")
+
+
+def test_pretrain_saves_a_reloadable_baseline_and_warns_when_it_learned_little(
+        tiny_dataset, tmp_path, caplog):
+    config = TrainConfig(epochs=1, batch_size=32, max_lr=0.05)
+    path = tmp_path / "googlenet.pt"
+    with caplog.at_level("WARNING", logger="compressor.zoo.baselines"):
+        model, meta = baselines.pretrain("googlenet", tiny_dataset, DataConfig(), config, path,
+                                         torch.device("cpu"), progress=False)
+    assert meta["test_top1"] < 32.5 and "pretraining reached only" in meta["warning"]
+    assert meta["warning"] in caplog.text
+    loaded, loaded_meta = models.load_baseline(path, "googlenet", 10)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded.eval()(x))
+    assert loaded_meta["test_top1"] == meta["test_top1"]
