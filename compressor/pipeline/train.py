@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.errors import UserError
 from compressor.io import atomic
+
+DIVERGENCE_FACTOR = 3.0
+"""Training has diverged when the recent mean loss exceeds this multiple of the starting loss. A
+healthy run's loss only falls after the warm-up; 3x the ~ln(classes) start is far beyond noise."""
+REFERENCE_STEPS = 5
+"""The mean loss of this many first steps is the starting loss."""
+RECENT_STEPS = 5
+"""Steps averaged before comparing, so one bad batch is not taken for divergence."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,90 @@ class TrainResult:
         return sum(r.seconds for r in self.history)
 
 
+def loss_diverged(loss: float, recent_mean: float, reference: float | None,
+                  past_warmup: bool, factor: float = DIVERGENCE_FACTOR) -> bool:
+    """Whether training has diverged: the latest `loss` is NaN or infinite (at any step), or, once
+    the warm-up is over, the mean of the recent steps exceeds `factor` x the `reference` (the
+    mean of the first steps; None while those are still being collected).
+
+    >>> loss_diverged(float("nan"), 2.3, None, past_warmup=False)
+    True
+    >>> loss_diverged(9.0, 8.0, 2.3, past_warmup=False), loss_diverged(9.0, 8.0, 2.3, True)
+    (False, True)
+    >>> loss_diverged(1.0, 1.1, 2.3, past_warmup=True)
+    False
+    """
+    if not math.isfinite(loss):
+        return True
+    return past_warmup and reference is not None and recent_mean > factor * reference
+
+
+class LossWatch:
+    """Follows a run's losses step by step and stops it, with a UserError, once it diverges
+    (`loss_diverged`). One watch spans every epoch of a run; `warmup_steps` are exempt from the
+    comparison with the starting loss (the learning rate is still rising), not from NaN."""
+
+    def __init__(self, max_lr: float, warmup_steps: int = 0):
+        self.max_lr = max_lr
+        self.warmup_steps = warmup_steps
+        self.step = 0
+        self._first: list[float] = []
+        self._recent: deque[float] = deque(maxlen=RECENT_STEPS)
+
+    @property
+    def reference(self) -> float | None:
+        """Mean loss of the first `REFERENCE_STEPS` steps, once they have run."""
+        return sum(self._first) / len(self._first) if len(self._first) == REFERENCE_STEPS else None
+
+    def observe(self, loss: float) -> None:
+        self.step += 1
+        if len(self._first) < REFERENCE_STEPS and math.isfinite(loss):
+            self._first.append(loss)
+        self._recent.append(loss)
+        past_warmup = (self.step > self.warmup_steps
+                       and self.step >= REFERENCE_STEPS + RECENT_STEPS)
+        recent_mean = sum(self._recent) / len(self._recent)
+        if loss_diverged(loss, recent_mean, self.reference, past_warmup):
+            shown = loss if not math.isfinite(loss) else recent_mean
+            raise UserError(f"training diverged at step {self.step} (loss {shown:.4g}); lower "
+                            f"the learning rate, e.g. --lr {self.max_lr / 4:.3g}")
+
+
+def pretraining_warning(top1: float, num_classes: int) -> str | None:
+    """A one-line warning when a pretrained baseline's test top-1 (percent) is far below what the
+    recipe reaches, else None.
+
+    Rule: warn below a quarter of the way from chance to perfect, chance + (100 - chance) / 4
+    (10 classes: 32.5%; 100 classes: 25.75%). The recipe reaches ~90% on Fashion-MNIST and CIFAR-10
+    in 6 epochs; a baseline under the line is mostly noise, and pruning it measures little.
+
+    >>> pretraining_warning(12.0, 10).startswith("pretraining reached only 12.0%")
+    True
+    >>> pretraining_warning(85.0, 10) is None
+    True
+    """
+    chance = 100.0 / max(num_classes, 1)
+    floor = chance + (100.0 - chance) / 4
+    if top1 >= floor:
+        return None
+    return (f"pretraining reached only {top1:.1f}% test top-1 ({num_classes} classes, chance "
+            f"{chance:.1f}%, expected well above {floor:.1f}%): the baseline is far below what "
+            "the recipe reaches; train longer (--epochs, --train-size) or lower --lr")
+
+
+def main_output(output) -> torch.Tensor:
+    """The logits of a forward pass: the tensor itself, or the main output of models that also
+    return auxiliary heads in train mode (torchvision's GoogLeNetOutputs / InceptionOutputs)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"the model returned a {type(output).__name__}, not logits")
+
+
 def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, max_lr: float,
               warmup_fraction: float) -> torch.optim.lr_scheduler.OneCycleLR:
     return torch.optim.lr_scheduler.OneCycleLR(
@@ -89,15 +183,22 @@ def evaluate_top1(model: nn.Module, batches: Iterable, device: torch.device,
 
 def train_steps(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
                 scheduler, config: TrainConfig, device: torch.device,
-                on_step: Callable[[float, float], None] | None = None) -> tuple[float, float]:
-    """One pass over `batches`; returns mean loss and train top-1 of the pass."""
+                on_step: Callable[[float, float], None] | None = None,
+                watch: LossWatch | None = None) -> tuple[float, float]:
+    """One pass over `batches`; returns mean loss and train top-1 of the pass.
+
+    Every loss is given to `watch` (a fresh `LossWatch` without warm-up when None), which raises
+    a UserError once training diverges, before that step's update is applied.
+    """
     model.train()
+    watch = watch if watch is not None else LossWatch(config.max_lr)
     fmt = memory_format(device, config.channels_last)
     loss_sum = correct = seen = 0.0
     for x, y in batches:
         x, y = x.to(device, memory_format=fmt), y.to(device)
-        logits = model(x)
+        logits = main_output(model(x))
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        watch.observe(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -121,7 +222,9 @@ def train(model: nn.Module, train_split, test_split, config: TrainConfig, device
     """Train `model` in place with a one-cycle schedule, evaluating on `test_split` after each epoch.
 
     With `resume_path`, the state after every epoch is saved there (atomically) and a matching
-    saved state is picked up, so a killed pretrain loses at most the epoch in flight.
+    saved state is picked up, so a killed pretrain loses at most the epoch in flight. A run that
+    diverges (`LossWatch`) stops with a UserError; a resumed run takes its starting loss from the
+    first steps after resuming.
     """
     from tqdm.auto import tqdm
 
@@ -130,15 +233,22 @@ def train(model: nn.Module, train_split, test_split, config: TrainConfig, device
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     scheduler = one_cycle(optimizer, config.epochs * steps_per_epoch, config.max_lr,
                           config.warmup_fraction)
+    watch = LossWatch(config.max_lr, warmup_steps=int(config.warmup_fraction * config.epochs
+                                                      * steps_per_epoch))
     result, start_epoch = TrainResult(), 0
     if resume_path is not None and Path(resume_path).exists():
-        state = torch.load(resume_path, map_location=device, weights_only=False)
-        if state.get("config") == asdict(config):
+        try:
+            # Tensors and plain types only: a planted file cannot run code here.
+            state = torch.load(resume_path, map_location=device, weights_only=True)
+        except Exception:  # truncated, or not ours: start from scratch (it is overwritten)
+            state = {}
+        if isinstance(state, dict) and state.get("config") == asdict(config):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             result.history = [EpochRecord(**r) for r in state["history"]]
             start_epoch = len(result.history)
+            watch.step = start_epoch * steps_per_epoch  # step numbers and warm-up run on
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                unit="step", disable=not progress, dynamic_ncols=True, desc="train")
@@ -152,7 +262,12 @@ def train(model: nn.Module, train_split, test_split, config: TrainConfig, device
 
         batches = train_split.batches(config.batch_size, shuffle=True,
                                       seed=config.seed * 1000 + epoch, augment=config.augment)
-        loss, top1 = train_steps(model, batches, optimizer, scheduler, config, device, show)
+        try:
+            loss, top1 = train_steps(model, batches, optimizer, scheduler, config, device, show,
+                                     watch)
+        except UserError:
+            bar.close()
+            raise
         seconds = time.perf_counter() - started
         test_top1 = None
         if test_split is not None:
