@@ -3,7 +3,8 @@
 A network's cost is a function of its convolution and linear layers' shapes. The pruning module
 predicts these shapes for a policy without pruning anything (so the budget wall can be evaluated
 hundreds of times per episode); `measure_layer_shapes` reads them off a real model, and the two must
-agree.
+agree. Feature maps, kernels and strides are kept per axis (height, width), so non-square inputs
+and kernels cost what they run.
 """
 
 from __future__ import annotations
@@ -15,28 +16,48 @@ from torch import nn
 
 
 class LayerShape(NamedTuple):
-    """One convolution or linear layer as it runs on the probe input (batch excluded)."""
+    """One Conv2d or Linear layer as it runs on the probe input (batch excluded).
+
+    Flat ints, so that a JSON round trip (`LayerShape(*list(shape))`) gives an equal shape. A
+    Linear layer is a 1x1 "conv" on a 1x1 map.
+
+    >>> s = LayerShape("conv1", "conv", 1, 16, 3, 3, 1, 1, 1, 28, 40, 28, 40, False)
+    >>> s.macs == 3 * 3 * 1 * 16 * 28 * 40, s.out_pixels
+    (True, 1120)
+    """
 
     name: str  # qualified module name
     kind: str  # "conv" or "linear"
     in_channels: int
     out_channels: int
-    kernel: int  # square kernels; 1 for linear
-    stride: int
+    kernel_h: int  # 1 for linear
+    kernel_w: int
+    stride_h: int
+    stride_w: int
     groups: int
-    in_hw: int  # input feature map side (square inputs); 1 for linear
-    out_hw: int
+    in_h: int  # input feature map height; 1 for linear
+    in_w: int
+    out_h: int  # output feature map height; 1 for linear
+    out_w: int
     bias: bool
+
+    @property
+    def kernel_area(self) -> int:
+        return self.kernel_h * self.kernel_w
+
+    @property
+    def out_pixels(self) -> int:
+        return self.out_h * self.out_w
 
     @property
     def macs(self) -> int:
         """Multiply-accumulates per image."""
-        per_pixel = self.kernel * self.kernel * (self.in_channels // self.groups) * self.out_channels
-        return per_pixel * self.out_hw * self.out_hw
+        per_pixel = self.kernel_area * (self.in_channels // self.groups) * self.out_channels
+        return per_pixel * self.out_pixels
 
     @property
     def params(self) -> int:
-        weight = self.kernel * self.kernel * (self.in_channels // self.groups) * self.out_channels
+        weight = self.kernel_area * (self.in_channels // self.groups) * self.out_channels
         return weight + (self.out_channels if self.bias else 0)
 
     @property
@@ -61,15 +82,16 @@ def measure_layer_shapes(model: nn.Module, example_input: torch.Tensor) -> list[
         def hook(module: nn.Module, inputs, output) -> None:
             x = inputs[0]
             if isinstance(module, nn.Conv2d):
+                (kernel_h, kernel_w), (stride_h, stride_w) = module.kernel_size, module.stride
                 shapes.append(LayerShape(
-                    name, "conv", module.in_channels, module.out_channels, module.kernel_size[0],
-                    module.stride[0], module.groups, x.shape[-1], output.shape[-1],
-                    module.bias is not None,
+                    name, "conv", module.in_channels, module.out_channels, kernel_h, kernel_w,
+                    stride_h, stride_w, module.groups, x.shape[-2], x.shape[-1],
+                    output.shape[-2], output.shape[-1], module.bias is not None,
                 ))
             else:
                 shapes.append(LayerShape(
                     name, "linear", module.in_features, module.out_features, 1, 1, 1, 1, 1,
-                    module.bias is not None,
+                    1, 1, 1, 1, module.bias is not None,
                 ))
         return hook
 

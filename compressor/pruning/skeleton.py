@@ -86,8 +86,8 @@ class Unit(NamedTuple):
     kind: str  # "residual", "depthwise", "conv" or "linear"
     channels: int  # out channels of the group, dense
     in_channels: int  # of the root layer
-    kernel: int
-    stride: int
+    kernel: int  # of the root layer; the larger side of a non-square kernel (one state feature)
+    stride: int  # likewise the larger of the two strides
     macs: int  # dense MACs of the layers whose in or out channels the unit changes
     params: int  # dense params of those layers
 
@@ -134,7 +134,7 @@ class Skeleton:
         self._steps = list(steps)
         self._layers = tuple(layers)
         # Flat per-layer constants for the cost loops, which run hundreds of times per episode.
-        self._costs = [(d.kernel * d.kernel * d.out_hw * d.out_hw, d.kernel * d.kernel, d.bias)
+        self._costs = [(d.kernel_area * d.out_pixels, d.kernel_area, d.bias)
                        for d in self.dense_shapes]
 
     def kept_vector(self, policy: dict[str, float]) -> list[int]:
@@ -167,7 +167,7 @@ class Skeleton:
 
     def layer_shapes(self, policy: dict[str, float]) -> list[LayerShape]:
         """The shapes `measure_layer_shapes` will read off `apply_policy(model, policy, ...)`."""
-        return [LayerShape(d.name, d.kind, i, o, d.kernel, d.stride, g, d.in_hw, d.out_hw, d.bias)
+        return [d._replace(in_channels=i, out_channels=o, groups=g)
                 for d, (i, o, g) in zip(self.dense_shapes, self._channels_of(policy), strict=True)]
 
     def macs(self, policy: dict[str, float]) -> int:
@@ -341,7 +341,8 @@ def build_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
                    if layer.out_unit == i or any(u == i for u, _ in layer.in_terms)]
         shape = next(s for s in dense if s.name == root)
         units.append(Unit(i, root, kinds[root], shape.out_channels, shape.in_channels,
-                          shape.kernel, shape.stride, sum(s.macs for s in touched),
+                          max(shape.kernel_h, shape.kernel_w), max(shape.stride_h, shape.stride_w),
+                          sum(s.macs for s in touched),
                           sum(s.params for s in touched)))
         steps.append(channel_step(shape.out_channels, traced.channel_groups[root], config.round_to))
     skeleton = Skeleton(units, steps, layers)
