@@ -65,7 +65,7 @@ from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 
 log = logging.getLogger(__name__)
 
-FORMAT = "compressor-latency-model-v4"  # v4: batch floor 10 ms
+FORMAT = "compressor-latency-model-v5"  # v5: layer shapes per axis, keyed by the input shape
 
 
 # --- per-layer tables ----------------------------------------------------------------------------
@@ -122,9 +122,14 @@ class LayerTable:
         return cls(d["ins"], d["outs"], d["ms"], d["depthwise"])
 
 
-def _padding(shape: LayerShape) -> int:
-    """The symmetric padding that maps in_hw to out_hw (LayerShape does not carry it)."""
-    return max(0, math.ceil(((shape.out_hw - 1) * shape.stride + shape.kernel - shape.in_hw) / 2))
+def _padding(shape: LayerShape) -> tuple[int, int]:
+    """The symmetric (height, width) padding that maps the input map to the output map
+    (LayerShape does not carry it)."""
+    def side(size_in: int, size_out: int, kernel: int, stride: int) -> int:
+        return max(0, math.ceil(((size_out - 1) * stride + kernel - size_in) / 2))
+
+    return (side(shape.in_h, shape.out_h, shape.kernel_h, shape.stride_h),
+            side(shape.in_w, shape.out_w, shape.kernel_w, shape.stride_w))
 
 
 def _layer_graph(shape: LayerShape, cin: int, cout: int, batch: int) -> bytes:
@@ -142,13 +147,15 @@ def _layer_graph(shape: LayerShape, cin: int, cout: int, batch: int) -> bytes:
     else:
         groups = cin if shape.depthwise else shape.groups
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                          [batch, cin, shape.in_hw, shape.in_hw])
-        w = rng.standard_normal((cout, cin // groups, shape.kernel, shape.kernel)) * 0.1
+                                          [batch, cin, shape.in_h, shape.in_w])
+        w = rng.standard_normal((cout, cin // groups, shape.kernel_h, shape.kernel_w)) * 0.1
+        pad_h, pad_w = _padding(shape)
         inits = [numpy_helper.from_array(w.astype(np.float32), "w"),
                  numpy_helper.from_array(np.zeros(cout, np.float32), "b")]
         nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], group=groups,
-                                  kernel_shape=[shape.kernel] * 2, strides=[shape.stride] * 2,
-                                  pads=[_padding(shape)] * 4),
+                                  kernel_shape=[shape.kernel_h, shape.kernel_w],
+                                  strides=[shape.stride_h, shape.stride_w],
+                                  pads=[pad_h, pad_w, pad_h, pad_w]),
                  helper.make_node("Relu", ["c"], ["y"])]
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     graph = helper.make_graph(nodes, "layer", [x], [y], inits)
@@ -191,8 +198,9 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
 
 def _signature(shape: LayerShape, first: bool) -> tuple:
     """Layers with equal signatures have equal tables (resnet18's repeated blocks, for one)."""
-    return (shape.kind, shape.kernel, shape.stride, shape.groups if not shape.depthwise else -1,
-            shape.in_hw, shape.out_hw, shape.in_channels, shape.out_channels, first)
+    return (shape.kind, shape.kernel_h, shape.kernel_w, shape.stride_h, shape.stride_w,
+            shape.groups if not shape.depthwise else -1, shape.in_h, shape.in_w, shape.out_h,
+            shape.out_w, shape.in_channels, shape.out_channels, first)
 
 
 def _axes(shape: LayerShape, first: bool, round_to: int, points: int) -> tuple[list, list]:
@@ -212,8 +220,8 @@ def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, b
         row = []
         for cout in outs:
             c_in = cout * shape.in_channels // shape.out_channels if shape.depthwise else cin
-            dims = (batch, c_in) if shape.kind == "linear" else (batch, c_in, shape.in_hw,
-                                                                  shape.in_hw)
+            dims = (batch, c_in) if shape.kind == "linear" else (batch, c_in, shape.in_h,
+                                                                  shape.in_w)
             row.append(_time_graph(_layer_graph(shape, c_in, cout, batch), dims, settings,
                                    target_ms, profile_dir))
         rows.append(row)
@@ -227,7 +235,7 @@ def traffic_mb(shapes: list[LayerShape], batch: int) -> float:
     """Megabytes a run moves through memory: the float32 conv/linear weights (BatchNorm is
     folded into them at export) plus the batch's layer outputs."""
     weights = sum(s.params for s in shapes)
-    outputs = batch * sum(s.out_channels * s.out_hw * s.out_hw for s in shapes)
+    outputs = batch * sum(s.out_channels * s.out_pixels for s in shapes)
     return (weights + outputs) * 4e-6
 
 
@@ -341,11 +349,17 @@ def _ort_version() -> str:
 
 def cache_key(model_name: str, dense_shapes: list[LayerShape], settings: ProbeSettings,
               round_to: int) -> dict[str, Any]:
-    """What a latency model is valid for; a cached model with another key is rebuilt."""
+    """What a latency model is valid for; a cached model with another key is rebuilt.
+    `settings.example_shape` is the (C, H, W) the network runs on (`_for_example`)."""
     return {"model": model_name, "layers": _fingerprint(dense_shapes),
-            "input_size": settings.input_size, "batch_size": settings.batch_size,
+            "input_shape": list(settings.example_shape), "batch_size": settings.batch_size,
             "threads": settings.threads, "graph_optimization": settings.graph_optimization,
             "round_to": round_to, "cpu": cpu_name(), "onnxruntime": _ort_version()}
+
+
+def _for_example(settings: ProbeSettings, example_input: torch.Tensor) -> ProbeSettings:
+    """The settings with the example's (C, H, W): the network's input decides what is timed."""
+    return replace(settings, input_shape=tuple(example_input.shape[1:]))
 
 
 def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
@@ -362,18 +376,19 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
 
     started = time.perf_counter()
     one = example_input[:1].detach().cpu()
+    settings = _for_example(settings, one)
     dense_session = make_session(onnx_bytes(dense_model, one), settings)
     if settings.batch_size is None:
-        settings = replace(settings, batch_size=auto_batch_size(dense_session,
-                                                                settings.input_size))
-    dense_session.prepare(settings.batch_size, settings.input_size)
+        settings = replace(settings, batch_size=auto_batch_size(dense_session))
+    dense_session.prepare(settings.batch_size)
     batch = settings.batch_size
     shapes = measure_layer_shapes(dense_model, one)
     by_signature: dict[tuple, LayerTable] = {}
     tables: dict[str, LayerTable] = {}
     with tempfile.TemporaryDirectory(prefix="compressor-latency-") as profile_dir:
         for i, shape in enumerate(shapes):
-            first = i == 0 or shape.in_channels == 3  # the image's channels are never pruned
+            # The input's channels are never pruned: a layer that reads them keeps one row.
+            first = i == 0 or shape.in_channels == one.shape[1]
             key = _signature(shape, first)
             if key not in by_signature:
                 by_signature[key] = _measure_table(shape, first, round_to, grid_points, batch,
@@ -440,11 +455,13 @@ def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
     """
     say = say or log.info
     one = example_input[:1].detach().cpu()
+    settings = _for_example(settings, one)
     dense_shapes = measure_layer_shapes(dense, one)
     key = cache_key(model_name, dense_shapes, settings, round_to)
     # One file per setup, whatever the batch: an automatic batch then finds the model built with
     # the batch it picked last time.
-    name = "-".join(str(v) for v in (model_name or "model", f"{settings.input_size}px",
+    name = "-".join(str(v) for v in (model_name or "model",
+                                      "x".join(str(d) for d in settings.example_shape),
                                       f"t{settings.threads}", settings.graph_optimization,
                                       f"r{round_to}"))
     path = Path(cache_dir) / f"{name}.json"

@@ -5,17 +5,22 @@ The absolute latency of one model drifts 12-35% between measurements on this kin
 two sessions alternate in blocks of runs (not run by run, which flushes caches and doubles
 small-input latency), and the ratio is the median of the per-block ratios.
 
-    settings = ProbeSettings(batch_size=8, input_size=32)
+    settings = ProbeSettings(batch_size=8)
     paired = measure_pair(make_session(pruned_onnx, settings), make_session(dense_onnx, settings),
                           settings)
     paired.ratio, paired.spread  # e.g. 0.25, (0.246, 0.278)
+
+The timed input has the shape the ONNX file declares (batch replaced by the probe batch): files
+exported here fix (C, H, W) from the example input, so 1-channel and non-square models need no
+setting. Only sizes the file leaves symbolic come from the settings (`Session.example_shape`).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,7 +51,12 @@ class ProbeSettings:
     """Images per run; None picks the smallest power of two at which the dense model takes
     >= 10 ms (resnet18 at 32 px: 8; mobilenet_v2: 32; see `auto_batch_size`)."""
     input_size: int = 32
-    """Side of the square input (3 channels)."""
+    """Side of a square 3-channel input: the shorthand for `input_shape` (3, input_size,
+    input_size) when that is None (the CLI's --input-size)."""
+    input_shape: tuple[int, ...] | None = None
+    """(channels, height, width) of one input, for the sizes an ONNX file leaves symbolic; None:
+    3 x input_size x input_size. A file's fixed sizes always win; an input_shape that contradicts
+    them is refused."""
     warmup: int = 10
     """Untimed runs per session before measuring (allocations, caches, lazy kernel choice)."""
     runs: int = 20
@@ -70,6 +80,21 @@ class ProbeSettings:
             raise UserError("latency probe threads, runs and blocks must be >= 1, warmup >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"latency batch size {self.batch_size} must be >= 1")
+        if self.input_size < 1:
+            raise UserError(f"latency input size {self.input_size} must be >= 1")
+        if self.input_shape is not None:
+            shape = tuple(self.input_shape)
+            if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+                raise UserError(f"latency input shape {self.input_shape} must be three positive "
+                                "sizes (channels, height, width), without the batch")
+            object.__setattr__(self, "input_shape", shape)  # a list from JSON becomes a tuple
+
+    @property
+    def example_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) these settings ask for: `input_shape`, else 3 x input_size x input_size."""
+        if self.input_shape is not None:
+            return self.input_shape  # type: ignore[return-value]
+        return (3, self.input_size, self.input_size)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,28 +138,57 @@ class PairedLatency(NamedTuple):
 
 
 class Session:
-    """An onnxruntime session plus the input it is timed on."""
+    """An onnxruntime session plus the input it is timed on.
 
-    def __init__(self, inner, input_name: str, input_shape: list, source: str):
+    `input_shape` is the ONNX input's declared shape, batch first; a dimension is an int when the
+    file fixes it and a string (or None) when it is symbolic.
+    """
+
+    def __init__(self, inner, input_name: str, input_shape: list, source: str,
+                 settings: ProbeSettings | None = None):
         self.inner, self.input_name, self.input_shape, self.source = (
             inner, input_name, input_shape, source)
+        self.settings = settings or ProbeSettings()
         self.feed: dict[str, np.ndarray] = {}
 
-    def prepare(self, batch_size: int, input_size: int) -> None:
-        """Fix the timed input: `batch_size` seeded random images of `input_size` pixels."""
-        wanted = [3, input_size, input_size]
-        # Symbolic dims (strings) accept anything; fixed ones must match.
-        if any(isinstance(d, int) and d != w
-               for d, w in zip(self.input_shape[1:], wanted, strict=True)):
-            raise UserError(f"{self.source} takes inputs {self.input_shape[1:]}, not {wanted}; "
+    def example_shape(self, wanted: Sequence[int] | int | None = None) -> tuple[int, ...]:
+        """(C, H, W) of one timed input: the file's fixed sizes, symbolic ones from `wanted`.
+
+        `wanted` None takes the session's settings (`ProbeSettings.input_shape`, else its square
+        3-channel `input_size`), whose default yields to the file's fixed sizes; an explicit
+        `wanted` (an int is the square 3-channel shorthand) or `settings.input_shape` must agree
+        with them.
+        """
+        explicit = wanted is not None or self.settings.input_shape is not None
+        if wanted is None:
+            wanted = self.settings.example_shape
+        elif isinstance(wanted, int):
+            wanted = (3, wanted, wanted)
+        wanted = tuple(int(d) for d in wanted)
+        declared = self.input_shape[1:]
+        if len(wanted) != len(declared):
+            raise UserError(f"{self.source} takes inputs {declared}, not {list(wanted)}")
+        fixed = [isinstance(d, int) and d > 0 for d in declared]
+        if explicit and any(f and d != w for f, d, w in zip(fixed, declared, wanted, strict=True)):
+            raise UserError(f"{self.source} takes inputs {declared}, not {list(wanted)}; "
                             "measure it at the input size it was exported for (--input-size)")
+        return tuple(d if f else w for f, d, w in zip(fixed, declared, wanted, strict=True))
+
+    def prepare(self, batch_size: int, input_shape: Sequence[int] | int | None = None) -> None:
+        """Fix the timed input: `batch_size` seeded random inputs of `example_shape(input_shape)`
+        (None: the file's own shape)."""
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch_size, *wanted)).astype(np.float32)
+        x = rng.standard_normal((batch_size, *self.example_shape(input_shape))).astype(np.float32)
         self.feed = {self.input_name: x}
 
     @property
     def batch_size(self) -> int | None:
         return self.feed[self.input_name].shape[0] if self.feed else None
+
+    @property
+    def timed_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) of the prepared input, None before `prepare`."""
+        return tuple(self.feed[self.input_name].shape[1:]) if self.feed else None
 
     def run_once(self) -> float:
         """One timed run, in milliseconds."""
@@ -178,14 +232,14 @@ def make_session(model: bytes | str | Path, settings: ProbeSettings) -> Session:
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise UserError(f"{source} must take one NCHW image input, it takes "
                         f"{[i.shape for i in inputs]}")
-    session = Session(inner, inputs[0].name, list(inputs[0].shape), source)
+    session = Session(inner, inputs[0].name, list(inputs[0].shape), source, settings)
     if settings.batch_size is not None:
-        session.prepare(settings.batch_size, settings.input_size)
+        session.prepare(settings.batch_size)
     return session
 
 
 def check_same_input(candidate: Session, reference: Session) -> None:
-    """Both models must take the same image shape (the batch axis may differ)."""
+    """Both models must take the same input shape (the batch axis may differ)."""
     a, b = candidate.input_shape[1:], reference.input_shape[1:]
     if a != b:
         raise UserError(f"{candidate.source} takes inputs {a} but the reference "
@@ -201,7 +255,16 @@ def _ready(session: Session, settings: ProbeSettings) -> None:
         if settings.batch_size is None:
             raise ValueError("session has no input prepared: set settings.batch_size or call "
                              "session.prepare")
-        session.prepare(settings.batch_size, settings.input_size)
+        session.prepare(settings.batch_size)
+
+
+def measured_settings(settings: ProbeSettings, session: Session) -> dict[str, Any]:
+    """`settings` as reported beside a number: with the batch and input shape really timed."""
+    reported = {**settings.as_dict(), "batch_size": session.batch_size,
+                "input_shape": list(session.timed_shape or ())}
+    if session.timed_shape != (3, settings.input_size, settings.input_size):
+        del reported["input_size"]  # the shorthand did not describe what was timed
+    return reported
 
 
 def measure_ms(session: Session, settings: ProbeSettings) -> LatencyResult:
@@ -214,7 +277,7 @@ def measure_ms(session: Session, settings: ProbeSettings) -> LatencyResult:
     blocks = [summarise(runs[i:i + settings.runs]) for i in range(0, len(runs), settings.runs)]
     q1, q3 = np.percentile(runs, [25, 75])
     return LatencyResult(float(summarise(blocks)), runs, blocks, min(runs), (float(q1), float(q3)),
-                         {**settings.as_dict(), "batch_size": session.batch_size})
+                         measured_settings(settings, session))
 
 
 def measure_pair(candidate: Session, reference: Session, settings: ProbeSettings
@@ -230,6 +293,9 @@ def measure_pair(candidate: Session, reference: Session, settings: ProbeSettings
     if candidate.batch_size != reference.batch_size:
         raise ValueError(f"sessions prepared with batches {candidate.batch_size} and "
                          f"{reference.batch_size}")
+    if candidate.timed_shape != reference.timed_shape:
+        raise ValueError(f"sessions prepared with inputs {candidate.timed_shape} and "
+                         f"{reference.timed_shape}")
     for session in (candidate, reference):
         for _ in range(settings.warmup):
             session.run_once()
@@ -243,14 +309,13 @@ def measure_pair(candidate: Session, reference: Session, settings: ProbeSettings
             cand.append(_block(candidate, settings))
     ratios = [c / r for c, r in zip(cand, ref, strict=True)]
     return PairedLatency(statistics.median(ratios), statistics.median(cand),
-                         statistics.median(ref), ratios,
-                         {**settings.as_dict(), "batch_size": reference.batch_size})
+                         statistics.median(ref), ratios, measured_settings(settings, reference))
 
 
-def auto_batch_size(reference: Session, input_size: int, min_ms: float = 10.0,
-                    largest: int = 256) -> int:
+def auto_batch_size(reference: Session, input_shape: Sequence[int] | int | None = None,
+                    min_ms: float = 10.0, largest: int = 256) -> int:
     """Smallest power-of-two batch at which `reference` takes at least `min_ms`; the session is
-    left prepared at that batch.
+    left prepared at that batch. `input_shape` as in `Session.prepare` (None: the file's shape).
 
     Why 10 ms: below ~2 ms a run is 10-25% noise here, and at resnet18's 5 ms batch (2) the dense
     network is bound by streaming its 45 MB of weights, so ratios jump (10% uniform pruning measured
@@ -262,23 +327,25 @@ def auto_batch_size(reference: Session, input_size: int, min_ms: float = 10.0,
     """
     batch = 1
     while batch < largest:
-        reference.prepare(batch, input_size)
+        reference.prepare(batch, input_shape)
         for _ in range(3):
             reference.run_once()
         if min(reference.run_once() for _ in range(10)) >= min_ms:
             break
         batch *= 2
-    reference.prepare(batch, input_size)
+    reference.prepare(batch, input_shape)
     return batch
 
 
 class Probe:
-    """Paired ONNX Runtime measurement of pruned networks against the dense one."""
+    """Paired ONNX Runtime measurement of pruned networks against the dense one, timed on inputs
+    shaped like `example` (its batch replaced by the probe's): the example decides the shape,
+    whatever `settings.input_shape` or `input_size` say."""
 
     def __init__(self, dense: nn.Module, example: torch.Tensor, settings: ProbeSettings):
-        self.settings = settings
+        self.settings = replace(settings, input_shape=tuple(example.shape[1:]))
         self.example = example
-        self.reference = make_session(onnx_bytes(dense, example), settings)
+        self.reference = make_session(onnx_bytes(dense, example), self.settings)
 
     def measure(self, model: nn.Module) -> PairedLatency:
         session = make_session(onnx_bytes(model, self.example), self.settings)

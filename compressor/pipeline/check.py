@@ -24,6 +24,7 @@ import numpy as np
 
 from compressor import latency
 from compressor.errors import UserError
+from compressor.latency.probe import measured_settings
 from compressor.provenance import provenance
 
 
@@ -52,13 +53,14 @@ def check(model_path: str, reference_path: str, settings: latency.ProbeSettings,
     candidate = latency.make_session(model_path, settings)
     reference = latency.make_session(reference_path, settings)
     latency.check_same_input(candidate, reference)
-    input_size = reference.input_shape[-1] if isinstance(reference.input_shape[-1], int) \
-        else settings.input_size
-    settings = replace(settings, input_size=input_size)
+    # The reference's fixed input shape decides (1-channel, non-square); the settings fill only
+    # the sizes it leaves symbolic.
+    settings = replace(settings, input_shape=reference.example_shape())
     if settings.batch_size is None:
-        settings = replace(settings, batch_size=latency.auto_batch_size(reference, input_size))
-    candidate.prepare(settings.batch_size, input_size)
-    reference.prepare(settings.batch_size, input_size)
+        settings = replace(settings, batch_size=latency.auto_batch_size(
+            reference, settings.input_shape))
+    candidate.prepare(settings.batch_size, settings.input_shape)
+    reference.prepare(settings.batch_size, settings.input_shape)
 
     measured = [latency.measure_pair(candidate, reference, settings) for _ in range(rounds)]
     blocks = [r for m in measured for r in m.block_ratios]
@@ -105,7 +107,7 @@ def check(model_path: str, reference_path: str, settings: latency.ProbeSettings,
         "warnings": warnings, "checks": checks,
         "latency": {"ratio": ratio, "ratio_spread": list(spread), "candidate_ms": candidate_ms,
                     "reference_ms": reference_ms, "rounds": [m.as_dict() for m in measured],
-                    "settings": settings.as_dict()},
+                    "settings": measured_settings(settings, reference)},
         "accuracy": accuracy, "model": str(model_path), "reference": str(reference_path),
         "environment": env,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import replace
 
@@ -82,8 +83,12 @@ def test_table_reproduces_a_bilinear_function_and_clamps():
 
 def test_padding_maps_the_input_side_to_the_output_side():
     for k, s, i, o in [(3, 1, 8, 8), (3, 2, 32, 16), (7, 2, 32, 16), (1, 2, 8, 4), (1, 1, 4, 4)]:
-        pad = lm._padding(LayerShape("c", "conv", 8, 8, k, s, 1, i, o, False))
-        assert (i + 2 * pad - k) // s + 1 == o
+        pad_h, pad_w = lm._padding(LayerShape("c", "conv", 8, 8, k, k, s, s, 1, i, i, o, o, False))
+        assert pad_h == pad_w and (i + 2 * pad_h - k) // s + 1 == o
+    # Per axis: a 3x5 kernel, stride (2, 1), on a 28x40 map.
+    shape = LayerShape("c", "conv", 8, 8, 3, 5, 2, 1, 1, 28, 40, 14, 40, False)
+    pad_h, pad_w = lm._padding(shape)
+    assert ((28 + 2 * pad_h - 3) // 2 + 1, (40 + 2 * pad_w - 5) // 1 + 1) == (14, 40)
 
 
 def test_traffic_fit_recovers_a_known_hinge():
@@ -114,7 +119,7 @@ def test_dense_shapes_predict_ratio_one_and_the_measured_latency(built, resnet):
     assert built.predict_ratio(shapes) == pytest.approx(1.0)
     assert built.predict_ms(shapes) == pytest.approx(built.dense_ms)
     meta = built.metadata
-    for key in ("model", "input_size", "batch_size", "threads", "onnxruntime", "cpu",
+    for key in ("model", "input_shape", "batch_size", "threads", "onnxruntime", "cpu",
                 "build_seconds"):
         assert key in meta and meta[key] == built.key.get(key, meta[key])
     assert meta["batch_size"] == 4 and meta["distinct_tables"] < len(shapes)  # shared tables
@@ -207,7 +212,8 @@ def test_cache_round_trip_and_rebuild_on_mismatch(built, resnet, tmp_path, monke
 def test_cache_key_names_what_a_table_depends_on(resnet):
     shapes = measure_layer_shapes(resnet, X)
     key = lm.cache_key("resnet18", shapes, SETTINGS, 8)
-    assert {"model", "input_size", "batch_size", "threads", "onnxruntime", "cpu"} <= set(key)
+    assert {"model", "input_shape", "batch_size", "threads", "onnxruntime", "cpu"} <= set(key)
+    assert key["input_shape"] == [3, 32, 32]
     other = build_model("resnet18", 100)
     assert lm.cache_key("resnet18", measure_layer_shapes(other, X), SETTINGS, 8) != key
 
@@ -219,3 +225,58 @@ def test_calibration_policies_are_seeded_and_in_range():
     policies = lm.calibration_policies(FakeSkeleton(), 5)
     assert policies == lm.calibration_policies(FakeSkeleton(), 5) and len(policies) == 5
     assert all(0 <= r < 1 for p in policies for r in p.values())
+
+
+# --- any input shape -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd():
+    from tests.unit.pruning.test_shapes import odd_cnn, odd_input
+
+    model, x = odd_cnn(), odd_input(1)
+    settings = ProbeSettings(batch_size=4, warmup=1, runs=3, blocks=2)  # input_size 32 ignored
+    built = lm.build_latency_model(model, x, settings, round_to=8, grid_points=3, target_ms=1.0,
+                                   model_name="odd")
+    return model, x, built
+
+
+def test_a_one_channel_non_square_network_gets_a_model_of_its_real_shape(odd):
+    from compressor.pruning import PruningConfig, build_skeleton, uniform_policy
+
+    model, x, built = odd
+    assert built.key["input_shape"] == [1, 28, 40]
+    assert list(built.metadata["settings"]["input_shape"]) == [1, 28, 40]
+    assert built.tables["stem.0"].ins == [1.0]  # the input's single channel is never pruned
+    skeleton = build_skeleton(model, x, PruningConfig(round_to=8))
+    assert built.predict_ratio(skeleton.layer_shapes({})) == pytest.approx(1.0)
+    light, heavy = (built.predict_ratio(skeleton.layer_shapes(uniform_policy(skeleton, r)))
+                    for r in (0.25, 0.75))
+    assert math.isfinite(heavy) and 0 < heavy < light < 1.0
+
+
+def test_a_per_layer_graph_runs_at_the_layers_real_height_and_width(odd):
+    import onnx
+
+    _, x, _ = odd
+    shapes = {s.name: s for s in measure_layer_shapes(odd[0], x)}
+    proto = onnx.load_from_string(lm._layer_graph(shapes["down.0"], 16, 32, batch=2))
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    attrs = {a.name: list(a.ints) for a in conv.attribute if a.ints}
+    assert dims == [2, 16, 28, 40] and attrs["strides"] == [2, 1]
+    assert attrs["kernel_shape"] == [3, 3]
+    stem = onnx.load_from_string(lm._layer_graph(shapes["stem.0"], 1, 16, batch=2))
+    stem_conv = next(n for n in stem.graph.node if n.op_type == "Conv")
+    assert {a.name: list(a.ints) for a in stem_conv.attribute}["kernel_shape"] == [3, 5]
+
+
+def test_the_cache_file_is_keyed_by_the_input_shape(odd, tmp_path, monkeypatch):
+    model, x, built = odd
+    monkeypatch.setattr(lm, "build_latency_model", lambda *a, **k: built)
+    lm.load_or_build(tmp_path, "odd", model, x, ProbeSettings(batch_size=4), round_to=8,
+                     say=lambda m: None)
+    (path,) = tmp_path.glob("*.json")
+    assert "1x28x40" in path.name
+    again = lm.LatencyModel.from_json(json.loads(path.read_text()))
+    assert again.dense_shapes == built.dense_shapes  # per-axis shapes survive the JSON

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -160,3 +162,85 @@ def test_an_unprepared_session_needs_a_batch_size(dense_bytes):
     session.prepare(3, 32)
     assert session.feed[session.input_name].shape == (3, 3, 32, 32)
     assert np.isfinite(session.run_once())
+
+
+# --- any input shape -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd():
+    from tests.unit.pruning.test_shapes import odd_cnn, odd_input
+
+    return odd_cnn(), odd_input(1)
+
+
+def any_size_onnx(model: torch.nn.Module, x: torch.Tensor, folder) -> str:
+    """An ONNX file whose height and width are symbolic (ours fix them from the example)."""
+    path = str(folder / "any_size.onnx")
+    with warnings.catch_warnings():  # the legacy exporter is deprecated upstream; we choose it
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17,
+                          input_names=["input"],
+                          dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}})
+    return path
+
+
+def test_input_shape_settings_resolve_and_validate():
+    assert ProbeSettings().example_shape == (3, 32, 32)
+    assert ProbeSettings(input_size=48).example_shape == (3, 48, 48)
+    settings = ProbeSettings(input_shape=[1, 28, 40])  # a list from JSON
+    assert settings.example_shape == (1, 28, 40) and settings.input_shape == (1, 28, 40)
+    for bad in ((28, 40), (1, 0, 40), (1, 28, 40, 2)):
+        with pytest.raises(UserError, match="three positive sizes"):
+            ProbeSettings(input_shape=bad)
+
+
+def test_a_fixed_one_channel_non_square_file_is_timed_at_its_own_shape(odd):
+    model, x = odd
+    data = onnx_bytes(model, x)
+    session = latency.make_session(data, QUICK)  # QUICK's input_size 32 yields to the file
+    assert session.timed_shape == (1, 28, 40) and session.feed[session.input_name].shape[0] == 2
+    result = latency.measure_ms(session, QUICK)
+    assert result.settings["input_shape"] == [1, 28, 40] and "input_size" not in result.settings
+    assert latency.auto_batch_size(session, min_ms=0.0) == 1 and session.timed_shape == (1, 28, 40)
+    with pytest.raises(UserError) as exc:  # an explicit shape must agree with the file
+        latency.make_session(data, replace(QUICK, input_shape=(3, 28, 40)))
+    assert "[1, 28, 40]" in one_line(exc)
+    with pytest.raises(UserError, match="input size"):
+        session.prepare(1, 32)  # the square 3-channel shorthand
+
+
+def test_symbolic_sizes_come_from_the_settings(odd, tmp_path):
+    model, x = odd
+    path = any_size_onnx(model, x, tmp_path)
+    session = latency.make_session(path, replace(QUICK, input_shape=(1, 20, 36)))
+    assert session.timed_shape == (1, 20, 36)
+    assert session.example_shape((1, 24, 32)) == (1, 24, 32)
+    with pytest.raises(UserError):  # its channel is fixed
+        session.example_shape((5, 24, 32))
+    # Without an input shape, the square shorthand fills the symbolic sizes only.
+    assert latency.make_session(path, QUICK).timed_shape == (1, 32, 32)
+
+
+def test_sessions_timed_on_different_shapes_are_not_compared(odd, tmp_path):
+    model, x = odd
+    path = any_size_onnx(model, x, tmp_path)
+    a, b = latency.make_session(path, QUICK), latency.make_session(path, QUICK)
+    a.prepare(2, (1, 28, 40))
+    b.prepare(2, (1, 20, 36))
+    with pytest.raises(ValueError, match="inputs"):
+        latency.measure_pair(a, b, QUICK)
+
+
+def test_probe_times_inputs_shaped_like_the_example(odd):
+    from compressor.pruning import PruningConfig, apply_policy, build_skeleton, uniform_policy
+
+    model, x = odd
+    config = PruningConfig(round_to=8)
+    skeleton = build_skeleton(model, x, config)
+    pruned = apply_policy(model, uniform_policy(skeleton, 0.75), x, config)
+    probe = latency.Probe(model, x, replace(QUICK, input_size=64))  # the example decides
+    paired = probe.measure(pruned)
+    assert np.isfinite(paired.ratio) and paired.ratio > 0
+    assert paired.settings["input_shape"] == [1, 28, 40] and paired.settings["batch_size"] == 2
+    assert probe.reference.timed_shape == (1, 28, 40)
