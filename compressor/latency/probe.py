@@ -176,7 +176,7 @@ class Session:
 
     def prepare(self, batch_size: int, input_shape: Sequence[int] | int | None = None) -> None:
         """Fix the timed input: `batch_size` seeded random inputs of `example_shape(input_shape)`
-        (None: the file's own shape)."""
+        (None: the file's fixed sizes, symbolic ones from the session's settings)."""
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch_size, *self.example_shape(input_shape))).astype(np.float32)
         self.feed = {self.input_name: x}
@@ -315,7 +315,8 @@ def measure_pair(candidate: Session, reference: Session, settings: ProbeSettings
 def auto_batch_size(reference: Session, input_shape: Sequence[int] | int | None = None,
                     min_ms: float = 10.0, largest: int = 256) -> int:
     """Smallest power-of-two batch at which `reference` takes at least `min_ms`; the session is
-    left prepared at that batch. `input_shape` as in `Session.prepare` (None: the file's shape).
+    left prepared at that batch. `input_shape` as in `Session.prepare` (None: the file's fixed
+    shape; pass nothing for the files exported here).
 
     Why 10 ms: below ~2 ms a run is 10-25% noise here, and at resnet18's 5 ms batch (2) the dense
     network is bound by streaming its 45 MB of weights, so ratios jump (10% uniform pruning measured
