@@ -18,110 +18,64 @@ from dataclasses import replace
 from pathlib import Path
 
 from compressor import pruning
+from compressor.budgets.kinds import BudgetConfig
 from compressor.errors import UserError
 from compressor.io import atomic
-from compressor.pipeline.compress import BudgetConfig, CompressConfig, FinalConfig, finish, make_env, prepare
+from compressor.pipeline.compress import CompressConfig, FinalConfig, prepare
+from compressor.pipeline.final import finish
+from compressor.pipeline.job import search_context
 from compressor.search.evaluator import EvaluatorConfig
-from compressor.search.loop import Candidate, LoopConfig, default_agent_config, run_search
+from compressor.search.loop import LoopConfig
+from compressor.search.methods import get_method
 from compressor.zoo.datasets import DataConfig
 
 METHODS = ("agent", "uniform", "random", "global", "greedy", "agent-flops")
 
 
-def _budget_cost(ws):
-    """max over budgets of cost / limit: <= 1 meets every budget."""
-    sk = ws.skeleton
-
-    def cost(policy):
-        vector = [policy.get(u.name, 0.0) for u in sk.units]
-        return max(b.cost(vector) / b.limit for b in ws.budgets)
-    return cost
-
-
-def greedy_policy(ws, ratios=(0.25, 0.5, 0.75)) -> dict[str, float]:
-    """Sensitivity greedy (AIMET's greedy ratio selection, FastNAS): each unit's search accuracy
-    alone at a few ratios, then one accuracy-drop level bisected until the budget is met."""
-    sk, evaluate = ws.skeleton, ws.evaluator
-    dense_top1 = evaluate({}).top1
-    drops = {u.name: [0.0] + [dense_top1 - evaluate({u.name: r}).top1 for r in ratios]
-             for u in sk.units}
-    grid = (0.0, *ratios)
-    max_ratio = ws.config.max_ratio
-    cost = _budget_cost(ws)
-
-    def policy_at(level: float) -> dict[str, float]:
-        policy = {}
-        for name, d in drops.items():
-            # The largest ratio whose (monotone envelope of) measured drop stays within `level`.
-            best, worst = 0.0, 0.0
-            for r, drop in zip(grid, d, strict=True):
-                worst = max(worst, drop)
-                if worst <= level:
-                    best = r
-            policy[name] = min(best, max_ratio)
-        return policy
-
-    low, high = 0.0, 100.0
-    if cost(policy_at(high)) > 1:
-        raise UserError("sensitivity greedy cannot meet the budget with its ratio grid")
-    for _ in range(30):
-        mid = (low + high) / 2
-        if cost(policy_at(mid)) <= 1:
-            high = mid
-        else:
-            low = mid
-    return policy_at(high)
-
-
-def run_method(method: str, base: CompressConfig, out_root: Path, say=print) -> dict:
-    config = base
-    if method == "random":
-        config = replace(base, loop=replace(base.loop, agent="random"))
+def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
+    """One row: prepare, search with `method` through the one interface, the shared final stage."""
+    config = replace(base, method="ddpg" if method == "agent" else method).resolved()
     started = time.time()
-    ws = prepare(config, say)
+    ws = prepare(config)
     if method == "agent-flops":
         # The FLOPs ratio of the uniform policy that meets the latency budget.
-        uniform, _ = pruning.uniform_policy_for_budget(ws.skeleton, _budget_cost(ws), 1.0,
+        uniform, _ = pruning.uniform_policy_for_budget(ws.skeleton, ws.budget_cost, 1.0,
                                                        config.max_ratio)
         flops = ws.skeleton.macs(uniform) / ws.skeleton.macs({})
-        latency_limit = ws.asked.get("latency_ratio")
+        latency_limit = ws.request.latency
         # No fit to the measured latency either: it would make the final stage latency-aware and
         # answer a different question. An over-budget FLOPs policy is reported as such.
-        config = replace(config, budget=replace(config.budget, latency=None, flops=flops),
+        config = replace(config, method="ddpg",
+                         budget=replace(config.budget, latency=None, flops=flops),
                          final=replace(config.final, fit=False))
-        ws = prepare(config, say)
-        ws.asked["latency_ratio"] = latency_limit  # still judged on measured latency
+        ws = prepare(config)
+        # Still judged on measured latency: the verdict reads the request's latency limit.
+        ws.request = replace(ws.request, latency=latency_limit)
     run_dir = out_root / f"{config.model}-b{base.budget.latency}-{method}-s{config.seed}"
-    config = replace(config, results_dir=str(out_root / "runs"))
-    ws.config = config
-    if method in ("agent", "random", "agent-flops"):
-        best = run_search(make_env(ws), ws.evaluator, config.loop,
-                          default_agent_config(config.loop.episodes, config.seed), run_dir,
-                          {"search": {"method": method}}, progress=False)
-    else:
-        policy = {"uniform": lambda: pruning.uniform_policy_for_budget(
-                      ws.skeleton, _budget_cost(ws), 1.0, config.max_ratio)[0],
-                  "global": lambda: pruning.global_ranking_policy(
-                      ws.dense, ws.evaluator.example, config.pruning, _budget_cost(ws), 1.0,
-                      config.max_ratio),
-                  "greedy": lambda: greedy_policy(ws)}[method]()
-        evaluation = ws.evaluator(policy)
-        best = [Candidate(0, -(100 - evaluation.top1) / 100, evaluation.top1, policy)]
-        run_dir.mkdir(parents=True, exist_ok=True)
+    ws.progress = False
+    outcome = get_method(config.method).search(search_context(ws, run_dir))
     search_seconds = time.time() - started
+    ws.times["search"] = outcome.seconds
+    info = {"method": method, "evaluations": outcome.evaluations, "seconds": outcome.seconds}
+    row = {"method": method, "model": config.model, "budget": base.budget.latency,
+           "seed": config.seed, "search_seconds": search_seconds,
+           "evaluations": outcome.evaluations}
     try:
-        report = finish(ws, best, run_dir, ["benchmarks.bench", method], say)
+        done = finish(ws, outcome.candidates, run_dir, ["benchmarks.bench", method],
+                      out_root / "runs" / run_dir.name, out_root / "policies" / f"{run_dir.name}.json",
+                      info)
     except UserError as exc:
-        return {"method": method, "model": config.model, "budget": base.budget.latency,
-                "seed": config.seed, "error": str(exc), "search_seconds": search_seconds}
+        return {**row, "error": str(exc)}
+    report = done.report
     final = report["final"]
-    return {"method": method, "model": config.model, "budget": base.budget.latency,
-            "seed": config.seed, "test_top1": final["test_top1"],
+    if "latency" not in final:  # export or measurement failed; the work is saved, the row says so
+        return {**row, "error": report.get("failure") or "export or measurement failed"}
+    return {**row, "test_top1": final["test_top1"],
             "baseline_top1": report["baseline"]["test_top1"],
             "latency_ratio": final["latency"]["ratio"],
             "latency_spread": final["latency"]["spread"],
             "macs": final["macs"], "params": final["params"],
-            "search_seconds": search_seconds, "total_seconds": time.time() - started,
+            "total_seconds": time.time() - started,
             "per_episode_seconds": report["per_episode_seconds"],
             "verdict": report["verdict"], "policy": report["policy"]}
 

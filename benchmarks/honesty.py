@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from compressor.budgets.kinds import BudgetConfig
 from compressor.io import atomic
 from compressor.pipeline import recovery
-from compressor.pipeline.compress import BudgetConfig, CompressConfig, _finetune, make_env, prepare
-from compressor.pipeline.train import evaluate_top1
+from compressor.pipeline.compress import CompressConfig, make_env, prepare
+from compressor.pipeline.train import TrainConfig, evaluate_top1, train
+from compressor.search.evaluator import RECOVERY_SEED
 from compressor.search.loop import LoopConfig, default_agent_config, run_search
 from compressor.zoo.datasets import DataConfig
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                             data=DataConfig(train_size=args.train_size),
                             budget=BudgetConfig(latency=args.budget, probe_every=0),
                             loop=LoopConfig(episodes=args.episodes, agent="random"),
+                            method="random",
                             results_dir=str(out), policies_dir=str(out / "policies"))
     ws = prepare(config)
     run_dir = out / f"{args.model}-b{args.budget}-random-s{args.seed}"
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     proxies = {}
     for steps in args.proxy_steps:
         cfg = replace(ws.evaluator.recovery_config, finetune_steps=steps)
-        proxies[steps] = (cfg, list(dataset.train.batches(64, shuffle=True, seed=12345,
+        proxies[steps] = (cfg, list(dataset.train.batches(64, shuffle=True, seed=RECOVERY_SEED,
                                                           limit=cfg.bn_batches + steps)))
     for e in chosen[len(rows):]:
         t = time.time()
@@ -101,13 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         for steps, (cfg, batches) in proxies.items():
             model = ws.evaluator.prune(e["policy"])
             recovery.recover(model, batches, cfg, device)
-            row[f"search_top1_ft{steps}"] = evaluate_top1(model, ws.evaluator.search_batches,
-                                                          device)
+            row[f"search_top1_ft{steps}"] = ws.evaluator.evaluate(model)
         model = ws.evaluator.prune(e["policy"])
-        base = ws.evaluator.recovery_config
-        recovery.recalibrate_bn(model, ws.evaluator.train_batches, base.bn_batches, device,
-                                base.channels_last)
-        _finetune(model, dataset, args.final_epochs, config.final.lr, args.seed, device)
+        ws.evaluator.recover(model, steps=0)  # BatchNorm recalibration, as the final stage does
+        train(model, dataset.train, None, TrainConfig(
+            epochs=args.final_epochs, max_lr=config.final.lr, warmup_fraction=0.1,
+            seed=args.seed, batch_size=config.final.batch_size), device)
         row["test_top1_final"] = evaluate_top1(model, dataset.test.batches(500), device)
         row["seconds"] = time.time() - t
         rows.append(row)

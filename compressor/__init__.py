@@ -1,3 +1,25 @@
-"""compressor: AMC-style channel pruning to a measured ONNX Runtime latency budget."""
+"""compressor: AMC-style channel pruning to a measured ONNX Runtime latency budget.
 
-__version__ = "0.1.0"
+    import compressor
+    result = compressor.compress(model, train=train_loader, val=val_loader, latency_budget=0.5)
+    print(result.top1, result.latency_ratio, result.verdict)
+
+See `compressor.api` for the pieces (`units`, `apply_policy`, `export_onnx`, `measure_latency`,
+`check_budget`) and `compressor.errors` for what it raises.
+"""
+
+from compressor.api import (
+    CompressResult,
+    apply_policy,
+    check_budget,
+    compress,
+    export_onnx,
+    measure_latency,
+    units,
+)
+from compressor.errors import CompressorError, ExportError, InternalError, UserError
+
+__version__ = "0.2.0"
+
+__all__ = ["CompressResult", "CompressorError", "ExportError", "InternalError", "UserError",
+           "apply_policy", "check_budget", "compress", "export_onnx", "measure_latency", "units"]

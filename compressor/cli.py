@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from compressor.errors import UserError
+from compressor.errors import EXIT_INTERNAL, CompressorError, UserError
 
 log = logging.getLogger("compressor")
 
@@ -29,9 +29,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="resnet18", help="torchvision model name")
+    p.add_argument("--model", default="resnet18",
+                   help="torchvision model name, package.module:factory or path/file.py:factory "
+                        "(a function returning the nn.Module; given num_classes if it takes it)")
     p.add_argument("--models-dir", default="models", help="cache of baseline checkpoints")
-    p.add_argument("--checkpoint", default=None, help="use this baseline checkpoint instead")
+    p.add_argument("--checkpoint", default=None,
+                   help="use this baseline instead: one of ours, a state dict for --model, or "
+                        "a whole torch.save(model) file (needs --trust-checkpoint)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow --checkpoint to be a pickled module (loading it runs its code)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1")
 
 
@@ -80,6 +86,8 @@ def cmd_pretrain(args) -> int:
                                 pick_device(args.device), weights=args.weights)
     print(f"{args.model}: test top-1 {meta['test_top1']:.2f}% after {train_config.epochs} epochs "
           f"in {meta['train_seconds'] / 60:.1f} min; saved {path}")
+    if meta.get("warning"):
+        print(f"warning: {meta['warning']}", file=sys.stderr)
     return 0
 
 
@@ -92,7 +100,8 @@ def cmd_evaluate(args) -> int:
     dataset = load_dataset(data_config)
     device = pick_device(args.device)
     model, meta = baseline.load_or_pretrain(args.model, dataset, data_config, _train_config(args),
-                                            args.models_dir, device, args.checkpoint)
+                                            args.models_dir, device, args.checkpoint,
+                                            trust_checkpoint=args.trust_checkpoint)
     top1 = baseline.test_top1(model, dataset, device)
     if args.json:
         print(json.dumps({"model": args.model, "dataset": dataset.name, "test_top1": top1}))
@@ -124,7 +133,8 @@ def _probe_settings(args, input_size: int):
 
 
 def _compress_config(args):
-    from compressor.pipeline.compress import BudgetConfig, CompressConfig, FinalConfig
+    from compressor.budgets.kinds import BudgetConfig
+    from compressor.pipeline.compress import CompressConfig, FinalConfig
     from compressor.pruning import PruningConfig
     from compressor.search.evaluator import EvaluatorConfig
     from compressor.search.loop import LoopConfig
@@ -132,8 +142,10 @@ def _compress_config(args):
     data = _data_config(args)
     return CompressConfig(
         model=args.model, seed=args.seed, device=args.device, models_dir=args.models_dir,
-        checkpoint=args.checkpoint, out=args.out, policies_dir=args.policies_dir,
-        results_dir=args.results_dir, max_ratio=args.max_ratio, reward=args.reward, data=data,
+        checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint, out=args.out,
+        policies_dir=args.policies_dir,
+        results_dir=args.results_dir, method=args.method or args.agent or "ddpg",
+        max_ratio=args.max_ratio, reward=args.reward, data=data,
         budget=BudgetConfig(latency=args.latency_budget, latency_ms=args.latency_ms,
                             flops=args.flops_budget, params=args.params_budget,
                             margin=args.margin, latency_source=args.latency_source,
@@ -142,8 +154,7 @@ def _compress_config(args):
                               ignored_layers=tuple(args.ignore)),
         evaluator=EvaluatorConfig(search_images=args.search_images, bn_batches=args.bn_batches,
                                   finetune_steps=args.episode_finetune_steps),
-        loop=LoopConfig(episodes=args.episodes, agent=args.agent,
-                        checkpoint_every=args.checkpoint_every),
+        loop=LoopConfig(episodes=args.episodes, checkpoint_every=args.checkpoint_every),
         final=FinalConfig(candidates=args.candidates, candidate_steps=args.candidate_steps,
                           epochs=args.final_epochs, lr=args.final_lr, fit=not args.no_fit),
         probe=_probe_settings(args, data.input_size),
@@ -165,12 +176,21 @@ def _round_to(given: int | None, policy_path: str | None = None) -> dict:
 
 
 def cmd_compress(args) -> int:
-    from compressor.pipeline.compress import compress
+    from compressor.errors import EXIT_BUDGET_MISSED, EXIT_OK
+    from compressor.pipeline.job import compress_from_config
 
+    if args.method and args.agent and args.method != args.agent:
+        raise UserError(f"--agent {args.agent} and --method {args.method} disagree; give --method")
     config = _compress_config(args)
-    report = compress(config, resume=args.resume, argv=["compressor", *sys.argv[1:]])
+    outcome = compress_from_config(config, resume=args.resume,
+                                   argv=["compressor", *sys.argv[1:]])
+    rep = outcome.report
+    print(f"{config.model}: test top-1 {outcome.test_top1:.2f}% (dense "
+          f"{rep['baseline']['test_top1']:.2f}%), latency ratio {outcome.latency_ratio:.3f} "
+          f"measured, {rep['final']['macs'] / 1e6:.1f} MMACs; {outcome.verdict}")
+    print("wrote " + ", ".join(str(p) for p in outcome.paths.values()))
     # CI-grade: a model that measures over its budget fails the command.
-    return 0 if report["verdict"] == "within budget" else 1
+    return EXIT_OK if outcome.verdict == "within budget" else EXIT_BUDGET_MISSED
 
 
 def cmd_apply(args) -> int:
@@ -203,17 +223,17 @@ def cmd_latency(args) -> int:
     model = latency.make_session(args.model_onnx, settings)
     if args.reference is None:
         if settings.batch_size is None:
-            settings = replace(settings, batch_size=latency.auto_batch_size(model, args.input_size))
-        model.prepare(settings.batch_size, args.input_size)
+            settings = replace(settings, batch_size=latency.auto_batch_size(model))
+        model.prepare(settings.batch_size)
         result = latency.measure_ms(model, settings)
         print(f"{args.model_onnx}: {result.ms:.3f} ms ({_settings_line(settings.as_dict())})")
         return 0
     reference = latency.make_session(args.reference, settings)
     latency.check_same_input(model, reference)
     if settings.batch_size is None:
-        settings = replace(settings, batch_size=latency.auto_batch_size(reference, args.input_size))
-    model.prepare(settings.batch_size, args.input_size)
-    reference.prepare(settings.batch_size, args.input_size)
+        settings = replace(settings, batch_size=latency.auto_batch_size(reference))
+    model.prepare(settings.batch_size)
+    reference.prepare(settings.batch_size)
     paired = latency.measure_pair(model, reference, settings)
     lo, hi = paired.spread
     print(f"{args.model_onnx}: {paired.candidate_ms:.3f} ms, reference {paired.reference_ms:.3f} "
@@ -253,7 +273,11 @@ def cmd_check(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compressor",
-        description="Prune a CNN to a measured ONNX Runtime latency budget with an AMC agent.")
+        description="Prune a CNN to a measured ONNX Runtime latency budget with an AMC agent.",
+        epilog="Exit codes: 0 done and every budget met; 1 a budget missed (compress, check); "
+               "2 bad input (one line naming the fix); 3 internal error (e.g. ONNX parity; work "
+               "finished before it is kept and the message says how to finish); 130 "
+               "interrupted (search state saved; --resume).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="PyTorch intra-op threads (default: PyTorch's choice)")
@@ -301,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     s_ = p.add_argument_group("search")
     s_.add_argument("--episodes", type=int, default=200)
     s_.add_argument("--seed", type=int, default=0)
-    s_.add_argument("--agent", choices=["ddpg", "random"], default="ddpg")
+    s_.add_argument("--method", default=None,
+                    help="search method: ddpg (the AMC agent, default), random, greedy "
+                         "(sensitivity), uniform, global (torch-pruning's global ranking)")
+    s_.add_argument("--agent", choices=["ddpg", "random"], default=None,
+                    help="the same as --method ddpg|random (kept for older commands)")
     s_.add_argument("--max-ratio", type=float, default=0.8, help="largest pruning ratio per unit")
     s_.add_argument("--reward", choices=["error", "error-log-flops"], default="error")
     s_.add_argument("--round-to", type=int, default=None,
@@ -383,20 +411,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     try:
         return args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except CompressorError as exc:
         if args.debug:
             raise
-        return 2
+        kind = "error" if isinstance(exc, UserError) else "internal error"
+        print(f"{kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt as exc:
         print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug of ours: still one line unless --debug
         if args.debug:
             raise
-        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 2
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -122,7 +122,11 @@ class BudgetRequest:
         return {k.name: self.limit(k.name) for k in KINDS if self.limit(k.name) is not None}
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The budgets as given; an ms budget also carries the ratio it became and why."""
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.latency_ms is None:
+            given.pop("dense_ms", None)
+        return given
 
 
 class Check(NamedTuple):

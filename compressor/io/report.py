@@ -83,30 +83,56 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def write_report(out_dir: Path, report: dict) -> None:
-    """report.json verbatim, and a short markdown summary of it."""
+    """report.json verbatim, and a short markdown summary of it (also of a failed final stage)."""
     atomic.write_json(out_dir / "report.json", report)
     final, base = report["final"], report["baseline"]
+    lat = final.get("latency")
     lines = [
         f"# {report['model']} on {report['dataset']}: {report['headline']}",
         "",
         f"Command: `{report['command']}`",
         "",
+    ]
+    if report.get("failure"):
+        lines += [f"**The final stage failed:** {report['failure']}. The fine-tuned checkpoint "
+                  f"({final['checkpoint']}) and the policy ({final['policy_file']}) were saved "
+                  "before it.", ""]
+    lines += [
         _row(["", "dense", "pruned"]), _row(["---", "---", "---"]),
         _row(["test top-1 (%)", f"{base['test_top1']:.2f}", f"{final['test_top1']:.2f}"]),
         _row(["MMACs", f"{base['macs'] / 1e6:.1f}", f"{final['macs'] / 1e6:.1f}"]),
         _row(["params (M)", f"{base['params'] / 1e6:.2f}", f"{final['params'] / 1e6:.2f}"]),
-        _row(["ONNX latency (ms)", f"{final['latency']['reference_ms']:.2f}",
-              f"{final['latency']['candidate_ms']:.2f}"]),
-        _row(["latency ratio (paired)", "1.000", f"{final['latency']['ratio']:.3f}"]),
+    ]
+    if lat:
+        lines += [_row(["ONNX latency (ms)", f"{lat['reference_ms']:.2f}",
+                        f"{lat['candidate_ms']:.2f}"]),
+                  _row(["latency ratio (paired)", "1.000", f"{lat['ratio']:.3f}"])]
+    lines += [
         "",
         f"Budgets: {json.dumps(report['budgets'])}. Verdict: **{report['verdict']}**.",
         f"Search aimed at {report['search_target']}: {report['margin_note']}",
         "",
-        "Latency settings: " + ", ".join(f"{k}={v}" for k, v in
-                                          final['latency']['settings'].items()) + ".",
-        f"ONNX parity: max abs difference {final['onnx_max_abs_diff']:.2e} (limit 1e-3).",
-        "",
+    ]
+    if lat:
+        parity = final["parity"]
+        tol = parity["tolerance"]
+        lines += [
+            "Latency settings: " + ", ".join(f"{k}={v}" for k, v in lat["settings"].items())
+            + f"; {final.get('latency_rounds', 1)} round(s).",
+            f"ONNX parity: max abs difference {parity['max_abs_diff']:.2e} at max |output| "
+            f"{parity['max_abs_output']:.3g} (relative {parity['relative_diff']:.1e}; tolerance "
+            f"{tol['atol']:g} + {tol['rtol']:g} x max |output|), top-1 agreement "
+            f"{parity['top1_agreement']:.0%}.", ""]
+    search = report.get("search") or {}
+    if search:
+        lines += [f"Search: {search.get('method')}, {search.get('evaluations')} evaluations in "
+                  f"{search.get('seconds', 0):.0f} s.", ""]
+    lines += [
         "## Time",
         _row(["phase", "seconds"]), _row(["---", "---"]),
         *[_row([k, f"{v:.1f}"]) for k, v in report["time"].items()],
@@ -120,12 +146,12 @@ def write_report(out_dir: Path, report: dict) -> None:
               "chosen"]),
         _row(["---"] * 6),
         *[_row([c["episode"], f"{c['reward']:.4f}", f"{c['top1']:.2f}",
-                f"{c.get('finetuned_top1', float('nan')):.2f}",
-                f"{c.get('latency_measured', float('nan')):.3f}",
-                "yes" if c.get("chosen") else ""]) for c in report["candidates"]],
+                _num(c.get("finetuned_top1"), ".2f"), _num(c.get("latency_measured"), ".3f"),
+                "yes" if c.get("chosen") else (c.get("rejected") or "")])
+          for c in report["candidates"]],
         "",
         "## Policy (pruning ratio per unit)",
-        _row(["unit", "agent", "uniform at the same budget"]), _row(["---", "---", "---"]),
+        _row(["unit", "chosen", "uniform at the same budget"]), _row(["---", "---", "---"]),
         *[_row([n, f"{r:.3f}", f"{report['uniform_policy'].get(n, 0):.3f}"])
           for n, r in report["policy"].items()],
         "",

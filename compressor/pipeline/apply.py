@@ -1,4 +1,8 @@
-"""`compressor apply`: a saved policy -> pruned, recovered, evaluated, exported and measured model."""
+"""`compressor apply`: a saved policy -> pruned, recovered, evaluated, exported and measured model.
+
+The policy is checked against the model (on an untrained instance) before anything is trained, so a
+policy made for another network is refused in seconds.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from compressor.pipeline import recovery
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import pick_device, provenance, seed_everything
 from compressor.zoo import baselines as baseline
+from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, load_dataset
 
 
@@ -25,12 +30,18 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
     seed_everything(seed)
     device = pick_device(device_name)
     dataset = load_dataset(data)
+    batch = next(iter(dataset.test.batches(16, limit=1)))[0]
+    example = torch.zeros(1, *batch.shape[1:])
+    # Fail fast: the architecture, its input and the policy, before any pretraining.
+    models.check_model_name(model_name)
+    untrained = models.build_model(model_name, dataset.num_classes).eval()
+    models.check_input_size(untrained, example, model_name)
+    skeleton = pruning.build_skeleton(untrained, example, pruning_config)
+    policy = policies.read_policy(policy_path, model=model_name, valid_units=list(skeleton.names))
+
     dense, meta = baseline.load_or_pretrain(model_name, dataset, data, TrainConfig(seed=seed),
                                             models_dir, device, checkpoint, say=say)
     dense = dense.cpu().eval()
-    example = torch.zeros(1, 3, data.input_size, data.input_size)
-    skeleton = pruning.build_skeleton(dense, example, pruning_config)
-    policy = policies.read_policy(policy_path, model=model_name, valid_units=list(skeleton.names))
     calibration = list(dataset.train.batches(64, shuffle=True, seed=seed, limit=20))
     model = pruning.apply_policy(dense, policy, example, pruning_config,
                                  calibration_batches=calibration[:pruning_config.taylor_batches])
@@ -43,24 +54,29 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
     top1 = evaluate_top1(model, dataset.test.batches(500), torch.device("cpu"))
 
     out = Path(out_dir)
-    batch = next(dataset.test.batches(16))[0]
+    metrics = {"test_top1": top1, "baseline_test_top1": meta.get("test_top1"),
+               "macs": skeleton.macs(policy), "params": skeleton.params(policy),
+               "dense_macs": skeleton.macs({}), "dense_params": skeleton.params({})}
+    # The checkpoint first: an export failure must not lose the recovered model.
+    checkpoints.save_pruned_checkpoint(
+        model, out / "model.pt", {"model": model_name, **metrics}, policy=policy,
+        base_name=model_name, num_classes=dataset.num_classes, example_shape=tuple(example.shape),
+        round_to=pruning_config.round_to, ignored_layers=pruning_config.ignored_layers)
     exported = export.export_onnx(model, batch, out / "model.onnx")
     export.export_onnx(dense, batch, out / "dense.onnx")
     settings = probe
+    reference = latency.make_session(out / "dense.onnx", settings)
     if settings.batch_size is None:
-        reference = latency.make_session(out / "dense.onnx", settings)
-        settings = replace(settings, batch_size=latency.auto_batch_size(reference, data.input_size))
+        settings = replace(settings, batch_size=latency.auto_batch_size(reference))
     paired = latency.measure_pair(latency.make_session(out / "model.onnx", settings),
                                   latency.make_session(out / "dense.onnx", settings), settings)
-    metrics = {"test_top1": top1, "baseline_test_top1": meta.get("test_top1"),
-               "macs": skeleton.macs(policy), "params": skeleton.params(policy),
-               "dense_macs": skeleton.macs({}), "dense_params": skeleton.params({}),
-               "latency_ratio_measured": paired.ratio, "onnx_max_abs_diff": exported.max_abs_diff}
-    checkpoints.save_pruned_checkpoint(model, out / "model.pt", {"model": model_name, "policy": policy,
-                                                            **metrics})
+    metrics.update(latency_ratio_measured=paired.ratio, onnx_max_abs_diff=exported.max_abs_diff,
+                   onnx_relative_diff=exported.relative_diff,
+                   onnx_top1_agreement=exported.top1_agreement)
     policies.write_policy(out / "policy.json", model=model_name, dataset=data.dataset,
-                        input_size=data.input_size, policy=policy, units=list(skeleton.names),
-                        budget={}, metrics=metrics,
-                        extra={"source": str(policy_path), "finetune_epochs": finetune_epochs,
-                               "latency": paired.as_dict(), **provenance()})
+                          input_size=data.input_size, policy=policy, units=list(skeleton.names),
+                          budget={}, metrics=metrics,
+                          extra={"source": str(policy_path), "finetune_epochs": finetune_epochs,
+                                 "round_to": pruning_config.round_to,
+                                 "latency": paired.as_dict(), **provenance()})
     return {**metrics, "latency": paired.as_dict(), "out": str(out)}

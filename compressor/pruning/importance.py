@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -15,6 +16,9 @@ from compressor.pruning.skeleton import PruningConfig
 
 
 def criterion_for(config: PruningConfig) -> Callable[[tp.Group], torch.Tensor | None]:
+    """The scorer of `config.importance`: a plug-in object as given, a name as torch-pruning's."""
+    if not isinstance(config.importance, str):
+        return config.importance  # a torch-pruning Importance (validated callable in the config)
     if config.importance == "l1":
         return tp.importance.GroupMagnitudeImportance(p=1)
     if config.importance == "l2":
@@ -24,6 +28,25 @@ def criterion_for(config: PruningConfig) -> Callable[[tp.Group], torch.Tensor | 
     if config.importance == "taylor":
         return tp.importance.GroupTaylorImportance()
     return lambda group: None  # random: drawn per unit in `unit_importance`
+
+
+def importance_label(importance: str | Callable) -> str:
+    """A stable text for the saved config and policy files: the name, or a plug-in's class and
+    its plain settings (`str()` of an object holds its memory address, so a resumed search would
+    see a "different configuration").
+
+    >>> importance_label(tp.importance.GroupMagnitudeImportance(p=1)).split("(")[0]
+    'torch_pruning.pruner.importance.GroupMagnitudeImportance'
+    """
+    if isinstance(importance, str):
+        return importance
+    if isinstance(importance, types.FunctionType):
+        return f"{importance.__module__}.{importance.__qualname__}"
+    kind = type(importance)
+    plain = {k: v for k, v in sorted(getattr(importance, "__dict__", {}).items())
+             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
+    settings = ", ".join(f"{k}={v!r}" for k, v in plain.items())
+    return f"{kind.__module__}.{kind.__qualname__}({settings})"
 
 
 def unit_importance(name: str, group: tp.Group, channel_groups: int, criterion,

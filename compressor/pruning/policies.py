@@ -11,6 +11,7 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.pruning.importance import accumulate_gradients, criterion_for, unit_importance
 from compressor.pruning.skeleton import PruningConfig, Skeleton, trace
+from compressor.search.bisect import least_feasible
 
 
 def uniform_policy(skeleton: Skeleton, ratio: float) -> dict[str, float]:
@@ -23,21 +24,22 @@ def _check_max_ratio(max_ratio: float) -> None:
         raise UserError(f"maximum pruning ratio {max_ratio} is outside (0, 1)")
 
 
-def _bisect(cost: Callable[[float], float], limit: float, high: float, what: str) -> float:
+def policy_vector(skeleton: Skeleton, policy: dict[str, float]) -> list[float]:
+    """A policy as the ratio vector the budgets' costs take: units in graph order, 0 when absent.
+
+    The inverse of `Skeleton.policy_from_vector` (for policies that name every unit).
+    """
+    return [policy.get(name, 0.0) for name in skeleton.names]
+
+
+def _least_fitting(cost: Callable[[float], float], limit: float, high: float, what: str) -> float:
     """The least x in [0, high] with cost(x) <= limit for a non-increasing cost (feasible x)."""
     if cost(0.0) <= limit:
         return 0.0
     if cost(high) > limit:
         raise UserError(f"{what} cannot reach the cost limit {limit:.4g} (best {cost(high):.4g}); "
                         "loosen the budget or raise the maximum pruning ratio")
-    low = 0.0
-    for _ in range(40):  # costs are step functions of the ratio: keep `high` feasible
-        mid = (low + high) / 2
-        if cost(mid) <= limit:
-            high = mid
-        else:
-            low = mid
-    return high
+    return least_feasible(lambda x: cost(x) <= limit, 0.0, high)
 
 
 def uniform_policy_for_budget(skeleton: Skeleton, cost: Callable[[dict[str, float]], float],
@@ -45,7 +47,7 @@ def uniform_policy_for_budget(skeleton: Skeleton, cost: Callable[[dict[str, floa
                               ) -> tuple[dict[str, float], float]:
     """The least shared ratio whose uniform policy has cost <= limit, and that policy."""
     _check_max_ratio(max_ratio)
-    ratio = _bisect(lambda r: cost(uniform_policy(skeleton, r)), limit, max_ratio,
+    ratio = _least_fitting(lambda r: cost(uniform_policy(skeleton, r)), limit, max_ratio,
                     f"uniform pruning up to {max_ratio}")
     return uniform_policy(skeleton, ratio), ratio
 
@@ -78,6 +80,6 @@ def global_ranking_policy(model: nn.Module, example_input: torch.Tensor, config:
         return {name: min(max_ratio, int((s <= threshold).sum()) / len(s))
                 for name, s in scores.items()}
 
-    fraction = _bisect(lambda f: cost(policy_at(f)), limit, 1.0,
+    fraction = _least_fitting(lambda f: cost(policy_at(f)), limit, 1.0,
                        f"global ranking up to {max_ratio}")
     return policy_at(fraction)

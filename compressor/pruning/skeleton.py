@@ -23,7 +23,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -59,9 +59,11 @@ class PruningConfig:
     round_to: int = field(default_factory=kernel_channel_block)
     """Kept channel counts are multiples of it (or a unit's full count); a unit keeps at least
     this many. Default: the CPU kernels' channel block (`kernel_channel_block`)."""
-    importance: str = "l2"
+    importance: str | Callable[[tp.Group], torch.Tensor | None] = "l2"
     """Channel ranking: l1 / l2 (weight magnitude over the whole group), bn (BatchNorm scale; L1
-    for units without BatchNorm), taylor (|weight x gradient| on a few batches), random."""
+    for units without BatchNorm), taylor (|weight x gradient| on a few batches), random; or a
+    plug-in: any torch-pruning `Importance` (a callable from a `tp.Group` to one score per
+    channel, higher kept), e.g. `tp.importance.GroupMagnitudeImportance(p=1)`."""
     ignored_layers: tuple[str, ...] = ()
     """Qualified names of Conv2d/Linear layers whose out channels are never pruned (the classifier
     is always kept)."""
@@ -71,9 +73,11 @@ class PruningConfig:
     """Seed of the random criterion (the same policy always gives the same network)."""
 
     def __post_init__(self) -> None:
-        if self.importance not in IMPORTANCES:
-            raise UserError(f"unknown importance {self.importance!r}; choose one of "
-                            f"{', '.join(IMPORTANCES)}")
+        # A plug-in is anything callable; a string must be one of the names.
+        if isinstance(self.importance, str) or not callable(self.importance):
+            if self.importance not in IMPORTANCES:
+                raise UserError(f"unknown importance {self.importance!r}; choose one of "
+                                f"{', '.join(IMPORTANCES)} or pass a torch-pruning Importance")
         if self.round_to < 1 or self.taylor_batches < 1:
             raise UserError("round_to and taylor_batches must be at least 1")
 

@@ -8,13 +8,15 @@ policies that round to the same network are evaluated once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from compressor import latency, pruning
+from compressor.errors import UserError
 from compressor.pipeline import recovery
 from compressor.pipeline.train import evaluate_top1
 from compressor.search.env import Evaluation
@@ -36,27 +38,54 @@ class EvaluatorConfig:
     """Learning rate of that short fine-tune."""
 
 
+RECOVERY_SEED = 12345
+"""Seed of the fixed recovery batches every episode (and the final stage's candidates) reuse."""
+
+
+def checked_score(score: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:
+    """`score` whose result must be a finite number: a user's `evaluate` returning anything else
+    is a one-line error, not a crash deep inside the search."""
+    def checked(model: nn.Module) -> float:
+        value = score(model)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise UserError(f"evaluate(model) returned {value!r}; it must return a number, higher "
+                            "is better (e.g. top-1 accuracy in percent)")
+        model.eval()
+        return float(value)
+    return checked
+
+
 class EpisodeEvaluator:
     """Callable from a policy to an `Evaluation`, with a cache and per-phase timings."""
 
     def __init__(self, dense: nn.Module, skeleton: pruning.Skeleton, example: torch.Tensor,
                  pruning_config: pruning.PruningConfig, config: EvaluatorConfig, dataset,
                  device: torch.device, latency_ratio=None, probe: latency.Probe | None = None,
-                 probe_every: int = 0, latency_limit: float | None = None):
+                 probe_every: int = 0, latency_limit: float | None = None,
+                 score: Callable[[nn.Module], float] | None = None,
+                 finetune: Callable[[nn.Module, int], None] | None = None):
         self.dense, self.skeleton, self.example = dense, skeleton, example
         self.pruning_config, self.config, self.device = pruning_config, config, device
         self.latency_ratio = latency_ratio  # policy -> predicted ratio, or None without a model
         self.probe, self.probe_every = probe, probe_every
         # With `--latency-source probe` a measured ratio over this limit voids the reward.
         self.latency_limit = latency_limit
+        # A user's own scoring and fine-tune (`compressor.compress(evaluate=..., finetune=...)`)
+        # replace top-1 on the search split and the cross-entropy fine-tune.
+        self.score = checked_score(score) if score is not None else None
+        self.user_finetune = finetune
         self.recovery_config = recovery.RecoveryConfig(
             bn_batches=config.bn_batches, finetune_steps=config.finetune_steps,
             lr=config.finetune_lr)
         # Fixed images for every episode: the reward differs only through the policy.
-        self.train_batches = list(dataset.train.batches(
-            config.batch_size, shuffle=True, seed=12345,
-            limit=config.bn_batches + config.finetune_steps))
-        self.search_batches = list(dataset.search.subset(config.search_images).batches(250))
+        own_finetune = 0 if finetune is not None else config.finetune_steps
+        self.train_batches = [] if dataset.train is None else list(dataset.train.batches(
+            config.batch_size, shuffle=True, seed=RECOVERY_SEED,
+            limit=config.bn_batches + own_finetune))
+        self.search_batches = [] if score is not None else list(
+            dataset.search.subset(config.search_images).batches(250))
         self.cache: dict[tuple[int, ...], Evaluation] = {}
         self.calls = 0
 
@@ -68,6 +97,25 @@ class EpisodeEvaluator:
         calibration = self.train_batches[:4] if self.pruning_config.importance == "taylor" else None
         return pruning.apply_policy(self.dense, policy, self.example, self.pruning_config,
                                     calibration_batches=calibration)
+
+    def recover(self, model: nn.Module, steps: int | None = None) -> None:
+        """BatchNorm recalibration, then `steps` (default: the config's) of fine-tune."""
+        steps = self.config.finetune_steps if steps is None else steps
+        if self.user_finetune is None:
+            recovery.recover(model, self.train_batches,
+                             replace(self.recovery_config, finetune_steps=steps), self.device)
+            return
+        if self.train_batches:
+            recovery.recalibrate_bn(model, self.train_batches, self.config.bn_batches, self.device)
+        if steps > 0:
+            self.user_finetune(model, steps)
+        model.eval()
+
+    def evaluate(self, model: nn.Module) -> float:
+        """The search score: the user's `evaluate`, else top-1 (%) on the search images."""
+        if self.score is not None:
+            return self.score(model)
+        return evaluate_top1(model, self.search_batches, self.device)
 
     def __call__(self, policy: dict[str, float]) -> Evaluation:
         self.calls += 1
@@ -85,11 +133,11 @@ class EpisodeEvaluator:
         seconds["prune"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        recovery.recover(model, self.train_batches, self.recovery_config, self.device)
+        self.recover(model)
         seconds["recover"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        top1 = evaluate_top1(model, self.search_batches, self.device)
+        top1 = self.evaluate(model)
         seconds["evaluate"] = time.perf_counter() - started
 
         started = time.perf_counter()

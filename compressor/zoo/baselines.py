@@ -60,11 +60,17 @@ def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_c
 
 def load_or_pretrain(model_name: str, dataset: Dataset, data_config: DataConfig,
                      train_config: TrainConfig, models_dir: str | Path, device: torch.device,
-                     checkpoint: str | None = None, say=print) -> tuple[nn.Module, dict]:
-    """The cached baseline for this model and dataset, pretraining it first when it is missing."""
+                     checkpoint: str | None = None, say=print, trust_checkpoint: bool = False
+                     ) -> tuple[nn.Module, dict]:
+    """The cached baseline for this model and dataset, pretraining it first when it is missing.
+
+    `checkpoint` may be one of our baselines, a state dict for `model_name`, or, with
+    `trust_checkpoint`, a whole module saved with `torch.save(model)`.
+    """
     models.check_model_name(model_name)
     if checkpoint is not None:
-        return models.load_baseline(checkpoint, model_name, dataset.num_classes)
+        return models.load_any_checkpoint(checkpoint, model_name, dataset.num_classes,
+                                          trusted=trust_checkpoint)
     path = models.baseline_path(models_dir, model_name, dataset.name)
     expect = expected_metadata(data_config, dataset)
     if path.exists():

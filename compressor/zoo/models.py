@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.io import atomic
+from compressor.zoo.factories import build_from_factory, is_factory_spec
 
 BASELINE_FORMAT = "compressor-baseline-v1"
 
@@ -33,6 +35,9 @@ def list_classification_models() -> list[str]:
 
 
 def check_model_name(name: str) -> None:
+    """A torchvision classification name, or a factory spec (checked when it is built)."""
+    if is_factory_spec(name):
+        return
     names = list_classification_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
@@ -75,6 +80,12 @@ def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.M
     (`CONSTRUCTOR_OVERRIDES`; torchvision drops them itself after loading pretrained weights).
     """
     check_model_name(name)
+    if is_factory_spec(name):
+        if weights is not None and not Path(weights).exists():
+            raise UserError(f"--weights {weights} names torchvision weights; a factory model "
+                            "takes a checkpoint path")
+        if weights is None:
+            return build_from_factory(name, num_classes)
     if weights is None:
         return torchvision.models.get_model(name, num_classes=num_classes,
                                             **CONSTRUCTOR_OVERRIDES.get(name, {}))
@@ -178,9 +189,47 @@ def with_versions(tensors: dict[str, torch.Tensor], versions: dict[str, dict] | 
     return state
 
 
+def _safe(name: str) -> str:
+    return name.replace(":", "-").replace("/", "_").replace("\\", "_").strip("-_.")
+
+
 def baseline_path(models_dir: str | Path, model_name: str, dataset: str) -> Path:
-    safe = dataset.replace(":", "-").replace("/", "_").strip("-_")
-    return Path(models_dir) / f"{model_name}-{safe}.pt"
+    return Path(models_dir) / f"{_safe(model_name)}-{_safe(dataset)}.pt"
+
+
+def load_any_checkpoint(path: str | Path, model_name: str, num_classes: int, *,
+                        trusted: bool = False) -> tuple[nn.Module, dict]:
+    """`--checkpoint`: one of our baselines, a state dict for `model_name`, or (trusted) a whole
+    module saved with `torch.save(model)`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged zips and foreign pickles
+        foreign_pickle = "weights_only" in str(exc) or "Unsupported global" in str(exc)
+        if zipfile.is_zipfile(path) and foreign_pickle:
+            # A pickle with code in it: a whole module, read only when the caller trusts it.
+            return load_full_module(path, trusted=trusted), {"checkpoint": str(path),
+                                                             "full_module": True}
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "
+                        "pass a file written by torch.save") from None
+    if isinstance(blob, dict) and blob.get("format") == BASELINE_FORMAT:
+        return load_baseline(path, model_name, num_classes)
+    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
+        blob = blob["state_dict"]
+    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        model = build_model(model_name, num_classes)
+        try:
+            model.load_state_dict(blob)
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).splitlines()[0][:160]
+            raise UserError(f"checkpoint {path} is a state dict that does not fit {model_name} "
+                            f"with {num_classes} classes ({first}); pass the --model it was "
+                            "saved from") from None
+        return model.eval(), {"checkpoint": str(path)}
+    raise UserError(f"checkpoint {path} is neither a module nor a state dict of {model_name}; "
+                    "pass torch.save(model) or torch.save(model.state_dict())")
 
 
 def save_baseline(path: str | Path, model: nn.Module, model_name: str, num_classes: int,

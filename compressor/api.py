@@ -1,0 +1,228 @@
+"""The Python API: your own `nn.Module` and data in, a pruned module measured against a budget out.
+
+    import compressor
+    result = compressor.compress(model, train=train_loader, val=val_loader,
+                                 latency_budget=0.5, method="greedy", out="compressed/")
+    result.model            # the pruned, fine-tuned nn.Module
+    result.latency_ratio    # measured ONNX Runtime latency / the dense model's
+    result.paths["onnx"]    # what was written (nothing is written without `out`)
+
+Smaller pieces compose the same way: `units`, `apply_policy`, `export_onnx`, `measure_latency`,
+`check_budget`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor import latency, pruning
+from compressor.budgets.kinds import BudgetConfig, Check
+from compressor.errors import UserError
+from compressor.io.export import ExportReport
+from compressor.io.export import export_onnx as _export_onnx
+from compressor.pipeline import compress as pipeline
+from compressor.pipeline.data import first_batch, user_dataset
+from compressor.pipeline.final import test_score
+from compressor.provenance import seed_everything
+from compressor.search.evaluator import checked_score
+from compressor.search.loop import LoopConfig
+
+log = logging.getLogger("compressor")
+
+
+@dataclass
+class CompressResult:
+    """What `compress` produced."""
+
+    model: nn.Module
+    """The pruned and fine-tuned module (CPU, eval mode)."""
+    policy: dict[str, float]
+    """{unit name: pruning_ratio} of the shipped model."""
+    latency_ratio: float
+    """Measured ONNX Runtime latency as a ratio of the dense model's (paired, same window)."""
+    top1: float
+    """Test top-1 (%) of the pruned model, or your `evaluate` on it."""
+    baseline_top1: float
+    """The same number for the dense model you passed in."""
+    verdict: str
+    """"within budget" or "OVER BUDGET"."""
+    checks: dict[str, Check]
+    """Every budget: measured value, limit, ok."""
+    evaluations: int
+    """Policies the search evaluated."""
+    search_seconds: float
+    paths: dict[str, Path] = field(default_factory=dict)
+    """onnx, dense_onnx, checkpoint, policy, report: only when `out` was given."""
+    report: dict[str, Any] = field(default_factory=dict)
+    """Everything report.json holds."""
+
+
+def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
+    """The model's class count from one forward pass, or a one-line error naming the fix."""
+    try:
+        with torch.no_grad():
+            out = copy.deepcopy(model).cpu().eval()(example)
+    except Exception as exc:  # a user's model refusing our input: say so in one line
+        raise UserError(f"the model refused an input of shape {tuple(example.shape)} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); pass "
+                        "example_input= shaped as the model takes it") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"the model returns {shape}, not [batch, classes] logits; compressor "
+                        "prunes classifiers (wrap the model so forward returns logits)")
+    return int(out.shape[1])
+
+
+def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any | None = None,
+             example_input: torch.Tensor | None = None, latency_budget: float | None = None,
+             latency_ms: float | None = None, flops_budget: float | None = None,
+             params_budget: float | None = None, method: str = "ddpg", episodes: int = 200,
+             evaluate: Callable[[nn.Module], float] | None = None,
+             finetune: Callable[[nn.Module, int], None] | None = None,
+             final_epochs: int = 1, out: str | Path | None = None, seed: int = 0,
+             device: str = "auto", progress: bool = False,
+             config: pipeline.CompressConfig | None = None) -> CompressResult:
+    """Prune `model` to a budget, fine-tune the best policy, export and measure it.
+
+    Args:
+        model: any `nn.Module` returning [batch, classes] logits; it is not modified.
+        train: training data, a DataLoader of (images, labels) or an (images, labels) tensor
+            pair: BatchNorm recalibration, short fine-tunes and the final fine-tune read it.
+        val: data the search scores policies on (default: 10% carved from tensor `train`).
+        test: data of the reported numbers (default: `val`).
+        example_input: one input batch shaped as the model takes it (default: from `train`).
+        latency_budget / latency_ms / flops_budget / params_budget: at least one budget; ratios
+            of the dense model (latency measured with ONNX Runtime on this machine).
+        method: ddpg (the AMC agent), random, greedy (sensitivity), uniform, global.
+        episodes: policies the ddpg and random searches evaluate.
+        evaluate: `evaluate(model) -> float` (higher is better) replacing top-1 on `val`/`test`
+            for the search and the reported numbers, for models that are not plain classifiers.
+        finetune: `finetune(model, steps)` replacing the cross-entropy fine-tunes.
+        final_epochs: epochs of the winner's fine-tune over `train` (0: none).
+        out: directory for the ONNX files, checkpoint, policy JSON and report; None writes
+            nothing (temporary files are removed).
+        progress: progress bars (tqdm) on stderr.
+        config: every other setting (`compressor.pipeline.compress.CompressConfig`); the
+            arguments above override its fields.
+
+    Raises:
+        UserError: bad input, with a one-line message naming the fix.
+        InternalError: an internal check failed (work saved under `out` is kept).
+    """
+    from compressor.pipeline.compress import check_method
+    from compressor.pipeline.job import run_job
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+
+    check_method(method)
+    if evaluate is not None and not callable(evaluate):
+        raise UserError("evaluate= must be a callable evaluate(model) -> float")
+    if finetune is not None and not callable(finetune):
+        raise UserError("finetune= must be a callable finetune(model, steps)")
+    seed_everything(seed)
+    dataset = user_dataset(train, val if val is not None or evaluate is None else train, test)
+    if example_input is None:
+        example_input = first_batch(dataset.train, "train")[0][:1]
+    example = torch.zeros(1, *example_input.shape[1:])
+    classes = _num_classes(model, example)
+    dataset = replace(dataset, num_classes=classes)
+    base = config or pipeline.CompressConfig()
+    config = replace(
+        base, model="user", seed=seed, device=device, method=method,
+        data=replace(base.data, dataset="user", input_size=int(example.shape[-1])),
+        budget=replace(base.budget, latency=latency_budget, latency_ms=latency_ms,
+                       flops=flops_budget, params=params_budget),
+        loop=replace(base.loop if config else LoopConfig(), episodes=episodes),
+        final=replace(base.final, epochs=final_epochs)).resolved()
+    dense = copy.deepcopy(model).cpu().eval()
+    score = checked_score(evaluate) if evaluate is not None else None
+    with tempfile.TemporaryDirectory(prefix="compressor-") as scratch:
+        root = Path(out) if out is not None else Path(scratch)
+        config = replace(config, models_dir=str(root / "cache"), out=str(root / "run"),
+                         results_dir=str(root), policies_dir=str(root))
+        ws = pipeline.build_workspace(
+            config, dataset, dense, {}, example, cache_name=type(model).__name__, score=score,
+            test_score=score, finetune=finetune, say=log.info)
+        ws.progress = progress
+        ws.meta["test_top1"] = test_score(ws, ws.dense)
+        outcome = run_job(ws, root / "run", root, root / "policy.json")
+    latency_ratio = outcome.latency_ratio
+    return CompressResult(
+        model=outcome.model, policy=outcome.policy, latency_ratio=latency_ratio,
+        top1=outcome.test_top1, baseline_top1=ws.meta["test_top1"], verdict=outcome.verdict,
+        checks=outcome.checks, evaluations=outcome.report["search"].get("evaluations", 0),
+        search_seconds=outcome.report["search"].get("seconds", 0.0),
+        paths=outcome.paths if out is not None else {}, report=outcome.report)
+
+
+def units(model: nn.Module, example_input: torch.Tensor,
+          config: pruning.PruningConfig | None = None) -> list[pruning.Unit]:
+    """The coupled channel groups of `model`: one pruning decision each.
+
+    >>> import torchvision
+    >>> [u.name for u in units(torchvision.models.resnet18(num_classes=10),
+    ...                        torch.zeros(1, 3, 32, 32))][:2]
+    ['conv1', 'layer1.0.conv1']
+    """
+    return list(pruning.build_skeleton(model, example_input, config or pruning.PruningConfig())
+                .units)
+
+
+def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torch.Tensor,
+                 config: pruning.PruningConfig | None = None) -> nn.Module:
+    """A pruned copy of `model`: `policy` maps unit names (see `units`) to pruning ratios.
+
+        pruned = compressor.apply_policy(model, {"layer1.0.conv1": 0.5}, torch.zeros(1, 3, 32, 32))
+    """
+    return pruning.apply_policy(model, policy, example_input, config or pruning.PruningConfig())
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> ExportReport:
+    """Export to ONNX and verify it (onnx.checker, onnxruntime parity with PyTorch on the batch).
+
+        report = compressor.export_onnx(pruned, images[:16], "pruned.onnx")
+        report.relative_diff  # max |ONNX - PyTorch| / max |PyTorch output|
+    """
+    return _export_onnx(model, example_input, path)
+
+
+def measure_latency(model: nn.Module, reference: nn.Module, example_input: torch.Tensor,
+                    settings: latency.ProbeSettings | None = None) -> latency.PairedLatency:
+    """`model`'s ONNX Runtime latency against `reference`'s, in alternating blocks.
+
+        paired = compressor.measure_latency(pruned, model, torch.zeros(1, 3, 32, 32))
+        paired.ratio  # < 1: faster than the reference
+    """
+    example = torch.zeros(1, *example_input.shape[1:])
+    settings = settings or latency.ProbeSettings(batch_size=8)
+    probe = latency.Probe(reference.cpu().eval(), example, settings)
+    return probe.measure(model.cpu().eval())
+
+
+def check_budget(model_onnx: str | Path, reference_onnx: str | Path, *,
+                 max_latency_ratio: float | None = None, max_latency_ms: float | None = None,
+                 settings: latency.ProbeSettings | None = None, rounds: int = 3) -> dict:
+    """`compressor check` as a function: repeated paired rounds, the verdict and the report.
+
+        report = compressor.check_budget("model.onnx", "dense.onnx", max_latency_ratio=0.5)
+        report["verdict"]  # "pass" or "fail"
+    """
+    from compressor.pipeline.check import check
+
+    return check(str(model_onnx), str(reference_onnx), settings or latency.ProbeSettings(),
+                 max_latency_ratio=max_latency_ratio, max_latency_ms=max_latency_ms,
+                 rounds=rounds)
+
+
+__all__ = ["BudgetConfig", "CompressResult", "apply_policy", "check_budget", "compress",
+           "export_onnx", "measure_latency", "units"]

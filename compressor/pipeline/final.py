@@ -1,0 +1,342 @@
+"""The final stage as named steps: candidates -> fine-tune -> save -> export and measure -> judge.
+
+    stage = choose_candidates(ws, best)             # fit to the measured budget, short fine-tune
+    tuned = finetune_winner(ws, stage)              # the full fine-tune, test top-1
+    saved = save_winner(ws, stage.winner, tuned, out)  # policy + checkpoint, before any export
+    measured = export_and_measure(ws, tuned.model, out)
+    checks = judge_run(ws, stage.winner.policy, measured.paired.ratio)
+
+`finish` runs them in that order and writes the report. Finished work is never lost: the policy and
+the fine-tuned checkpoint are on disk before export, and a failure in export or measurement writes
+the report with what failed and raises `InternalError` naming how to finish the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor import latency, pruning
+from compressor.budgets.kinds import Check, judge, verdict
+from compressor.errors import CompressorError, InternalError, UserError
+from compressor.io import atomic, checkpoints, export, policies, report
+from compressor.pipeline.compress import Workspace
+from compressor.pipeline.train import TrainConfig, evaluate_top1, train
+from compressor.provenance import provenance
+from compressor.search.loop import Candidate
+
+log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
+
+
+@dataclass
+class CandidateRow:
+    """One of the search's best policies as the final stage saw it."""
+
+    episode: int
+    reward: float
+    top1: float
+    """Search score as the search measured it."""
+    policy: dict[str, float]
+    latency_measured_as_searched: float | None = None
+    latency_measured: float | None = None
+    fitted: list[dict] = field(default_factory=list)
+    finetuned_top1: float | None = None
+    rejected: str | None = None
+    chosen: bool = False
+
+
+@dataclass
+class CandidateStage:
+    rows: list[CandidateRow]
+    winner: CandidateRow
+    model: nn.Module
+    """The winner, pruned and briefly fine-tuned."""
+    seconds: float
+
+
+def _measure(ws: Workspace, policy: dict[str, float]) -> float:
+    return ws.probe.measure(ws.evaluator.prune(policy)).ratio
+
+
+def _fit(ws: Workspace, row: CandidateRow) -> None:
+    """Measure the candidate and, with a latency budget, rescale it into the measured budget."""
+    limit, fin = ws.request.latency, ws.config.final
+    if limit is None or not fin.fit:
+        row.latency_measured = _measure(ws, row.policy)
+        if limit is not None and row.latency_measured > limit:
+            row.rejected = f"measured {row.latency_measured:.3f} > budget {limit:.3f}"
+        return
+    first = _measure(ws, row.policy)
+    fitted = latency.fit_to_latency(row.policy, ws.skeleton.names, ws.latency_ratio,
+                                    lambda p: _measure(ws, p), limit, ws.config.max_ratio,
+                                    ws.config.budget.margin, measured=first)
+    row.latency_measured_as_searched, row.latency_measured = first, fitted.measured
+    row.fitted = [asdict(step) for step in fitted.steps]
+    if fitted.steps:
+        log.info("candidate of episode %d: measured %.3f of the dense latency for a %.3f budget; "
+                 "rescaled to %.3f in %d step(s)", row.episode, first, limit, fitted.measured,
+                 len(fitted.steps))
+    if not fitted.ok:
+        row.rejected = f"measured {fitted.measured:.3f} > budget {limit:.3f}"
+    else:
+        row.policy = fitted.policy
+
+
+def choose_candidates(ws: Workspace, best: list[Candidate]) -> CandidateStage:
+    """Fit each of the best policies to the measured budget, fine-tune it briefly, keep the best."""
+    started, fin = time.time(), ws.config.final
+    rows, scored = [], []
+    for cand in best[: fin.candidates]:
+        row = CandidateRow(cand.episode, cand.reward, cand.top1, dict(cand.policy))
+        rows.append(row)
+        _fit(ws, row)
+        if row.rejected:
+            continue
+        model = ws.evaluator.prune(row.policy)
+        ws.evaluator.recover(model, fin.candidate_steps)
+        row.finetuned_top1 = ws.evaluator.evaluate(model)
+        scored.append((row, model))
+    if not scored:
+        measured = ", ".join(f"{r.latency_measured:.3f}" for r in rows)
+        raise UserError(f"every candidate policy measured over the latency budget "
+                        f"{ws.request.latency:.3f} even after shrinking (measured {measured}); "
+                        "raise the budget or --max-ratio (see the run's episodes.jsonl)")
+    row, model = max(scored, key=lambda s: s[0].finetuned_top1)
+    row.chosen = True
+    return CandidateStage(rows, row, model, time.time() - started)
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module
+    test_top1: float
+    """Test top-1 (%) after the fine-tune, or the user's `evaluate` on the test data."""
+    seconds: float
+
+
+def test_score(ws: Workspace, model: nn.Module) -> float:
+    """The reported number: the user's scorer, else top-1 (%) on the test split."""
+    if ws.test_score is not None:
+        return ws.test_score(model)
+    return evaluate_top1(model, ws.dataset.test.batches(500), CPU)
+
+
+def finetune_winner(ws: Workspace, stage: CandidateStage) -> FinetuneResult:
+    """The winner's full fine-tune (`final.epochs` over the train split), then its test score."""
+    started, fin, model = time.time(), ws.config.final, stage.model
+    if ws.finetune is not None:
+        steps = fin.epochs * -(-len(ws.dataset.train) // fin.batch_size)
+        ws.finetune(model, steps)
+    elif fin.epochs > 0:
+        config = TrainConfig(epochs=fin.epochs, max_lr=fin.lr, warmup_fraction=0.1,
+                             seed=ws.config.seed, batch_size=fin.batch_size)
+        train(model, ws.dataset.train, None, config, ws.device, progress=ws.progress)
+    model = model.cpu().eval()
+    return FinetuneResult(model, test_score(ws, model), time.time() - started)
+
+
+@dataclass
+class SavedWinner:
+    policy_path: Path
+    checkpoint_path: Path
+
+
+def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_dir: Path,
+                policy_path: Path) -> SavedWinner:
+    """The policy file and the fine-tuned checkpoint, written before anything can fail in export."""
+    config, sk = ws.config, ws.skeleton
+    metrics = {"test_top1": tuned.test_top1, "baseline_test_top1": ws.meta.get("test_top1"),
+               "macs": sk.macs(winner.policy), "params": sk.params(winner.policy)}
+    policies.write_policy(policy_path, model=config.model, dataset=config.data.dataset,
+                          input_size=config.data.input_size, policy=winner.policy,
+                          units=list(sk.names), budget=ws.request.as_dict(), metrics=metrics,
+                          extra={"round_to": config.pruning.round_to, "seed": config.seed,
+                                 "importance": str(config.pruning.importance),
+                                 "method": config.method})
+    checkpoint = run_dir / "model.pt"
+    checkpoints.save_pruned_checkpoint(
+        tuned.model, checkpoint, {"model": config.model, **metrics}, policy=winner.policy,
+        base_name=ws.model_spec, num_classes=ws.dataset.num_classes,
+        example_shape=tuple(ws.example.shape), round_to=config.pruning.round_to)
+    return SavedWinner(policy_path, checkpoint)
+
+
+@dataclass
+class Measurement:
+    onnx_path: Path
+    dense_onnx_path: Path
+    export: export.ExportReport
+    paired: latency.PairedLatency
+    """The final paired measurement (all rounds' blocks when it was re-checked)."""
+    rounds: int
+    seconds: float
+
+
+def _pooled(results: list[latency.PairedLatency]) -> latency.PairedLatency:
+    """One paired result over several rounds: the median of every block's ratio, as `check` does."""
+    if len(results) == 1:
+        return results[0]
+    blocks = [r for result in results for r in result.block_ratios]
+    first = results[0]
+    return first._replace(block_ratios=blocks, ratio=statistics.median(blocks),
+                          candidate_ms=statistics.median(r.candidate_ms for r in results),
+                          reference_ms=statistics.median(r.reference_ms for r in results))
+
+
+def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measurement:
+    """Verified ONNX of the pruned and the dense model, then their paired latency.
+
+    A measurement within its own block spread of the latency budget is repeated
+    `final.recheck_rounds` times and judged on the median of all blocks: one window can move a
+    ratio by several percent on a shared machine, and a verdict should not hang on one window.
+    """
+    started, fin = time.time(), ws.config.final
+    batch = next(iter(ws.dataset.test.batches(16, limit=1)))[0]
+    onnx_path, dense_path = run_dir / "model.onnx", run_dir / "dense.onnx"
+    exported = export.export_onnx(model, batch, onnx_path)
+    export.export_onnx(ws.dense, batch, dense_path)
+    settings = replace(ws.probe.settings, blocks=fin.latency_blocks)
+    candidate = latency.make_session(onnx_path, settings)
+    reference = latency.make_session(dense_path, settings)
+    results = [latency.measure_pair(candidate, reference, settings)]
+    limit = ws.request.latency
+    lo, hi = results[0].spread
+    if limit is not None and lo <= limit <= hi:
+        for _ in range(fin.recheck_rounds):
+            results.append(latency.measure_pair(candidate, reference, settings))
+    return Measurement(onnx_path, dense_path, exported, _pooled(results), len(results),
+                       time.time() - started)
+
+
+def judge_run(ws: Workspace, policy: dict[str, float], latency_ratio: float | None
+              ) -> dict[str, Check]:
+    """The shipped model against every budget (the budget registry's verdict)."""
+    sk = ws.skeleton
+    measured = {"flops": sk.macs(policy) / sk.macs({}), "params": sk.params(policy) / sk.params({})}
+    if latency_ratio is not None:
+        measured["latency"] = latency_ratio
+    return judge(ws.request, measured)
+
+
+def _per_episode(episodes: list[dict]) -> dict[str, float]:
+    fresh = [e for e in episodes if not e.get("cached")]
+    out = {}
+    for phase in ("prune", "recover", "evaluate", "latency"):
+        values = [e["seconds"][phase] for e in fresh if phase in e.get("seconds", {})]
+        out[phase] = sum(values) / max(len(values), 1)
+    return out
+
+
+@dataclass
+class RunOutcome:
+    """What `finish` produced; `report` is what report.json holds."""
+
+    report: dict[str, Any]
+    model: nn.Module
+    policy: dict[str, float]
+    checks: dict[str, Check]
+    verdict: str
+    test_top1: float
+    latency_ratio: float | None
+    paths: dict[str, Path]
+
+
+def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] | None,
+           results_dir: Path, policy_path: Path, search_info: dict | None = None
+           ) -> RunOutcome:
+    """The final stage's steps in order, then the report. See the module docstring."""
+    config, sk, times = ws.config, ws.skeleton, ws.times
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stage = choose_candidates(ws, best)
+    times["candidates"] = stage.seconds
+    log.info("fine-tuning the winner (episode %d) for %d epoch(s)", stage.winner.episode,
+             config.final.epochs)
+    tuned = finetune_winner(ws, stage)
+    times["final_finetune"] = tuned.seconds
+    saved = save_winner(ws, stage.winner, tuned, run_dir, policy_path)
+    paths = {"policy": saved.policy_path, "checkpoint": saved.checkpoint_path,
+             "report": results_dir / "report.md"}
+    policy = stage.winner.policy
+    failure, measured = None, None
+    try:
+        measured = export_and_measure(ws, tuned.model, run_dir)
+        times["export_and_measure"] = measured.seconds
+    except CompressorError as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - reported, with the work saved, then re-raised
+        failure = f"{type(exc).__name__}: {exc}"
+    ratio = measured.paired.ratio if measured else None
+    checks = judge_run(ws, policy, ratio)
+    result = "export or measurement failed" if failure else verdict(checks)
+    times["total"] = sum(v for k, v in times.items() if k != "total")
+
+    episodes_path = run_dir / "episodes.jsonl"
+    episodes = report.read_episodes(episodes_path) if episodes_path.exists() else []
+    uniform, _ = pruning.uniform_policy_for_budget(sk, ws.budget_cost, 1.0, config.max_ratio)
+    base_top1 = ws.meta.get("test_top1", float("nan"))
+    final: dict[str, Any] = {
+        "test_top1": tuned.test_top1, "macs": sk.macs(policy), "params": sk.params(policy),
+        "checkpoint": str(saved.checkpoint_path), "policy_file": str(saved.policy_path)}
+    if measured:
+        ex = measured.export
+        final.update(latency=measured.paired.as_dict(), latency_rounds=measured.rounds,
+                     onnx=str(measured.onnx_path),
+                     parity={"max_abs_diff": ex.max_abs_diff, "max_abs_output": ex.max_abs_output,
+                             "relative_diff": ex.relative_diff,
+                             "top1_agreement": ex.top1_agreement,
+                             "tolerance": dict(ex.tolerance._asdict())})
+    headline = (f"{tuned.test_top1:.2f}% top-1 ({tuned.test_top1 - base_top1:+.2f})" +
+                (f" at {ratio:.3f} of the dense latency" if ratio is not None else ""))
+    rep = {
+        "model": config.model, "dataset": config.data.dataset, "run": run_dir.name,
+        "command": " ".join(shlex.quote(a) for a in (argv or sys.argv)),
+        "headline": headline, "verdict": result, "failure": failure,
+        "checks": {k: c._asdict() for k, c in checks.items()},
+        "budgets": ws.request.as_dict(),
+        "search_target": {b.name: b.limit for b in ws.budgets},
+        "margin_note": f"latency budgets are aimed {config.budget.margin:.0%} under the budget "
+                       "(the latency model's held-out error plus the paired measurement spread, "
+                       "results/latency_model.md); before fine-tuning each candidate is rescaled "
+                       "and measured again until it measures between 12% and the margin under "
+                       "the budget, at most 3 times; a candidate never measured within the "
+                       "budget is rejected; a final measurement within its block spread of the "
+                       f"budget is repeated {config.final.recheck_rounds} more times and judged "
+                       "on the median of all blocks.",
+        "baseline": {"test_top1": base_top1, "macs": sk.macs({}), "params": sk.params({}),
+                     "parity": {"max_abs_diff": ws.dense_export.max_abs_diff,
+                                "relative_diff": ws.dense_export.relative_diff}},
+        "final": final, "policy": policy, "uniform_policy": uniform,
+        "candidates": [asdict(r) for r in stage.rows], "search": search_info or {},
+        "episodes": len(episodes), "cache_hits": sum(bool(e.get("cached")) for e in episodes),
+        "per_episode_seconds": _per_episode(episodes), "time": dict(times),
+        "config": asdict(config), "provenance": provenance(),
+    }
+    plots = report.plot_search(episodes, results_dir, f"{config.model}: {run_dir.name}") \
+        if episodes else []
+    plots.append(report.plot_policy(policy, uniform, results_dir, "pruning ratio per unit"))
+    rep["plots"] = plots
+    report.write_report(results_dir, rep)
+    if episodes:
+        atomic.write_bytes(results_dir / "episodes.jsonl", episodes_path.read_bytes())
+    if failure:
+        raise InternalError(f"{failure}. The fine-tuned model and its policy are saved "
+                            f"({saved.checkpoint_path}, {saved.policy_path}); finish with "
+                            f"`compressor apply --policy {saved.policy_path}` or rerun with "
+                            f"--resume {run_dir}")
+    paths.update(onnx=measured.onnx_path, dense_onnx=measured.dense_onnx_path)
+    return RunOutcome(rep, tuned.model, policy, checks, result, tuned.test_top1, ratio, paths)
+
+
+__all__ = ["CandidateRow", "CandidateStage", "FinetuneResult", "Measurement", "RunOutcome",
+           "SavedWinner", "choose_candidates", "export_and_measure", "finetune_winner", "finish",
+           "judge_run", "save_winner", "test_score"]

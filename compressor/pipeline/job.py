@@ -1,0 +1,62 @@
+"""One compress job end to end: a search method proposes policies, the final stage ships the best.
+
+`run_job` is shared by the command line (`compress_from_config`) and the Python API
+(`compressor.compress`); the benchmark harness calls the same pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from compressor.pipeline.compress import CompressConfig, Workspace, make_env, prepare, search_fields
+from compressor.pipeline.final import RunOutcome, finish
+from compressor.provenance import provenance
+from compressor.search.methods import SearchContext, SearchOutcome, get_method
+
+log = logging.getLogger(__name__)
+
+
+def search_context(ws: Workspace, run_dir: Path | None, resume: bool = False,
+                   argv: list[str] | None = None) -> SearchContext:
+    """What a search method needs from a workspace."""
+    config = ws.config
+    config_dict = {"search": search_fields(config), "full": asdict(config),
+                   "provenance": provenance(), "command": argv}
+    return SearchContext(
+        skeleton=ws.skeleton, evaluate=ws.evaluator, budgets=ws.budgets,
+        make_env=lambda: make_env(ws), max_ratio=config.max_ratio, dense=ws.dense,
+        example_input=ws.example, pruning_config=config.pruning, seed=config.seed,
+        episodes=config.loop.episodes, loop=config.loop, agent=config.agent, run_dir=run_dir,
+        config_dict=config_dict, resume=resume, progress=ws.progress)
+
+
+def run_job(ws: Workspace, run_dir: Path, results_dir: Path, policy_path: Path,
+            resume: bool = False, argv: list[str] | None = None) -> RunOutcome:
+    """Search with the configured method, then the final stage (see `pipeline.final`)."""
+    config = ws.config
+    method = get_method(config.method)
+    log.info("searching %s over %d units with %s; run directory %s",
+             f"{config.loop.episodes} episodes" if config.method in ("ddpg", "random") else "",
+             len(ws.skeleton.units), config.method, run_dir)
+    try:
+        outcome: SearchOutcome = method.search(search_context(ws, run_dir, resume, argv))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"search state saved in {run_dir}; continue with the same "
+                                f"command plus --resume {run_dir}") from None
+    ws.times["search"] = outcome.seconds
+    info = {"method": config.method, "evaluations": outcome.evaluations,
+            "seconds": outcome.seconds}
+    return finish(ws, outcome.candidates, run_dir, argv, results_dir, policy_path, info)
+
+
+def compress_from_config(config: CompressConfig, resume: str | None = None,
+                         argv: list[str] | None = None) -> RunOutcome:
+    """The command line's job: names in, files under runs/, results/ and policies/ out."""
+    config = config.resolved()
+    ws = prepare(config)
+    run_dir = Path(resume or config.out or Path("runs") / config.run_name)
+    results_dir = Path(config.results_dir) / run_dir.name
+    policy_path = Path(config.policies_dir) / f"{run_dir.name}.json"
+    return run_job(ws, run_dir, results_dir, policy_path, resume=resume is not None, argv=argv)

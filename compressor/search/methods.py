@@ -1,0 +1,228 @@
+"""Every search method behind one interface: something that proposes policies for a budget.
+
+    method = get_method("greedy")
+    outcome = method.search(context)   # SearchOutcome(candidates best first, evaluations, seconds)
+
+All methods go through the same final stage (`compressor.pipeline.final`), so only the policy they
+propose differs. `ddpg` is the AMC agent, `random` the same loop with uniform random actions,
+`greedy` sensitivity-greedy (AIMET's greedy ratio selection, ModelOpt FastNAS), `uniform` one shared
+ratio, `global` torch-pruning's global importance ranking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from compressor import pruning
+from compressor.budgets.wall import Budget
+from compressor.errors import UserError
+from compressor.pruning.policies import policy_vector
+from compressor.search.agent import AgentConfig
+from compressor.search.bisect import least_feasible
+from compressor.search.env import PruningEnv, reward_error
+from compressor.search.loop import Candidate, LoopConfig, run_search
+
+
+def budget_cost(skeleton: pruning.Skeleton, budgets: Sequence[Budget],
+                policy: dict[str, float]) -> float:
+    """max over budgets of cost / limit: <= 1 meets every budget.
+
+    One number a method can bisect on, whatever budgets (latency, FLOPs, params) were given.
+    """
+    vector = policy_vector(skeleton, policy)
+    return max(b.cost(vector) / b.limit for b in budgets)
+
+
+@dataclass
+class SearchContext:
+    """What a search method may use: the units, the evaluator, the budgets, where to write."""
+
+    skeleton: pruning.Skeleton
+    """The model's units and the cost tables that predict any policy's shapes."""
+    evaluate: Callable
+    """The episode evaluator: policy -> Evaluation, with `.calls` (a counter of calls) and
+    `.key(policy)` (the rounded channel configuration a cache hit is decided by)."""
+    budgets: Sequence[Budget]
+    """The wall's budgets over ratio vectors (`budgets.wall.Budget`), margins already applied."""
+    make_env: Callable[[], PruningEnv]
+    """A fresh pruning environment over the same units, budgets and evaluator."""
+    max_ratio: float
+    """No unit is pruned by more than this ratio."""
+    dense: nn.Module
+    """The dense model (never modified: methods prune copies)."""
+    example_input: torch.Tensor
+    """One input (batch 1) shaped as the model takes it."""
+    pruning_config: pruning.PruningConfig
+    """Rounding and channel importance, as every pruned network of the run uses them."""
+    seed: int
+    """The run's seed."""
+    episodes: int
+    """Episodes of the agent methods (ddpg, random); the others ignore it."""
+    loop: LoopConfig
+    """The episode loop's settings (checkpoints, candidates kept); its `agent` is set per method."""
+    agent: AgentConfig
+    """DDPG settings (the random agent uses its seed and episode count only)."""
+    run_dir: Path | None
+    """Where the episode log and checkpoint go; None: a temporary directory, removed afterwards
+    (nothing is written; such a search cannot be resumed)."""
+    config_dict: dict
+    """What the episode loop writes as config.json; a resume must match its "search" part."""
+    resume: bool = False
+    """Continue the search saved in `run_dir` (agent methods; the others just run again)."""
+    progress: bool = True
+    """A progress bar for the episode loop."""
+
+    def budget_cost(self, policy: dict[str, float]) -> float:
+        """max over budgets of cost / limit: <= 1 meets every budget."""
+        return budget_cost(self.skeleton, self.budgets, policy)
+
+
+@dataclass
+class SearchOutcome:
+    """What a method proposes, and what it cost to find."""
+
+    candidates: list[Candidate]
+    """Distinct policies, best first (by the search's reward, AMC's -error)."""
+    evaluations: int
+    """Evaluator calls the search made: every policy it asked about, cache hits included (each is
+    a question the method asked; the evaluator's cache decides what it cost). A resumed agent
+    search counts the calls made before the interruption too."""
+    seconds: float
+    """Wall time of the search."""
+
+
+class SearchMethod(Protocol):
+    """Something that proposes policies for a budget. Register new ones in `METHODS`."""
+
+    name: str
+
+    def search(self, ctx: SearchContext) -> SearchOutcome: ...
+
+
+def _single(ctx: SearchContext, policy: dict[str, float], started: float, calls: int
+            ) -> SearchOutcome:
+    """A deterministic method's one policy, evaluated once so the final stage can rank it."""
+    evaluation = ctx.evaluate(policy)
+    candidate = Candidate(0, reward_error(evaluation), evaluation.top1, policy,
+                          {k: v for k, v in evaluation.metrics.items() if k != "seconds"})
+    return SearchOutcome([candidate], ctx.evaluate.calls - calls, time.time() - started)
+
+
+@dataclass(frozen=True)
+class AgentSearch:
+    """The episode loop (`search.loop.run_search`) with the DDPG or the random agent."""
+
+    name: str
+    """The method's name in `METHODS`."""
+    agent_kind: str
+    """`search.agent.make_agent`'s kind: ddpg or random."""
+
+    def search(self, ctx: SearchContext) -> SearchOutcome:
+        if ctx.run_dir is None and ctx.resume:
+            raise UserError("resuming a search needs its run directory; pass the --out of the "
+                            "interrupted run")
+        started, calls = time.time(), ctx.evaluate.calls
+        loop = replace(ctx.loop, episodes=ctx.episodes, agent=self.agent_kind)
+        with _run_directory(ctx.run_dir) as run_dir:
+            best = run_search(ctx.make_env(), ctx.evaluate, loop, ctx.agent, run_dir,
+                              ctx.config_dict, resume=ctx.resume, progress=ctx.progress)
+        return SearchOutcome(best, ctx.evaluate.calls - calls, time.time() - started)
+
+
+@contextlib.contextmanager
+def _run_directory(run_dir: Path | None) -> Iterator[Path]:
+    """`run_dir` itself, or a scratch directory that is removed afterwards (the loop needs one
+    for its log and checkpoints; with no output directory nothing may be left behind)."""
+    if run_dir is not None:
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="compressor-search-") as scratch:
+        yield Path(scratch)
+
+
+@dataclass(frozen=True)
+class UniformSearch:
+    """One shared pruning ratio for every unit, the least that meets every budget."""
+
+    name: str = "uniform"
+
+    def search(self, ctx: SearchContext) -> SearchOutcome:
+        started, calls = time.time(), ctx.evaluate.calls
+        policy, _ = pruning.uniform_policy_for_budget(ctx.skeleton, ctx.budget_cost, 1.0,
+                                                      ctx.max_ratio)
+        return _single(ctx, policy, started, calls)
+
+
+@dataclass(frozen=True)
+class GlobalRankingSearch:
+    """torch-pruning's global ranking: the least important channels of the whole network go
+    first (by `pruning_config.importance`), the removed fraction bisected to the budget."""
+
+    name: str = "global"
+
+    def search(self, ctx: SearchContext) -> SearchOutcome:
+        started, calls = time.time(), ctx.evaluate.calls
+        policy = pruning.global_ranking_policy(ctx.dense, ctx.example_input, ctx.pruning_config,
+                                               ctx.budget_cost, 1.0, ctx.max_ratio)
+        return _single(ctx, policy, started, calls)
+
+
+@dataclass(frozen=True)
+class GreedySearch:
+    """Sensitivity greedy: each unit's search score alone at a few ratios, then one score-drop
+    level bisected until the budget is met (AIMET's greedy ratio selection, FastNAS)."""
+
+    name: str = "greedy"
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """The pruning ratios each unit is scored at alone (0 is the dense score)."""
+
+    def search(self, ctx: SearchContext) -> SearchOutcome:
+        started, calls = time.time(), ctx.evaluate.calls
+        dense_top1 = ctx.evaluate({}).top1
+        drops = {n: [0.0] + [dense_top1 - ctx.evaluate({n: r}).top1 for r in self.ratios]
+                 for n in ctx.skeleton.names}
+        grid = (0.0, *self.ratios)
+
+        def policy_at(level: float) -> dict[str, float]:
+            policy = {}
+            for name, d in drops.items():
+                # The largest ratio whose (monotone envelope of) measured drop stays within level.
+                best, worst = 0.0, 0.0
+                for r, drop in zip(grid, d, strict=True):
+                    worst = max(worst, drop)
+                    if worst <= level:
+                        best = r
+                policy[name] = min(best, ctx.max_ratio)
+            return policy
+
+        # Tolerating the largest drop seen prunes every unit at the grid's top ratio. The scale
+        # is the score's own (top-1 in percent, or whatever a user's `evaluate` returns).
+        highest = max(0.0, *(drop for d in drops.values() for drop in d))
+        if ctx.budget_cost(policy_at(highest)) > 1:
+            raise UserError("sensitivity greedy cannot meet the budget with its ratio grid "
+                            f"{self.ratios}; loosen the budget or use --method ddpg")
+        # The least tolerated score drop whose policy meets every budget.
+        level = least_feasible(lambda x: ctx.budget_cost(policy_at(x)) <= 1, 0.0, highest,
+                               steps=30)
+        return _single(ctx, policy_at(level), started, calls)
+
+
+METHODS: dict[str, SearchMethod] = {m.name: m for m in (
+    AgentSearch("ddpg", "ddpg"), AgentSearch("random", "random"), GreedySearch(), UniformSearch(),
+    GlobalRankingSearch())}
+
+
+def get_method(name: str) -> SearchMethod:
+    """The registered method called `name`; a UserError listing the valid names otherwise."""
+    if name not in METHODS:
+        raise UserError(f"unknown search method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,110 @@
+"""The Python API on a user's own module and data: every method, odd input shapes, bad input."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import compressor
+from compressor.errors import UserError
+from compressor.pipeline.compress import CompressConfig, FinalConfig
+from compressor.search.evaluator import EvaluatorConfig
+
+
+class TinyNet(nn.Module):
+    """A user's network: 1-channel, non-square input, 7 classes."""
+
+    def __init__(self, channels: int = 1, classes: int = 7):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _data(n, shape=(1, 12, 20), classes=7, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    # Labels leave a trace in the images, so accuracy means something.
+    images = torch.randn(n, *shape, generator=gen) + labels.view(-1, 1, 1, 1) * 0.3
+    return images, labels
+
+
+# Small everything: the point is that every path runs for real, not the accuracy.
+SMALL = CompressConfig(
+    evaluator=EvaluatorConfig(search_images=64, bn_batches=2, batch_size=16),
+    final=FinalConfig(candidates=1, candidate_steps=2, latency_blocks=2, recheck_rounds=0))
+
+
+@pytest.fixture(scope="module")
+def loaders():
+    train = DataLoader(TensorDataset(*_data(96)), batch_size=16, shuffle=True)
+    val = DataLoader(TensorDataset(*_data(64, seed=1)), batch_size=32)
+    return train, val
+
+
+@pytest.mark.parametrize("method", ["ddpg", "random", "greedy", "uniform", "global"])
+def test_every_method_compresses_a_custom_module_within_budget(loaders, method):
+    train, val = loaders
+    model = TinyNet()
+    before = [p.clone() for p in model.parameters()]
+    result = compressor.compress(model, train=train, val=val, flops_budget=0.6, method=method,
+                                 episodes=3, final_epochs=0, config=SMALL)
+    assert result.verdict == "within budget" and result.checks["flops"].value <= 0.6
+    assert isinstance(result.model, nn.Module) and result.paths == {}
+    assert result.model(torch.zeros(2, 1, 12, 20)).shape == (2, 7)
+    assert 0 < result.latency_ratio < 1.5 and result.evaluations >= 1
+    assert set(result.policy) == {u.name for u in compressor.units(model, torch.zeros(1, 1, 12, 20))}
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_out_writes_every_file_and_user_callables_score_and_finetune(loaders, tmp_path):
+    train, val = loaders
+    calls = {"evaluate": 0, "finetune": 0}
+
+    def evaluate(model):
+        calls["evaluate"] += 1
+        with torch.no_grad():
+            x, y = next(iter(val))
+            return float((model(x).argmax(1) == y).float().mean() * 100)
+
+    def finetune(model, steps):
+        calls["finetune"] += steps
+
+    result = compressor.compress(TinyNet(), train=train, val=val, latency_budget=0.9,
+                                 method="uniform", evaluate=evaluate, finetune=finetune,
+                                 final_epochs=1, out=tmp_path, config=SMALL)
+    assert calls["evaluate"] >= 2 and calls["finetune"] > 0
+    for key in ("onnx", "dense_onnx", "checkpoint", "policy", "report"):
+        assert result.paths[key].exists(), key
+    check = compressor.check_budget(result.paths["onnx"], result.paths["dense_onnx"],
+                                    max_latency_ratio=0.99, rounds=1,
+                                    settings=compressor.latency.ProbeSettings(batch_size=8))
+    assert check["verdict"] in ("pass", "fail")
+
+
+def test_tensor_data_and_three_channel_square_inputs():
+    images, labels = _data(120, shape=(3, 16, 16), classes=4)
+    result = compressor.compress(TinyNet(channels=3, classes=4), train=(images, labels),
+                                 params_budget=0.7, method="uniform", final_epochs=0,
+                                 config=SMALL)
+    assert result.checks["params"].ok
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"model": "resnet18"}, "must be a torch.nn.Module"),
+    ({"method": "annealing"}, "annealing"),
+    ({"evaluate": lambda m: "good"}, "must return a number"),
+    ({"train": [torch.zeros(4, 1, 12, 20)]}, "not \\(images, labels\\)"),
+    ({"example_input": torch.zeros(1, 3, 5, 5)}, "refused an input of shape"),
+])
+def test_bad_input_is_a_user_error(loaders, kwargs, match):
+    train, val = loaders
+    args = {"model": TinyNet(), "train": train, "val": val, "flops_budget": 0.6,
+            "method": "uniform", "final_epochs": 0, "config": SMALL, **kwargs}
+    with pytest.raises(UserError, match=match):
+        compressor.compress(args.pop("model"), **args)
