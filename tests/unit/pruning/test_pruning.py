@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import torch_pruning as tp
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from compressor.pruning import (
     uniform_policy,
     uniform_policy_for_budget,
 )
+from compressor.pruning.importance import importance_label
 from compressor.pruning.shapes import measure_layer_shapes
 
 # resnet18: residual streams; mobilenet_v2: depthwise + residual; squeezenet1_0: concatenation and a
@@ -316,3 +318,55 @@ def test_global_ranking_policy_meets_its_limit_with_uneven_ratios():
     assert cost(policy) <= 0.5
     assert all(0.0 <= r <= 0.8 for r in policy.values())
     assert len({round(r, 3) for r in policy.values()}) > 3
+
+
+# --- importance plug-ins --------------------------------------------------------------------------
+
+
+class WeakestFirst(tp.importance.Importance):
+    """A plug-in criterion: minus L2, so the weakest channels are kept (the opposite of l2)."""
+
+    def __call__(self, group):
+        return -tp.importance.GroupMagnitudeImportance(p=2)(group)
+
+
+def test_an_importance_object_chooses_the_channels_and_keeps_the_predicted_shapes():
+    model, skeleton = model_of("resnet18"), skeleton_of("resnet18")
+    policy = uniform_policy(skeleton, 0.5)
+    by_name = apply_policy(model, policy, X, PruningConfig(importance="l2"))
+    same = apply_policy(model, policy, X,
+                        PruningConfig(importance=tp.importance.GroupMagnitudeImportance(p=2)))
+    weakest = apply_policy(model, policy, X, PruningConfig(importance=WeakestFirst()))
+    assert same_state(same.state_dict(), by_name.state_dict())  # the object behind "l2" itself
+    assert measure_layer_shapes(weakest, X) == skeleton.layer_shapes(policy)
+    assert not torch.equal(weakest.conv1.weight, by_name.conv1.weight)
+    # conv1 keeps 32 of 64 filters: l2 the strongest of its group, the plug-in the weakest.
+    norms = model.conv1.weight.flatten(1).norm(dim=1)
+    assert weakest.conv1.weight.flatten(1).norm(dim=1).mean() < norms.median()
+    assert by_name.conv1.weight.flatten(1).norm(dim=1).mean() > norms.median()
+
+
+def test_global_ranking_uses_an_importance_object_too():
+    model, skeleton = model_of("resnet18"), skeleton_of("resnet18")
+    dense = skeleton.macs({})
+
+    def cost(policy):
+        return skeleton.macs(policy) / dense
+
+    weakest = global_ranking_policy(model, X, PruningConfig(importance=WeakestFirst()), cost, 0.5)
+    assert cost(weakest) <= 0.5
+    assert weakest != global_ranking_policy(model, X, CONFIG, cost, 0.5)
+
+
+@pytest.mark.parametrize("importance", [3, "l3", None])
+def test_an_importance_neither_named_nor_callable_is_a_user_error_listing_the_names(importance):
+    with pytest.raises(UserError, match="l1, l2, bn, taylor, random") as info:
+        PruningConfig(importance=importance)
+    assert "\n" not in str(info.value)
+
+
+def test_an_importance_objects_label_is_stable_across_instances():
+    a = importance_label(tp.importance.GroupMagnitudeImportance(p=1))
+    assert a == importance_label(tp.importance.GroupMagnitudeImportance(p=1))
+    assert "p=1" in a and " at 0x" not in a
+    assert importance_label("l2") == "l2"
