@@ -30,6 +30,12 @@ def criterion_for(config: PruningConfig) -> Callable[[tp.Group], torch.Tensor | 
     return lambda group: None  # random: drawn per unit in `unit_importance`
 
 
+def needs_gradients(importance: str | Callable) -> bool:
+    """Whether the criterion reads gradients (taylor, by name or as torch-pruning's object): the
+    caller must run `accumulate_gradients` on calibration batches before scoring."""
+    return importance == "taylor" or isinstance(importance, tp.importance.GroupTaylorImportance)
+
+
 def importance_label(importance: str | Callable) -> str:
     """A stable text for the saved config and policy files: the name, or a plug-in's class and
     its plain settings (`str()` of an object holds its memory address, so a resumed search would

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.pruning.importance import accumulate_gradients, criterion_for, unit_importance
+from compressor.pruning.importance import (
+    accumulate_gradients,
+    criterion_for,
+    needs_gradients,
+    unit_importance,
+)
 from compressor.pruning.skeleton import PruningConfig, Skeleton, trace
 from compressor.search.bisect import least_feasible
 
@@ -65,7 +70,7 @@ def global_ranking_policy(model: nn.Module, example_input: torch.Tensor, config:
     device = next(model.parameters()).device
     work = copy.deepcopy(model)
     traced = trace(work, example_input.to(device), config)
-    if config.importance == "taylor":
+    if needs_gradients(config.importance):
         accumulate_gradients(work, calibration_batches, config.taylor_batches, device)
     criterion = criterion_for(config)
     scores = {name: unit_importance(name, group, traced.channel_groups[name], criterion, config)

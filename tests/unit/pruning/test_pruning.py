@@ -26,7 +26,7 @@ from compressor.pruning import (
     uniform_policy,
     uniform_policy_for_budget,
 )
-from compressor.pruning.importance import importance_label
+from compressor.pruning.importance import importance_label, needs_gradients
 from compressor.pruning.shapes import measure_layer_shapes
 
 # resnet18: residual streams; mobilenet_v2: depthwise + residual; squeezenet1_0: concatenation and a
@@ -370,3 +370,21 @@ def test_an_importance_objects_label_is_stable_across_instances():
     assert a == importance_label(tp.importance.GroupMagnitudeImportance(p=1))
     assert "p=1" in a and " at 0x" not in a
     assert importance_label("l2") == "l2"
+
+
+def test_a_taylor_importance_object_gets_gradients_like_the_name(fmnist_loader):
+    model, skeleton = model_of("resnet18"), skeleton_of("resnet18")
+    dense = skeleton.macs({})
+
+    def cost(policy):
+        return skeleton.macs(policy) / dense
+
+    by_object = PruningConfig(importance=tp.importance.GroupTaylorImportance())
+    assert needs_gradients(by_object.importance) and needs_gradients("taylor")
+    assert not needs_gradients("l2") and not needs_gradients(WeakestFirst())
+    policy = global_ranking_policy(model, X, by_object, cost, 0.5,
+                                   calibration_batches=fmnist_loader)
+    assert policy == global_ranking_policy(model, X, PruningConfig(importance="taylor"), cost, 0.5,
+                                           calibration_batches=fmnist_loader)
+    with pytest.raises(UserError, match="calibration"):
+        global_ranking_policy(model, X, by_object, cost, 0.5)
