@@ -30,11 +30,18 @@ from compressor.search.methods import get_method
 from compressor.zoo.datasets import DataConfig
 
 METHODS = ("agent", "uniform", "random", "global", "greedy", "agent-flops")
+"""The benchmark's row names: `agent` is the ddpg method, `agent-flops` the bench-only control (ddpg
+with a FLOPs budget matched to the uniform policy, judged on measured latency)."""
+
+
+def search_method_for(method: str) -> str:
+    """The registered search method (`compressor.search.methods.METHODS`) behind a row name."""
+    return "ddpg" if method in ("agent", "agent-flops") else method
 
 
 def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
     """One row: prepare, search with `method` through the one interface, the shared final stage."""
-    config = replace(base, method="ddpg" if method == "agent" else method).resolved()
+    config = replace(base, method=search_method_for(method)).resolved()
     started = time.time()
     ws = prepare(config)
     if method == "agent-flops":
@@ -45,8 +52,7 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
         latency_limit = ws.request.latency
         # No fit to the measured latency either: it would make the final stage latency-aware and
         # answer a different question. An over-budget FLOPs policy is reported as such.
-        config = replace(config, method="ddpg",
-                         budget=replace(config.budget, latency=None, flops=flops),
+        config = replace(config, budget=replace(config.budget, latency=None, flops=flops),
                          final=replace(config.final, fit=False))
         ws = prepare(config)
         # Still judged on measured latency: the verdict reads the request's latency limit.

@@ -22,10 +22,12 @@ import numpy as np
 from compressor.budgets.kinds import BudgetConfig
 from compressor.io import atomic
 from compressor.pipeline import recovery
-from compressor.pipeline.compress import CompressConfig, make_env, prepare
+from compressor.pipeline.compress import CompressConfig, prepare
+from compressor.pipeline.job import search_context
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.search.evaluator import RECOVERY_SEED
-from compressor.search.loop import LoopConfig, default_agent_config, run_search
+from compressor.search.loop import CHECKPOINT, LoopConfig
+from compressor.search.methods import get_method
 from compressor.zoo.datasets import DataConfig
 
 
@@ -78,13 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                             budget=BudgetConfig(latency=args.budget, probe_every=0),
                             loop=LoopConfig(episodes=args.episodes, agent="random"),
                             method="random",
-                            results_dir=str(out), policies_dir=str(out / "policies"))
+                            results_dir=str(out), policies_dir=str(out / "policies")).resolved()
     ws = prepare(config)
     run_dir = out / f"{args.model}-b{args.budget}-random-s{args.seed}"
-    resume = (run_dir / "checkpoint.pt").exists()
-    run_search(make_env(ws), ws.evaluator, config.loop,
-               default_agent_config(args.episodes, args.seed), run_dir,
-               {"search": {"method": "random", "honesty": True}}, resume=resume, progress=True)
+    resume = (run_dir / CHECKPOINT).exists()
+    # The random method through the one interface; its episode log is what the study samples.
+    get_method("random").search(search_context(ws, run_dir, resume=resume))
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     chosen = distinct_policies(episodes, args.policies)
 

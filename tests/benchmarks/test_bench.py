@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from benchmarks.bench import aggregate, goals, write_summary
+from benchmarks.bench import METHODS, aggregate, goals, search_method_for, write_summary
+from compressor.search import methods
 
 
 def row(method, top1, budget=0.3, seed=0, ratio=0.28, verdict="within budget", model="resnet18"):
@@ -69,3 +70,10 @@ def test_write_summary_keeps_every_row_and_draws_the_plot(tmp_path):
     text = (tmp_path / "BENCHMARKS.generated.md").read_text()
     assert "| resnet18 | 0.3 | global | 0 | failed: x |" in text
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_benchmark_row_runs_a_registered_search_method():
+    assert {search_method_for(m) for m in METHODS} == set(methods.METHODS)
+    assert search_method_for("agent") == search_method_for("agent-flops") == "ddpg"
+    for m in METHODS:
+        assert methods.get_method(search_method_for(m)).name == search_method_for(m)
