@@ -14,7 +14,7 @@ EPISODES ?=
 SEED ?= 0
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data test lint compress pretrain bench bench-quick baselines clean
+.PHONY: install data test lint compress pretrain bench bench-quick baselines coverage example clean
 
 install: $(VENV)/.stamp-install
 $(VENV)/.stamp-install: pyproject.toml
@@ -43,7 +43,16 @@ test: install data
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check compressor tests benchmarks
+	$(VENV)/bin/ruff check compressor tests benchmarks examples
+
+# Your own network through the Python API (runs in CI): examples/custom_model.py.
+example: install data
+	$(PY) examples/custom_model.py --out runs/custom_model
+
+# Every torchvision CNN under 100 M parameters on a tiny baseline: compresses or is refused up
+# front (results/coverage.md). Hours; run it alone.
+coverage: install data
+	$(PY) -m benchmarks.coverage --out results
 
 pretrain: install data
 	$(CLI) pretrain --model $(MODEL) --dataset $(DATASET)

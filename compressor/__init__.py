@@ -17,9 +17,12 @@ from compressor.api import (
     measure_latency,
     units,
 )
+from compressor.budgets.kinds import BudgetConfig
 from compressor.errors import CompressorError, ExportError, InternalError, UserError
+from compressor.pipeline.compress import CompressConfig, FinalConfig
 
 __version__ = "0.2.0"
 
-__all__ = ["CompressResult", "CompressorError", "ExportError", "InternalError", "UserError",
-           "apply_policy", "check_budget", "compress", "export_onnx", "measure_latency", "units"]
+__all__ = ["BudgetConfig", "CompressConfig", "CompressResult", "CompressorError", "ExportError",
+           "FinalConfig", "InternalError", "UserError", "apply_policy", "check_budget", "compress",
+           "export_onnx", "measure_latency", "units"]

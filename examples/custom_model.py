@@ -87,7 +87,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/custom_model")
     p.add_argument("--budget", type=float, default=0.5, help="latency ratio of the dense model")
-    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--train-images", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--method", default="greedy")
     args = p.parse_args()
@@ -105,7 +105,9 @@ def main() -> int:
     result = compressor.compress(
         model, train=train_loader, val=DataLoader(val_data, batch_size=250),
         test=DataLoader(test_data, batch_size=500), latency_budget=args.budget,
-        method=args.method, final_epochs=1, out=args.out)
+        method=args.method, final_epochs=1, out=args.out,
+        # One candidate, the default's other settings: the example has to fit in CI's minutes.
+        config=compressor.CompressConfig(final=compressor.FinalConfig(candidates=1)))
     print(f"dense {result.baseline_top1:.2f}% -> pruned {result.top1:.2f}% at "
           f"{result.latency_ratio:.3f} of the dense latency ({result.verdict}); "
           f"{result.evaluations} evaluations, search {result.search_seconds:.0f} s")
