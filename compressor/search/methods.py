@@ -80,6 +80,9 @@ class SearchContext:
     """Continue the search saved in `run_dir` (agent methods; the others just run again)."""
     progress: bool = True
     """A progress bar for the episode loop."""
+    calibration_batches: Sequence | None = None
+    """(images, labels) batches for criteria that read gradients (taylor), as the evaluator's
+    pruning uses them; None: such a criterion is a UserError in `global`."""
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
@@ -172,7 +175,8 @@ class GlobalRankingSearch:
     def search(self, ctx: SearchContext) -> SearchOutcome:
         started, calls = time.time(), ctx.evaluate.calls
         policy = pruning.global_ranking_policy(ctx.dense, ctx.example_input, ctx.pruning_config,
-                                               ctx.budget_cost, 1.0, ctx.max_ratio)
+                                               ctx.budget_cost, 1.0, ctx.max_ratio,
+                                               calibration_batches=ctx.calibration_batches)
         return _single(ctx, policy, started, calls)
 
 
