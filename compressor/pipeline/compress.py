@@ -25,6 +25,7 @@ from compressor.errors import UserError
 from compressor.io import export
 from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
+from compressor.pruning.importance import importance_label
 from compressor.search.agent import AgentConfig
 from compressor.search.env import PruningEnv
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
@@ -120,6 +121,8 @@ class CompressConfig:
 def search_fields(config: CompressConfig) -> dict:
     """The settings a resumed search must share with the original (not outputs or final stage)."""
     d = asdict(config)
+    # A plug-in importance object is saved by its stable label (str() holds its address).
+    d["pruning"]["importance"] = importance_label(config.pruning.importance)
     for key in ("out", "policies_dir", "results_dir", "device", "final"):
         d.pop(key)
     return d
@@ -157,13 +160,9 @@ class Workspace:
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
-        vector = policy_vector(self.skeleton, policy)
-        return max(b.cost(vector) / b.limit for b in self.budgets)
+        from compressor.search.methods import budget_cost
 
-
-def policy_vector(skeleton: pruning.Skeleton, policy: dict[str, float]) -> list[float]:
-    """A policy as the ratio vector the wall's costs take (units in graph order, 0 when absent)."""
-    return [policy.get(u.name, 0.0) for u in skeleton.units]
+        return budget_cost(self.skeleton, self.budgets, policy)
 
 
 def _costs(skeleton: pruning.Skeleton, latency_ratio) -> dict[str, Callable]:
@@ -290,5 +289,5 @@ def check_method(name: str) -> None:
     get_method(name)
 
 
-__all__ += ["check_method", "example_for", "plan", "policy_vector", "real_batch", "search_fields",
+__all__ += ["check_method", "example_for", "plan", "real_batch", "search_fields",
             "UserError"]

@@ -32,6 +32,7 @@ from compressor.io import atomic, checkpoints, export, policies, report
 from compressor.pipeline.compress import Workspace
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
+from compressor.pruning.importance import importance_label
 from compressor.search.loop import Candidate
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
                           input_size=config.data.input_size, policy=winner.policy,
                           units=list(sk.names), budget=ws.request.as_dict(), metrics=metrics,
                           extra={"round_to": config.pruning.round_to, "seed": config.seed,
-                                 "importance": str(config.pruning.importance),
+                                 "importance": importance_label(config.pruning.importance),
                                  "method": config.method})
     checkpoint = run_dir / "model.pt"
     checkpoints.save_pruned_checkpoint(

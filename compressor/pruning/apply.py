@@ -11,6 +11,7 @@ from torch import nn
 from compressor.pruning.importance import (
     accumulate_gradients,
     criterion_for,
+    needs_gradients,
     prune_indices,
     unit_importance,
 )
@@ -38,7 +39,7 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
         kept = kept_count(channels, channel_step(channels, groups, config.round_to), ratio)
         if kept < channels:
             plans.append((name, group, groups, kept))
-    if plans and config.importance == "taylor":
+    if plans and needs_gradients(config.importance):
         accumulate_gradients(work, calibration_batches, config.taylor_batches, device)
     pruning = [(group[0].dep.target.module, group[0].dep.handler,
                 prune_indices(unit_importance(name, group, groups, criterion, config), groups,

@@ -19,6 +19,7 @@ from compressor import latency, pruning
 from compressor.errors import UserError
 from compressor.pipeline import recovery
 from compressor.pipeline.train import evaluate_top1
+from compressor.pruning.importance import needs_gradients
 from compressor.search.env import Evaluation
 
 
@@ -94,7 +95,8 @@ class EpisodeEvaluator:
         return tuple(kept[name] for name in sorted(kept))
 
     def prune(self, policy: dict[str, float]) -> nn.Module:
-        calibration = self.train_batches[:4] if self.pruning_config.importance == "taylor" else None
+        calibration = self.train_batches[:self.pruning_config.taylor_batches] \
+            if needs_gradients(self.pruning_config.importance) else None
         return pruning.apply_policy(self.dense, policy, self.example, self.pruning_config,
                                     calibration_batches=calibration)
 
