@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,11 +170,14 @@ def _load_fashion_mnist(data_dir: Path):
 def _load_cifar10(data_dir: Path):
     root = data_dir / "cifar-10-batches-py"
     if not root.exists():
+        existed = data_dir.exists()
         try:
             from torchvision.datasets import CIFAR10
 
             CIFAR10(str(data_dir), train=True, download=True)
         except Exception as exc:
+            if not existed:  # a failed download leaves no empty folder behind
+                shutil.rmtree(data_dir, ignore_errors=True)
             raise UserError(f"CIFAR-10 not found in {root} and the download failed "
                             f"({type(exc).__name__}); put the python version of CIFAR-10 "
                             f"(cifar-10-batches-py) under {data_dir}") from None

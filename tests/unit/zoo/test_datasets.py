@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from compressor.zoo.datasets import DataConfig, load_dataset
@@ -70,3 +71,13 @@ def test_missing_dataset_gives_one_line_error(tmp_path, monkeypatch):
         load_dataset(DataConfig(dataset="mnist2"))
     with pytest.raises(UserError, match="PATH/train"):
         load_dataset(DataConfig(dataset=f"imagefolder:{tmp_path}"))
+
+
+def test_offline_cifar10_leaves_no_empty_folder(tmp_path):
+    from compressor.errors import UserError
+    from compressor.zoo.datasets import DataConfig, load_dataset
+
+    data_dir = tmp_path / "data"
+    with pytest.raises(UserError, match="CIFAR-10 not found"):
+        load_dataset(DataConfig(dataset="cifar10", data_dir=str(data_dir)))
+    assert not data_dir.exists()
