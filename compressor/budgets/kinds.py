@@ -168,9 +168,11 @@ def check_reachable(request: BudgetRequest, budgets: list[Budget], n_units: int,
 
 
 def judge(request: BudgetRequest, measured: Mapping[str, float]) -> dict[str, Check]:
-    """The shipped model against every budget given: {kind name: Check}."""
+    """The shipped model against every budget given and measured: {kind name: Check}. A budget
+    without a measurement (the export failed before latency was measured) is left out; the caller
+    says why."""
     return {name: Check(measured[name], limit, measured[name] <= limit + 1e-9)
-            for name, limit in request.limits().items()}
+            for name, limit in request.limits().items() if name in measured}
 
 
 def verdict(checks: Mapping[str, Check]) -> str:

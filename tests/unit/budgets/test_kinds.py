@@ -72,3 +72,8 @@ def test_judge_and_verdict():
     assert checks["latency"].ok and not checks["params"].ok
     assert verdict(checks) == "OVER BUDGET"
     assert verdict(judge(request, {"latency": 0.5, "params": 0.4})) == "within budget"
+
+
+def test_a_budget_without_a_measurement_is_left_out_of_the_verdict():
+    request = BudgetRequest.from_config(BudgetConfig(latency=0.5, flops=0.6))
+    assert set(judge(request, {"flops": 0.5})) == {"flops"}
