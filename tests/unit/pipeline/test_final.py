@@ -266,12 +266,10 @@ def test_judge_run_reports_each_requested_budget(ws, flops_ws):
     assert set(only_flops) == {"flops"}
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "bug: judge_run(ws, policy, None) with a latency budget raises KeyError('latency') in "
-    "budgets/kinds.py judge(); finish() calls it so after an export failure"))
-def test_judge_run_without_a_measurement_reports_the_latency_budget_as_unmet(ws):
+def test_judge_run_without_a_measurement_leaves_the_latency_budget_out(ws):
+    # The verdict then comes from the failure ("export or measurement failed"), not from a check.
     checks = final.judge_run(ws, _uniform(ws, 0.5), None)
-    assert set(checks) == {"latency", "flops"} and not checks["latency"].ok
+    assert set(checks) == {"flops"}
 
 
 def _finish(ws, tmp_path, best):
@@ -343,10 +341,6 @@ def test_an_export_failure_keeps_the_policy_checkpoint_and_report(flops_ws, tmp_
     assert _width(loaded) == _width(flops_ws.evaluator.prune(_uniform(flops_ws, 0.5)))
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "bug: with a latency budget, finish() calls judge_run(ws, policy, None) after an export "
-    "failure (pipeline/final.py:279) and budgets/kinds.py:172 raises KeyError('latency'): no "
-    "report is written and the error is not the InternalError naming --resume"))
 def test_an_export_failure_under_a_latency_budget_keeps_the_report(ws, tmp_path, monkeypatch):
     _break_pruned_export(monkeypatch)
     with pytest.raises(InternalError) as raised:
