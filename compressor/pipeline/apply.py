@@ -6,6 +6,7 @@ policy made for another network is refused in seconds.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, load_dataset
 
+log = logging.getLogger(__name__)
+
 
 def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: DataConfig,
                       probe: latency.ProbeSettings, pruning_config: pruning.PruningConfig,
                       finetune_epochs: int = 0, finetune_lr: float = 0.05, seed: int = 0,
                       models_dir: str = "models", checkpoint: str | None = None,
-                      device_name: str = "auto", say=print) -> dict:
+                      device_name: str = "auto", say=log.info) -> dict:
     """Prune the cached baseline with a policy file and write ONNX, checkpoint and policy JSON."""
     seed_everything(seed)
     device = pick_device(device_name)

@@ -21,7 +21,6 @@ from torch import nn
 from compressor import latency, pruning
 from compressor.budgets.kinds import BudgetConfig, BudgetRequest, check_reachable, wall_budgets
 from compressor.budgets.wall import Budget
-from compressor.errors import UserError
 from compressor.io import export
 from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
@@ -37,7 +36,8 @@ from compressor.zoo.datasets import DataConfig, Dataset, load_dataset
 log = logging.getLogger(__name__)
 
 __all__ = ["BudgetConfig", "CompressConfig", "FinalConfig", "Workspace", "build_workspace",
-           "make_env", "prepare", "preflight"]
+           "check_method", "example_for", "make_env", "plan", "preflight", "prepare",
+           "real_batch", "search_fields"]
 
 
 @dataclass(frozen=True)
@@ -288,6 +288,3 @@ def check_method(name: str) -> None:
 
     get_method(name)
 
-
-__all__ += ["check_method", "example_for", "plan", "real_batch", "search_fields",
-            "UserError"]

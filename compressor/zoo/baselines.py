@@ -60,7 +60,7 @@ def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_c
 
 def load_or_pretrain(model_name: str, dataset: Dataset, data_config: DataConfig,
                      train_config: TrainConfig, models_dir: str | Path, device: torch.device,
-                     checkpoint: str | None = None, say=print, trust_checkpoint: bool = False
+                     checkpoint: str | None = None, say=log.info, trust_checkpoint: bool = False
                      ) -> tuple[nn.Module, dict]:
     """The cached baseline for this model and dataset, pretraining it first when it is missing.
 
