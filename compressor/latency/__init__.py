@@ -20,8 +20,9 @@ from compressor.latency.probe import (
     make_session,
     measure_ms,
     measure_pair,
+    pool_rounds,
 )
 
 __all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
            "Session", "auto_batch_size", "check_same_input", "fit_to_latency", "load_or_build",
-           "make_session", "measure_ms", "measure_pair"]
+           "make_session", "measure_ms", "measure_pair", "pool_rounds"]

@@ -312,6 +312,17 @@ def measure_pair(candidate: Session, reference: Session, settings: ProbeSettings
                          statistics.median(ref), ratios, measured_settings(settings, reference))
 
 
+def pool_rounds(results: list[PairedLatency]) -> PairedLatency:
+    """Several paired rounds as one: the median of every block's ratio and of the rounds'
+    latencies (`compressor check` and the final stage judge repeated rounds this way)."""
+    if len(results) == 1:
+        return results[0]
+    blocks = [r for result in results for r in result.block_ratios]
+    return results[0]._replace(block_ratios=blocks, ratio=statistics.median(blocks),
+                               candidate_ms=statistics.median(r.candidate_ms for r in results),
+                               reference_ms=statistics.median(r.reference_ms for r in results))
+
+
 def auto_batch_size(reference: Session, input_shape: Sequence[int] | int | None = None,
                     min_ms: float = 10.0, largest: int = 256) -> int:
     """Smallest power-of-two batch at which `reference` takes at least `min_ms`; the session is

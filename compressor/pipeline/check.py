@@ -16,7 +16,6 @@ spread passes with a warning.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import replace
 from typing import Any
 
@@ -63,12 +62,10 @@ def check(model_path: str, reference_path: str, settings: latency.ProbeSettings,
     reference.prepare(settings.batch_size, settings.input_shape)
 
     measured = [latency.measure_pair(candidate, reference, settings) for _ in range(rounds)]
-    blocks = [r for m in measured for r in m.block_ratios]
-    ratio = statistics.median(blocks)
+    pooled = latency.pool_rounds(measured)
+    ratio, candidate_ms, reference_ms = pooled.ratio, pooled.candidate_ms, pooled.reference_ms
     medians = [m.ratio for m in measured]
     spread = (min(medians), max(medians))
-    candidate_ms = statistics.median(m.candidate_ms for m in measured)
-    reference_ms = statistics.median(m.reference_ms for m in measured)
 
     checks: dict[str, dict] = {}
     warnings: list[str] = []

@@ -180,6 +180,10 @@ class Plan:
         self.skeleton, self.latency_model = skeleton, latency_model
         self.request, self.budgets = request, budgets
 
+    def latency_ratio(self, policy: dict[str, float]) -> float:
+        """The latency model's predicted ratio of the dense latency for `policy`."""
+        return self.latency_model.predict_ratio(self.skeleton.layer_shapes(policy))
+
 
 def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_name: str,
          say=log.info) -> Plan:
@@ -189,13 +193,12 @@ def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_
         Path(config.models_dir) / "latency", cache_name, model, example, config.probe,
         round_to=config.pruning.round_to, skeleton=skeleton, say=say)
     request = BudgetRequest.from_config(config.budget, latency_model.dense_ms)
-
-    def latency_ratio(policy):
-        return latency_model.predict_ratio(skeleton.layer_shapes(policy))
-
-    budgets = wall_budgets(request, _costs(skeleton, latency_ratio), config.budget.margin)
-    check_reachable(request, budgets, len(skeleton.units), config.max_ratio, config.budget.margin)
-    return Plan(skeleton, latency_model, request, budgets)
+    found = Plan(skeleton, latency_model, request, [])
+    found.budgets = wall_budgets(request, _costs(skeleton, found.latency_ratio),
+                                 config.budget.margin)
+    check_reachable(request, found.budgets, len(skeleton.units), config.max_ratio,
+                    config.budget.margin)
+    return found
 
 
 def preflight(config: CompressConfig, dataset: Dataset, say=log.info) -> Plan:
@@ -234,10 +237,7 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
     settings = replace(config.probe, batch_size=p.latency_model.batch_size)
     probe = latency.Probe(dense, example, settings)
     times["latency_model"] = time.time() - t
-
-    def latency_ratio(policy):
-        return p.latency_model.predict_ratio(p.skeleton.layer_shapes(policy))
-
+    latency_ratio = p.latency_ratio
     source_probe = config.budget.latency_source == "probe"
     evaluator = EpisodeEvaluator(
         dense, p.skeleton, example, config.pruning, config.evaluator, dataset, device,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -29,7 +28,7 @@ from compressor import latency, pruning
 from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import atomic, checkpoints, export, policies, report
-from compressor.pipeline.compress import Workspace
+from compressor.pipeline.compress import Workspace, real_batch
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
 from compressor.pruning.importance import importance_label
@@ -183,17 +182,6 @@ class Measurement:
     seconds: float
 
 
-def _pooled(results: list[latency.PairedLatency]) -> latency.PairedLatency:
-    """One paired result over several rounds: the median of every block's ratio, as `check` does."""
-    if len(results) == 1:
-        return results[0]
-    blocks = [r for result in results for r in result.block_ratios]
-    first = results[0]
-    return first._replace(block_ratios=blocks, ratio=statistics.median(blocks),
-                          candidate_ms=statistics.median(r.candidate_ms for r in results),
-                          reference_ms=statistics.median(r.reference_ms for r in results))
-
-
 def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measurement:
     """Verified ONNX of the pruned and the dense model, then their paired latency.
 
@@ -202,7 +190,7 @@ def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measur
     ratio by several percent on a shared machine, and a verdict should not hang on one window.
     """
     started, fin = time.time(), ws.config.final
-    batch = next(iter(ws.dataset.test.batches(16, limit=1)))[0]
+    batch = real_batch(ws.dataset, ws.example)
     onnx_path, dense_path = run_dir / "model.onnx", run_dir / "dense.onnx"
     exported = export.export_onnx(model, batch, onnx_path)
     export.export_onnx(ws.dense, batch, dense_path)
@@ -215,7 +203,7 @@ def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measur
     if limit is not None and lo <= limit <= hi:
         for _ in range(fin.recheck_rounds):
             results.append(latency.measure_pair(candidate, reference, settings))
-    return Measurement(onnx_path, dense_path, exported, _pooled(results), len(results),
+    return Measurement(onnx_path, dense_path, exported, latency.pool_rounds(results), len(results),
                        time.time() - started)
 
 
