@@ -1,0 +1,175 @@
+"""ONNX Runtime static INT8 quantization of a verified FP32 export.
+
+    calibration = calibration_batches(dataset.train, config)    # real images, seeded
+    int8 = quantize_bytes(fp32_onnx, calibration, FORMATS["qdq-u8s8"], config)
+
+`quant_pre_process` (shape inference and graph optimisation) runs first, as onnxruntime's
+quantization docs ask; then `quantize_static` with per-channel weights. Which format is fast depends
+on the CPU and onnxruntime's version, never on a rule: measured on a 2-core Xeon with AVX-512 VNNI
+(onnxruntime 1.32, resnet18 at 32 px) QDQ with uint8 activations and int8 weights ran at 0.58-0.60 of
+FP32, the QDQ int8/int8 format onnxruntime's docs recommend at 2.22-2.27 (slower than FP32) and
+QOperator int8/int8 at 21.7 (../shared/MEASURED.md). `choice.choose_format` measures.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from compressor.errors import InternalError, UserError
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class Int8Format(NamedTuple):
+    """One way onnxruntime can lay out an INT8 graph."""
+
+    name: str
+    quant_format: str  # "QDQ" (Quantize/DequantizeLinear pairs) or "QOperator" (QLinearConv, ...)
+    activations: str  # "uint8" or "int8"
+    weights: str  # "int8" or "uint8"
+
+
+FORMATS = {f.name: f for f in (
+    Int8Format("qdq-u8s8", "QDQ", "uint8", "int8"),
+    Int8Format("qoperator-u8s8", "QOperator", "uint8", "int8"),
+    Int8Format("qdq-s8s8", "QDQ", "int8", "int8"),
+    Int8Format("qoperator-s8s8", "QOperator", "int8", "int8"),
+)}
+MEASURED_BY_DEFAULT = ("qdq-u8s8", "qoperator-u8s8", "qdq-s8s8")
+"""The formats the measured choice tries. QOperator S8S8 is left out: onnxruntime warns that it is
+slow on x86-64 and it measured 21.7x FP32 here, so timing it costs 20x the others for nothing; give
+it with `format` to measure it anyway."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Post-training quantization of the shipped model."""
+
+    mode: str = "none"
+    """none (ship FP32) or int8 (onnxruntime static quantization)."""
+    format: str | None = None
+    """One of FORMATS to force it; None: measure MEASURED_BY_DEFAULT on this machine, keep the
+    fastest."""
+    calibration: str = "minmax"
+    """Calibration method: minmax, entropy or percentile (onnxruntime's CalibrationMethod)."""
+    calibration_batches: int = 8
+    """Train-split batches the activation ranges are calibrated on."""
+    calibration_batch_size: int = 32
+    per_channel: bool = True
+    """Per-output-channel weight scales (per-tensor loses accuracy on pruned, uneven layers)."""
+    max_drop: float = 0.5
+    """Accepted top-1 loss (points, on the search split) against the FP32 model before the
+    fallbacks run (another calibration, first and last layers kept FP32)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"--quantize {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.format is not None and self.format not in FORMATS:
+            raise UserError(f"--int8-format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise UserError(f"--calibration {self.calibration!r} is not one of "
+                            f"{', '.join(CALIBRATION_METHODS)}")
+        if self.calibration_batches < 1 or self.calibration_batch_size < 1:
+            raise UserError("--calibration-batches and its batch size must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "int8"
+
+
+def calibration_batches(split, config: QuantizeConfig, seed: int = 0) -> list[np.ndarray]:
+    """`config.calibration_batches` shuffled, seeded batches of a split, as float32 arrays."""
+    return [x.numpy().astype(np.float32) for x, _ in split.batches(
+        config.calibration_batch_size, shuffle=True, seed=seed, limit=config.calibration_batches)]
+
+
+def random_calibration(shape: Sequence[int], batches: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Seeded normal inputs: enough to time an INT8 graph (its speed does not depend on the ranges),
+    never to ship one."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(tuple(shape)).astype(np.float32) for _ in range(batches)]
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of input arrays."""
+
+    def __init__(self, input_name: str, arrays: Iterable[np.ndarray]):
+        self._feeds = iter([{input_name: a} for a in arrays])
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def weighted_nodes(data: bytes) -> list[str]:
+    """Names of the Conv, Gemm and MatMul nodes of an ONNX graph, in graph order (the layers a
+    per-layer exclusion can keep FP32)."""
+    import onnx
+
+    graph = onnx.load_from_string(data).graph
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+
+def preprocess(fp32: bytes) -> bytes:
+    """`quant_pre_process` of an FP32 graph (shape inference plus onnxruntime's optimiser)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as scratch:
+        src, dst = Path(scratch) / "fp32.onnx", Path(scratch) / "pre.onnx"
+        src.write_bytes(fp32)
+        quant_pre_process(str(src), str(dst))
+        return dst.read_bytes()
+
+
+def quantize_bytes(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Format,
+                   config: QuantizeConfig, exclude: Sequence[str] = (),
+                   method: str | None = None, preprocessed: bool = False) -> bytes:
+    """The INT8 graph of `fp32` (ONNX bytes) in `fmt`, calibrated on `calibration`.
+
+    `exclude` names nodes of the preprocessed graph kept in FP32 (`weighted_nodes(preprocess(...))`).
+    A graph onnxruntime cannot quantize is a one-line error naming the node or op that failed.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if not calibration:
+        raise UserError("INT8 calibration needs at least one batch of inputs")
+    with tempfile.TemporaryDirectory() as scratch:
+        pre, out = Path(scratch) / "pre.onnx", Path(scratch) / "int8.onnx"
+        pre.write_bytes(fp32 if preprocessed else preprocess(fp32))
+        try:
+            quantize_static(
+                str(pre), str(out), _Reader(_input_name(pre), calibration),
+                quant_format=getattr(QuantFormat, fmt.quant_format),
+                activation_type=types[fmt.activations], weight_type=types[fmt.weights],
+                per_channel=config.per_channel, nodes_to_exclude=list(exclude) or None,
+                calibrate_method=methods[method or config.calibration],
+                # The calibrator writes its augmented model beside the input, in scratch.
+                extra_options={"CalibTensorRangeSymmetric": False})
+        except Exception as exc:  # onnxruntime's quantizer raises bare Exceptions and asserts
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise InternalError(f"onnxruntime could not quantize the model to {fmt.name} "
+                                f"({reason}); ship it as FP32 with --quantize none") from exc
+        return out.read_bytes()
+
+
+__all__ = ["CALIBRATION_METHODS", "FORMATS", "MEASURED_BY_DEFAULT", "MODES", "Int8Format",
+           "QuantizeConfig", "calibration_batches", "preprocess", "quantize_bytes",
+           "random_calibration", "weighted_nodes"]

@@ -1,0 +1,93 @@
+"""INT8 quantization: real onnxruntime quantizer and sessions, real torch-pruning, real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from compressor import pruning
+from compressor.errors import UserError
+from compressor.io.export import onnx_bytes
+from compressor.quantize import (
+    FORMATS,
+    QuantizeConfig,
+    calibration_batches,
+    preprocess,
+    quantize_bytes,
+    random_calibration,
+    weighted_nodes,
+)
+from compressor.quantize.int8 import _Reader
+from compressor.zoo.models import build_model
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+def op_types(data: bytes) -> list[str]:
+    return [n.op_type for n in onnx.load_from_string(data).graph.node]
+
+
+def test_config_refuses_bad_values_in_one_line():
+    for kwargs, flag in (({"mode": "int4"}, "--quantize"), ({"format": "fp16"}, "--int8-format"),
+                         ({"calibration": "kl"}, "--calibration")):
+        with pytest.raises(UserError, match=flag):
+            QuantizeConfig(**kwargs)
+    assert not QuantizeConfig().enabled and QuantizeConfig(mode="int8").enabled
+
+
+def test_calibration_yields_the_requested_batches(fmnist):
+    config = QuantizeConfig(mode="int8", calibration_batches=3, calibration_batch_size=8)
+    batches = calibration_batches(fmnist.train, config, seed=1)
+    assert [b.shape for b in batches] == [(8, 3, 32, 32)] * 3
+    assert all(b.dtype == np.float32 for b in batches)
+    again = calibration_batches(fmnist.train, config, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+    reader = _Reader("input", batches)
+    fed = [reader.get_next() for _ in range(4)]
+    assert fed[3] is None
+    assert all(np.array_equal(f["input"], b) for f, b in zip(fed[:3], batches, strict=True))
+
+
+def test_pruned_resnet18_quantizes_and_runs_in_onnxruntime(fmnist_batch):
+    images, _ = fmnist_batch
+    dense = build_model("resnet18", 10).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    skeleton = pruning.build_skeleton(dense, example, pruning.PruningConfig())
+    policy = {name: 0.5 for name in skeleton.names}
+    pruned = pruning.apply_policy(dense, policy, example, pruning.PruningConfig())
+    fp32 = onnx_bytes(pruned, example)
+    int8 = quantize_bytes(fp32, [images.numpy()], FORMATS["qdq-u8s8"],
+                          QuantizeConfig(mode="int8"))
+    onnx.checker.check_model(onnx.load_from_string(int8))
+    assert "QuantizeLinear" in op_types(int8) and "DequantizeLinear" in op_types(int8)
+    session = ort.InferenceSession(int8, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": images.numpy()})
+    assert logits.shape == (16, 10) and np.isfinite(logits).all()
+
+
+def test_excluded_nodes_stay_float():
+    fp32 = preprocess(onnx_bytes(small_cnn(), torch.zeros(1, 3, 32, 32)))
+    nodes = weighted_nodes(fp32)
+    assert len(nodes) == 4  # three convs and the head
+    config = QuantizeConfig(mode="int8")
+    calibration = random_calibration((4, 3, 32, 32))
+    everything = op_types(quantize_bytes(fp32, calibration, FORMATS["qoperator-u8s8"], config,
+                                         preprocessed=True))
+    assert "Conv" not in everything and everything.count("QLinearConv") == 3
+    kept = quantize_bytes(fp32, calibration, FORMATS["qoperator-u8s8"], config,
+                          exclude=[nodes[0]], preprocessed=True)
+    graph = onnx.load_from_string(kept).graph
+    float_convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert float_convs == [nodes[0]]
+    assert [n.op_type for n in graph.node].count("QLinearConv") == 2
