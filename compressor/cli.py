@@ -136,8 +136,9 @@ def _compress_config(args):
     from compressor.budgets.kinds import BudgetConfig
     from compressor.pipeline.compress import CompressConfig, FinalConfig
     from compressor.pruning import PruningConfig
+    from compressor.search.agent import parse_options
     from compressor.search.evaluator import EvaluatorConfig
-    from compressor.search.loop import LoopConfig
+    from compressor.search.loop import LoopConfig, default_agent_config
 
     data = _data_config(args)
     return CompressConfig(
@@ -155,6 +156,8 @@ def _compress_config(args):
         evaluator=EvaluatorConfig(search_images=args.search_images, bn_batches=args.bn_batches,
                                   finetune_steps=args.episode_finetune_steps),
         loop=LoopConfig(episodes=args.episodes, checkpoint_every=args.checkpoint_every),
+        agent=default_agent_config(args.episodes, args.seed, **parse_options(args.agent_option)),
+        tensorboard=args.tensorboard,
         final=FinalConfig(candidates=args.candidates, candidate_steps=args.candidate_steps,
                           epochs=args.final_epochs, lr=args.final_lr, fit=not args.no_fit),
         probe=_probe_settings(args, data.input_size),
@@ -345,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--episode-finetune-steps", type=int, default=0,
                     help="SGD steps of fine-tune per episode after recalibration")
     s_.add_argument("--checkpoint-every", type=int, default=5)
+    s_.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a DDPG setting (compressor.search.agent.AgentConfig; repeatable), e.g. "
+                         "warm_start=true, sensitivity=true, noise_floor=0.05, "
+                         "noise_schedule=budget|decay, sensitivity_ratios=0.25,0.5,0.75")
     f = p.add_argument_group("final stage")
     f.add_argument("--candidates", type=int, default=3,
                    help="best policies given a short fine-tune")
@@ -359,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this search")
     o.add_argument("--policies-dir", default="policies")
     o.add_argument("--results-dir", default="results")
+    o.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write the search's per-episode numbers as TensorBoard scalars "
+                        "(pip install 'compressor[tensorboard]')")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("apply", help="prune with a policy file, recover, evaluate, export")

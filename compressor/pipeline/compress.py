@@ -28,7 +28,7 @@ from compressor.pruning.importance import importance_label
 from compressor.search.agent import AgentConfig
 from compressor.search.env import PruningEnv
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
-from compressor.search.loop import LoopConfig, default_agent_config
+from compressor.search.loop import LoopConfig, default_agent_config, summary_writer_class
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, Dataset, load_dataset
@@ -83,6 +83,9 @@ class CompressConfig:
     out: str | None = None
     policies_dir: str = "policies"
     results_dir: str = "results"
+    tensorboard: str | None = None
+    """A directory for the search's per-episode TensorBoard scalars (needs the `tensorboard`
+    extra); None: episodes.jsonl only."""
     method: str = "ddpg"
     """Search method: ddpg (the AMC agent), random, greedy, uniform, global."""
     max_ratio: float = 0.8
@@ -123,7 +126,7 @@ def search_fields(config: CompressConfig) -> dict:
     d = asdict(config)
     # A plug-in importance object is saved by its stable label (str() holds its address).
     d["pruning"]["importance"] = importance_label(config.pruning.importance)
-    for key in ("out", "policies_dir", "results_dir", "device", "final"):
+    for key in ("out", "policies_dir", "results_dir", "tensorboard", "device", "final"):
         d.pop(key)
     return d
 
@@ -260,6 +263,8 @@ def real_batch(dataset: Dataset, example: torch.Tensor) -> torch.Tensor:
 def prepare(config: CompressConfig, say=log.info) -> Workspace:
     """The command line's path: embedded dataset, preflight, baseline (pretrained once), workspace."""
     t0 = time.time()
+    if config.tensorboard is not None:
+        summary_writer_class()  # a missing optional dependency is refused before any work
     seed_everything(config.seed)
     dataset = load_dataset(config.data)
     checked = preflight(config, dataset, say) if config.checkpoint is None else None
@@ -276,11 +281,13 @@ def prepare(config: CompressConfig, say=log.info) -> Workspace:
     return ws
 
 
-def make_env(ws: Workspace) -> PruningEnv:
+def make_env(ws: Workspace, extra_features=None) -> PruningEnv:
+    """The search's environment; `extra_features`: one row per unit appended to its state."""
     sk = ws.skeleton
     dense_macs = sk.macs({})
     return PruningEnv(sk.units, lambda v: sk.macs(sk.policy_from_vector(v)) / dense_macs,
-                      ws.budgets, ws.evaluator, ws.config.max_ratio, ws.config.reward)
+                      ws.budgets, ws.evaluator, ws.config.max_ratio, ws.config.reward,
+                      extra_features=extra_features)
 
 
 def check_method(name: str) -> None:

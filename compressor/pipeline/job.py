@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from compressor.pipeline.compress import CompressConfig, Workspace, make_env, prepare, search_fields
@@ -26,10 +27,11 @@ def search_context(ws: Workspace, run_dir: Path | None, resume: bool = False,
                    "provenance": provenance(), "command": argv}
     return SearchContext(
         skeleton=ws.skeleton, evaluate=ws.evaluator, budgets=ws.budgets,
-        make_env=lambda: make_env(ws), max_ratio=config.max_ratio, dense=ws.dense,
+        make_env=partial(make_env, ws), max_ratio=config.max_ratio, dense=ws.dense,
         example_input=ws.example, pruning_config=config.pruning, seed=config.seed,
         episodes=config.loop.episodes, loop=config.loop, agent=config.agent, run_dir=run_dir,
-        config_dict=config_dict, resume=resume, progress=ws.progress)
+        config_dict=config_dict, resume=resume, progress=ws.progress,
+        tensorboard=config.tensorboard)
 
 
 def run_job(ws: Workspace, run_dir: Path, results_dir: Path, policy_path: Path,

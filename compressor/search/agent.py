@@ -6,7 +6,9 @@ agent. The AMC-specific parts are small:
 * an episode visits every unit once; the single reward at its end is given to every step, minus a
   moving-average baseline of past rewards (``observe_episode``);
 * the first ``warmup_episodes`` act uniformly at random; after that the actor's action is perturbed by
-  truncated-normal noise whose sigma is multiplied by ``noise_decay`` every episode (``act``);
+  truncated-normal noise whose sigma decays from ``noise_sigma`` to ``noise_floor``, either by the
+  end of the search (``noise_schedule="budget"``, the default) or by ``noise_decay`` per episode as
+  in AMC (``"decay"``), and never below the floor (``exploration_sigma``);
 * the actions stored are the ones actually applied, i.e. after the budget wall raised them.
 
 Every random draw (actions, noise, minibatch indices) comes from the agent's own
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from statistics import NormalDist
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_type_hints
 
 import numpy as np
 import torch
@@ -33,9 +36,13 @@ from compressor.errors import UserError
 CPU = torch.device("cpu")  # the default device (a call in a default argument trips ruff's B008)
 
 
+NOISE_SCHEDULES = ("budget", "decay")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
-    """DDPG settings; the defaults are AMC's."""
+    """DDPG settings; the defaults are AMC's but for the exploration floor and schedule, which keep
+    the agent exploring to the last episode (AMC's 0.5 * 0.95**100 is 0.003 by episode 125)."""
 
     hidden: int = 300
     """Units in each of the two hidden layers of the actor and of the critic."""
@@ -57,7 +64,25 @@ class AgentConfig:
     noise_sigma: float = 0.5
     """Sigma of the truncated-normal exploration noise in the first episode after warm-up."""
     noise_decay: float = 0.95
-    """Sigma is multiplied by this once per episode after warm-up."""
+    """With ``noise_schedule="decay"``: sigma is multiplied by this once per episode after warm-up."""
+    noise_floor: float = 0.05
+    """Sigma never goes below this. 0.05 in action units is one 8-channel rounding step of the
+    median unit of resnet18 and mobilenet_v2 (8 / channels / max_ratio 0.8): noise of that size
+    still changes the network most episodes, yet keeps it near the actor's policy. 0 is AMC."""
+    noise_schedule: str = "budget"
+    """``budget``: sigma decays geometrically from ``noise_sigma`` after warm-up to ``noise_floor``
+    at the search's last episode, whatever its length. ``decay``: AMC's ``noise_decay`` per
+    episode (then floored)."""
+    warm_start: bool = False
+    """Play the uniform and the sensitivity-greedy policies as the first two episodes, so their
+    transitions and real rewards are in the replay buffer before the agent acts. Greedy's
+    measurement (see ``sensitivity``) and both episodes count in the search's episodes."""
+    sensitivity: bool = False
+    """Append each unit's sensitivity (its search score drop when pruned alone at
+    ``sensitivity_ratios``, scaled to [0, 1]) to its state. Measured once per search, before the
+    first episode: 1 + units * ratios evaluations, counted in the search's episodes."""
+    sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """The pruning ratios of that measurement (sensitivity-greedy's grid)."""
     updates_per_episode: int | None = None
     """Gradient steps after each post-warm-up episode; None means one per step of the episode,
     which is AMC's one update per stored transition."""
@@ -80,8 +105,52 @@ class AgentConfig:
                 raise UserError(f"agent {name} must be between 0 and 1, got {value}")
         if self.warmup_episodes < 0 or self.noise_sigma < 0:
             raise UserError("agent warmup_episodes and noise_sigma must not be negative")
+        if not 0 <= self.noise_floor <= self.noise_sigma:
+            raise UserError(f"agent noise_floor must be between 0 and noise_sigma "
+                            f"({self.noise_sigma}), got {self.noise_floor}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise UserError(f"agent noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}, "
+                            f"got {self.noise_schedule!r}")
+        if self.noise_schedule == "budget" and self.noise_floor == 0 < self.noise_sigma:
+            raise UserError("agent noise_schedule=budget decays to noise_floor, which must be "
+                            "positive; noise_schedule=decay is AMC's schedule without a floor")
+        if not self.sensitivity_ratios or not all(0 < r < 1 for r in self.sensitivity_ratios):
+            raise UserError("agent sensitivity_ratios must be pruning ratios between 0 and 1, "
+                            f"got {self.sensitivity_ratios}")
         if self.updates_per_episode is not None and self.updates_per_episode < 0:
             raise UserError("agent updates_per_episode must not be negative")
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["warm_start=true", "noise_floor=0.1"]`` -> AgentConfig overrides, typed by the fields.
+
+    Booleans take true/false, tuples comma-separated numbers; a bad key or value is a UserError
+    listing what is valid.
+    """
+    hints = get_type_hints(AgentConfig)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints:
+            raise UserError(f"--agent-option takes KEY=VALUE with KEY one of: "
+                            f"{', '.join(f.name for f in fields(AgentConfig))}; got {pair!r}")
+        kind, text = hints[key], text.strip()
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "on", "off"):
+                    raise ValueError
+                out[key] = text.lower() in ("true", "1", "on")
+            elif kind == tuple[float, ...]:
+                out[key] = tuple(float(v) for v in text.split(","))
+            elif kind == int | None:
+                out[key] = None if text.lower() == "none" else int(text)
+            else:
+                out[key] = kind(text)
+        except ValueError:
+            raise UserError(f"--agent-option {key}: cannot read {text!r} as "
+                            f"{getattr(kind, '__name__', kind)}") from None
+    return out
 
 
 def warmup_for(episodes: int, minimum: int = 10) -> int:
@@ -204,6 +273,30 @@ class ReplayBuffer:
 _NORMAL = NormalDist()
 
 
+def exploration_sigma(config: AgentConfig, episode: int, episodes: int | None = None) -> float:
+    """Sigma of the exploration noise in ``episode`` (0-based) of a search of ``episodes``.
+
+    ``noise_sigma`` up to the first episode after warm-up, then decaying: to ``noise_floor`` at
+    the last episode (``budget``), or by ``noise_decay`` per episode (``decay``); always within
+    [noise_floor, noise_sigma]. A pure function of the episode index, so it needs no state.
+
+    >>> c = AgentConfig(warmup_episodes=10)
+    >>> exploration_sigma(c, 10, 100), round(exploration_sigma(c, 99, 100), 12)
+    (0.5, 0.05)
+    """
+    after = max(0, episode - config.warmup_episodes)
+    if config.noise_schedule == "budget":
+        if episodes is None:
+            raise ValueError("the budget noise schedule needs the search's episode count")
+        if config.noise_sigma == 0:
+            return 0.0
+        span = max(1, episodes - 1 - config.warmup_episodes)
+        sigma = config.noise_sigma * (config.noise_floor / config.noise_sigma) ** min(1, after / span)
+    else:
+        sigma = config.noise_sigma * config.noise_decay**after
+    return min(config.noise_sigma, max(config.noise_floor, sigma))
+
+
 def truncated_normal(mean: float, sigma: float, rng: np.random.Generator,
                      low: float = 0.0, high: float = 1.0) -> float:
     """One draw from N(mean, sigma) truncated to [low, high], by the inverse CDF.
@@ -226,7 +319,7 @@ def truncated_normal(mean: float, sigma: float, rng: np.random.Generator,
 
 
 class UpdateStats(NamedTuple):
-    """The last gradient step, for the run log (``losses/critic``, ``losses/actor``, ``charts/q``)."""
+    """Gradient steps summarised for the run log (means over the steps)."""
 
     critic_loss: float
     actor_loss: float
@@ -243,11 +336,15 @@ class DDPGAgent:
     """AMC's agent: one continuous action (a pruning ratio in [0, 1]) per step of an episode.
 
     The search loop calls ``act`` for every unit, then ``observe_episode`` once with the
-    observations, the actions actually applied, and the episode's reward.
+    observations, the actions actually applied, and the episode's reward. ``episodes`` is the
+    search's length, which the budget noise schedule decays over.
     """
 
-    def __init__(self, obs_dim: int, config: AgentConfig, device: torch.device = CPU):
-        self.obs_dim, self.config, self.device = obs_dim, config, device
+    def __init__(self, obs_dim: int, config: AgentConfig, device: torch.device = CPU,
+                 episodes: int | None = None):
+        if config.noise_schedule == "budget" and episodes is None:
+            raise ValueError("the budget noise schedule needs the search's episode count")
+        self.obs_dim, self.config, self.device, self.episodes = obs_dim, config, device, episodes
         self.rng = np.random.default_rng(config.seed)
         with torch.random.fork_rng(devices=[]):  # seed the init without touching the global RNG
             torch.manual_seed(config.seed)
@@ -261,13 +358,11 @@ class DDPGAgent:
         self.moving_average: float | None = None  # the reward baseline; None before any episode
         self.episodes_observed = 0
         self.updates_done = 0
-        self.last_update: UpdateStats | None = None
+        self.episode_update: UpdateStats | None = None  # the last episode's steps; None: none
 
     def noise_sigma(self, episode: int) -> float:
-        """Exploration sigma in ``episode``: the initial sigma, decayed once per episode after
-        warm-up (AMC computes it the same way from the episode index, so it needs no state)."""
-        after = max(0, episode - self.config.warmup_episodes)
-        return self.config.noise_sigma * self.config.noise_decay**after
+        """Exploration sigma in ``episode`` (``exploration_sigma``)."""
+        return exploration_sigma(self.config, episode, self.episodes)
 
     def act(self, obs: np.ndarray, episode: int) -> float:
         """The pruning ratio to try: uniform during warm-up, else the actor's plus noise."""
@@ -302,10 +397,29 @@ class DDPGAgent:
                             self._array(next_obs), done)
         learning = self.episodes_observed >= self.config.warmup_episodes
         self.episodes_observed += 1
+        self.episode_update = None
         if learning:
             updates = self.config.updates_per_episode
-            for _ in range(steps if updates is None else updates):
-                self.last_update = self._update()
+            done = [self._update() for _ in range(steps if updates is None else updates)]
+            if done:
+                self.episode_update = UpdateStats(*np.mean(np.array(done), axis=0).tolist())
+
+    def episode_stats(self, observations: list[np.ndarray], episode: int) -> dict[str, Any]:
+        """What the agent has learned, for the run log after ``observe_episode``: the mean critic
+        loss, actor loss and Q of the episode's gradient steps (None in warm-up), the actor's
+        noise-free ratios over the episode's observations (mean and spread across units) and the
+        exploration sigma (None in warm-up, where actions are uniform)."""
+        update = self.episode_update
+        with torch.no_grad():
+            actions = self.actor(torch.as_tensor(np.stack([self._array(o) for o in observations]),
+                                                 device=self.device))
+        return {
+            "critic_loss": update.critic_loss if update else None,
+            "actor_loss": update.actor_loss if update else None,
+            "q_mean": update.q_mean if update else None,
+            "actor_mean": actions.mean().item(), "actor_std": actions.std(correction=0).item(),
+            "sigma": None if episode < self.config.warmup_episodes else self.noise_sigma(episode),
+        }
 
     def _update(self) -> UpdateStats:
         """One gradient step of the critic, then the actor, then both soft target updates."""
@@ -375,7 +489,8 @@ class DDPGAgent:
 class RandomAgent:
     """The baseline (``--agent random``): uniform pruning ratios, learns nothing."""
 
-    def __init__(self, obs_dim: int, config: AgentConfig, device: torch.device = CPU):
+    def __init__(self, obs_dim: int, config: AgentConfig, device: torch.device = CPU,
+                 episodes: int | None = None):
         self.obs_dim, self.config, self.device = obs_dim, config, device
         self.rng = np.random.default_rng(config.seed)
         self.episodes_observed = 0
@@ -391,6 +506,9 @@ class RandomAgent:
                         reward: float) -> None:
         _check_episode(observations, actions)
         self.episodes_observed += 1
+
+    def episode_stats(self, observations: list[np.ndarray], episode: int) -> dict[str, Any]:
+        return {}  # nothing is learned
 
     def state_dict(self) -> dict[str, Any]:
         return copy.deepcopy({"kind": "random", "obs_dim": self.obs_dim,
@@ -412,9 +530,9 @@ def _check_state(state: dict[str, Any], kind: str, obs_dim: int) -> None:
 AGENTS: dict[str, type[DDPGAgent] | type[RandomAgent]] = {"ddpg": DDPGAgent, "random": RandomAgent}
 
 
-def make_agent(kind: str, obs_dim: int, config: AgentConfig,
-               device: torch.device = CPU) -> DDPGAgent | RandomAgent:
-    """The agent named ``kind`` ("ddpg" or "random")."""
+def make_agent(kind: str, obs_dim: int, config: AgentConfig, device: torch.device = CPU,
+               episodes: int | None = None) -> DDPGAgent | RandomAgent:
+    """The agent named ``kind`` ("ddpg" or "random") for a search of ``episodes``."""
     if kind not in AGENTS:
         raise UserError(f"unknown agent '{kind}'; choose one of: {', '.join(AGENTS)}")
-    return AGENTS[kind](obs_dim, config, device)
+    return AGENTS[kind](obs_dim, config, device, episodes)

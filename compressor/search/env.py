@@ -16,7 +16,9 @@ Observation Space:
     MACs and params the unit controls, MACs already removed by earlier choices, MACs of the units
     still to come, and the previous action. Static features are divided by their maximum over the
     units (AMC scales every feature to [0, 1] over the episode's layers); the MACs features by the
-    dense network's total.
+    dense network's total. With `extra_features` (one row of k values in [0, 1] per unit, e.g.
+    `search.sensitivity`'s score drops) it is Box(0, 1, (11 + k,)): the k columns follow the static
+    ones, so the last three are always reduced, rest and the previous action.
 
 Rewards:
     0 on every step but the last; then `reward_fn(evaluation)` (default AMC's -error on the search
@@ -28,7 +30,8 @@ Episode End:
 Arguments:
     units: the `compressor.pruning.Unit`s in order; cost: `macs(ratios)` as a fraction of dense (the
     "reduced" feature); budgets: `compressor.budgets.wall.Budget`s enforced by the wall; evaluate: a
-    callable from a policy `{unit name: pruning_ratio}` to an `Evaluation`; max_ratio; reward.
+    callable from a policy `{unit name: pruning_ratio}` to an `Evaluation`; max_ratio; reward;
+    extra_features: an array (units, k) appended to each unit's static features, or None.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ class PruningEnv(gym.Env):
 
     def __init__(self, units: Sequence[Any], macs_ratio: Callable[[Sequence[float]], float],
                  budgets: Sequence[walls.Budget], evaluate: Callable[[dict[str, float]], Evaluation],
-                 max_ratio: float = 0.8, reward: str = "error"):
+                 max_ratio: float = 0.8, reward: str = "error",
+                 extra_features: np.ndarray | None = None):
         super().__init__()
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; choose from {sorted(REWARDS)}")
@@ -107,12 +111,17 @@ class PruningEnv(gym.Env):
         self.max_ratio = max_ratio
         self.reward_fn = REWARDS[reward]
         walls.check_feasible(self.budgets, len(self.units), max_ratio)
-        self.static = unit_features(self.units)
+        extra = np.zeros((len(self.units), 0)) if extra_features is None else \
+            np.asarray(extra_features, dtype=np.float64)
+        if extra.ndim != 2 or len(extra) != len(self.units):
+            raise ValueError(f"extra_features needs one row per unit ({len(self.units)}), got "
+                             f"shape {extra.shape}")
+        self.static = np.hstack([unit_features(self.units), extra])
         total = sum(u.macs for u in self.units) or 1
         # MACs of the units after t, as a fraction of all units' MACs ("rest" in AMC).
         self.rest = np.array([sum(u.macs for u in self.units[t + 1:]) / total
                               for t in range(len(self.units))])
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM + extra.shape[1],), np.float32)
         self.action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
         self.ratios: list[float] = []
 

@@ -1,10 +1,16 @@
 """The search loop: episodes of the agent in the pruning environment, logged, checkpointed, resumable.
 
 A run directory holds the resolved config (`config.json`), one JSON line per episode
-(`episodes.jsonl`) and an atomic checkpoint (`checkpoint.pt`: agent with its RNG and replay buffer,
-the evaluation cache, the best policies). `--resume RUN_DIR` reloads the checkpoint, drops log lines
-written after it, and replays from there: the evaluator is deterministic and every random draw comes
-from the agent's saved generator, so a resumed run ends where an uninterrupted one would.
+(`episodes.jsonl`: the policy, its evaluation, and what the agent learned) and an atomic checkpoint
+(`checkpoint.pt`: agent with its RNG and replay buffer, the evaluation cache, the best policies, the
+prepass). `--resume RUN_DIR` reloads the checkpoint, drops log lines written after it, and replays
+from there: the evaluator is deterministic and every random draw comes from the agent's saved
+generator, so a resumed run ends where an uninterrupted one would.
+
+Before the first episode an optional prepass measures what the agent may know up front (each unit's
+sensitivity, as extra state features) and the demonstrations to play as the first episodes (warm
+start); it runs once per search, is checkpointed at once, and its evaluations count in the episodes.
+With a TensorBoard directory the log's numbers are also written as scalars.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -56,6 +63,27 @@ class Candidate:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+class Demonstration(NamedTuple):
+    """A policy played as an episode before the agent acts (warm start), e.g. uniform or greedy."""
+
+    name: str
+    policy: dict[str, float]
+
+
+@dataclass
+class Prepass:
+    """What a search measures once, before its first episode."""
+
+    extra_features: list[list[float]] | None = None
+    """One row per unit appended to its state (the env's `extra_features`), or None."""
+    demonstrations: list[Demonstration] = field(default_factory=list)
+    """Policies played as the first episodes (each one evaluation, logged like any episode)."""
+    evaluations: int = 0
+    """Evaluator calls the prepass made; they count in the search's episodes."""
+    record: dict = field(default_factory=dict)
+    """What it measured, for the checkpoint's reader (e.g. the sensitivity drops)."""
+
+
 @dataclass
 class SearchState:
     """Everything a checkpoint holds besides the agent."""
@@ -64,6 +92,8 @@ class SearchState:
     best: list[Candidate] = field(default_factory=list)
     evaluator_calls: int = 0
     cache: dict = field(default_factory=dict)
+    prepass: Prepass | None = None
+    """None until the prepass has run."""
 
 
 def _remember(best: list[Candidate], candidate: Candidate, key, keep: int, keys: dict) -> None:
@@ -78,17 +108,21 @@ def _remember(best: list[Candidate], candidate: Candidate, key, keep: int, keys:
     del best[keep:]
 
 
-def save_checkpoint(run_dir: Path, state: SearchState, agent_state: dict) -> None:
+def save_checkpoint(run_dir: Path, state: SearchState, agent_state: dict | None) -> None:
+    """The whole search state; `agent_state` None: the agent has not acted yet (after the prepass)."""
+    prepass = None if state.prepass is None else {
+        **asdict(state.prepass), "demonstrations": [list(d) for d in state.prepass.demonstrations]}
     atomic.torch_save(run_dir / CHECKPOINT, {
-        "format": "compressor-search-v1", "state": {
+        "format": "compressor-search-v2", "state": {
             "next_episode": state.next_episode, "best": [asdict(c) for c in state.best],
-            "evaluator_calls": state.evaluator_calls, "cache": state.cache},
+            "evaluator_calls": state.evaluator_calls, "cache": state.cache, "prepass": prepass},
         "agent": agent_state,
     })
 
 
-def load_checkpoint(run_dir: Path, config_dict: dict, agent) -> SearchState:
-    """Restore a search; refuses a run directory made with another configuration."""
+def load_checkpoint(run_dir: Path, config_dict: dict) -> tuple[SearchState | None, dict | None]:
+    """The saved search state and agent state, (None, None) before the first checkpoint; refuses a
+    run directory made with another configuration."""
     saved_config = run_dir / CONFIG
     if not saved_config.exists():
         raise UserError(f"{run_dir} is not a search run directory (no {CONFIG}); pass the --out "
@@ -103,16 +137,21 @@ def load_checkpoint(run_dir: Path, config_dict: dict, agent) -> SearchState:
                         f"({', '.join(diff)[:200]}); resume with the same options or use a new --out")
     path = run_dir / CHECKPOINT
     if not path.exists():
-        return SearchState()
+        return None, None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise UserError(f"checkpoint {path} is corrupt ({type(exc).__name__}); delete the run "
                         "directory to start again") from None
-    agent.load_state_dict(blob["agent"])
+    if blob.get("format") != "compressor-search-v2":
+        raise UserError(f"checkpoint {path} was written by an older compressor "
+                        f"({blob.get('format')}); delete the run directory to start again")
     raw = blob["state"]
+    prepass = raw["prepass"] and Prepass(**{
+        **raw["prepass"], "demonstrations": [Demonstration(*d) for d in
+                                              raw["prepass"]["demonstrations"]]})
     return SearchState(raw["next_episode"], [Candidate(**c) for c in raw["best"]],
-                       raw["evaluator_calls"], raw["cache"])
+                       raw["evaluator_calls"], raw["cache"], prepass), blob["agent"]
 
 
 def _truncate_log(path: Path, episodes: int) -> None:
@@ -123,44 +162,81 @@ def _truncate_log(path: Path, episodes: int) -> None:
     atomic.write_text(path, "".join(line + "\n" for line in lines))
 
 
-def run_search(env: PruningEnv, evaluator, loop: LoopConfig, agent_config: AgentConfig,
-               run_dir: Path, config_dict: dict, resume: bool = False,
-               progress: bool = True) -> list[Candidate]:
-    """Run (or continue) the episodes; returns the best distinct policies, best first."""
+def summary_writer_class():
+    """TensorBoard's SummaryWriter, imported only when asked for (an optional dependency)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: "
+                        "pip install 'compressor[tensorboard]'") from None
+    return SummaryWriter
+
+
+def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, loop: LoopConfig,
+               agent_config: AgentConfig, run_dir: Path, config_dict: dict, resume: bool = False,
+               progress: bool = True, prepare: Callable[[], Prepass] | None = None,
+               tensorboard: str | Path | None = None) -> list[Candidate]:
+    """Run (or continue) the episodes; returns the best distinct policies, best first.
+
+    `make_env(extra_features)` builds the environment once the prepass is known; `prepare()` is
+    the prepass (None: nothing measured, no demonstrations). `loop.episodes` is the evaluation
+    budget: the prepass's evaluations are taken from it. `tensorboard`: a directory for scalars.
+    """
     from tqdm.auto import tqdm
 
+    writer_class = summary_writer_class() if tensorboard is not None else None  # fail fast
     run_dir.mkdir(parents=True, exist_ok=True)
-    agent = make_agent(loop.agent, env.observation_space.shape[0], agent_config,
-                       torch.device("cpu"))
     log_path = run_dir / EPISODES
+    state, agent_state = None, None
     if resume:
         # A process killed inside an atomic write leaves its temporary file, never a half target.
         for stale in run_dir.glob(".*.tmp"):
             stale.unlink()
-        state = load_checkpoint(run_dir, config_dict, agent)
-        _truncate_log(log_path, state.next_episode)
-        evaluator.cache.update(state.cache)
-        evaluator.calls = state.evaluator_calls
+        state, agent_state = load_checkpoint(run_dir, config_dict)
+        _truncate_log(log_path, state.next_episode if state else 0)
+        if state is not None:
+            evaluator.cache.update(state.cache)
+            evaluator.calls = state.evaluator_calls
     else:
         if (run_dir / CHECKPOINT).exists() or log_path.exists():
             raise UserError(f"{run_dir} already holds a search; pass --resume {run_dir} to "
                             "continue it or choose another --out")
         atomic.write_json(run_dir / CONFIG, config_dict)
-        state = SearchState()
+    state = state or SearchState()
+    if state.prepass is None:
+        state.prepass = prepare() if prepare is not None else Prepass()
+        state.cache, state.evaluator_calls = evaluator.cache, evaluator.calls
+        save_checkpoint(run_dir, state, None)  # a resumed search never measures again
+    pre = state.prepass
+    episodes = loop.episodes - pre.evaluations
+    if episodes < 1:
+        raise UserError(f"the search's prepass took {pre.evaluations} of its {loop.episodes} "
+                        "episodes; raise --episodes")
+    features = None if pre.extra_features is None else np.array(pre.extra_features)
+    env = make_env(features)
+    agent = make_agent(loop.agent, env.observation_space.shape[0], agent_config,
+                       torch.device("cpu"), episodes=episodes)
+    if agent_state is not None:
+        agent.load_state_dict(agent_state)
     keys = {id(c): evaluator.key(c.policy) for c in state.best}
 
     # The agent as it was after the last finished episode: what Ctrl-C saves, so that a resumed
     # run never sees the random draws of a half-played episode.
     finished_agent = copy.deepcopy(agent.state_dict())
-    bar = tqdm(total=loop.episodes, initial=state.next_episode, unit="ep", desc="search",
+    # On resume, TensorBoard drops the scalars of the episodes that are replayed.
+    writer = writer_class(str(tensorboard), purge_step=state.next_episode or None) \
+        if writer_class else None
+    bar = tqdm(total=episodes, initial=state.next_episode, unit="ep", desc="search",
                disable=not progress, dynamic_ncols=True)
     started = time.time()
     try:
-        for episode in range(state.next_episode, loop.episodes):
+        for episode in range(state.next_episode, episodes):
+            demo = pre.demonstrations[episode] if episode < len(pre.demonstrations) else None
             obs, _ = env.reset(seed=None)
             observations, actions, wanted = [obs], [], []
             while True:
-                action = agent.act(obs, episode)
+                action = agent.act(obs, episode) if demo is None else \
+                    demo.policy.get(env.names[len(actions)], 0.0) / env.max_ratio
                 obs, reward, terminated, _, info = env.step(np.array([action], np.float32))
                 wanted.append(action)
                 actions.append(info["applied_action"])
@@ -168,12 +244,16 @@ def run_search(env: PruningEnv, evaluator, loop: LoopConfig, agent_config: Agent
                     break
                 observations.append(obs)
             agent.observe_episode(observations, actions, reward)
+            learned = agent.episode_stats(observations, episode)
+            if demo is not None:
+                learned = {**learned, "sigma": None}  # no noise: the demonstration's own actions
             evaluation = info["evaluation"]
             record = {
-                "episode": episode, "reward": reward, "top1": evaluation.top1,
+                "episode": episode, **({"demonstration": demo.name} if demo else {}),
+                "reward": reward, "top1": evaluation.top1,
                 "flops_ratio": evaluation.flops_ratio,
                 **{k: v for k, v in evaluation.metrics.items()},
-                "policy": info["policy"], "wanted_actions": wanted,
+                "policy": info["policy"], "wanted_actions": wanted, **learned,
                 "elapsed": time.time() - started,
             }
             atomic.append_line(log_path, json.dumps(record, default=float))
@@ -185,21 +265,40 @@ def run_search(env: PruningEnv, evaluator, loop: LoopConfig, agent_config: Agent
             state.cache, state.evaluator_calls = evaluator.cache, evaluator.calls
             finished_agent = copy.deepcopy(agent.state_dict())
             best = state.best[0]
+            if writer is not None:
+                _write_scalars(writer, episode, record, best)
             bar.update(1)
             bar.set_postfix(reward=f"{reward:.3f}", acc=f"{evaluation.top1:.1f}",
                             lat=f"{evaluation.metrics.get('latency_predicted', float('nan')):.3f}",
                             best=f"{best.top1:.1f}@{best.episode}", refresh=False)
             if state.next_episode % loop.checkpoint_every == 0 or \
-                    state.next_episode == loop.episodes:
+                    state.next_episode == episodes:
                 save_checkpoint(run_dir, state, finished_agent)
     except KeyboardInterrupt:
         save_checkpoint(run_dir, state, finished_agent)
-        bar.close()
         raise
-    bar.close()
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
     return state.best
 
 
+AGENT_SCALARS = ("critic_loss", "actor_loss", "q_mean", "actor_mean", "actor_std", "sigma")
+"""The log's per-episode agent numbers, written to TensorBoard as agent/<name>."""
+
+
+def _write_scalars(writer, episode: int, record: dict, best: Candidate) -> None:
+    for name in ("reward", "top1", "flops_ratio", "latency_predicted"):
+        if record.get(name) is not None:
+            writer.add_scalar(f"search/{name}", record[name], episode)
+    writer.add_scalar("search/best_reward", best.reward, episode)
+    for name in AGENT_SCALARS:
+        if record.get(name) is not None:
+            writer.add_scalar(f"agent/{name}", record[name], episode)
+
+
 def default_agent_config(episodes: int, seed: int, **overrides) -> AgentConfig:
-    """AMC's DDPG settings with warm-up scaled to the episode count."""
-    return AgentConfig(seed=seed, warmup_episodes=warmup_for(episodes), **overrides)
+    """The project's DDPG settings (`AgentConfig`'s defaults), warm-up scaled to the episode count;
+    `overrides` (e.g. from `--agent-option`) win over both."""
+    return AgentConfig(**{"seed": seed, "warmup_episodes": warmup_for(episodes), **overrides})

@@ -12,10 +12,11 @@ ratio, `global` torch-pruning's global importance ranking.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -26,10 +27,12 @@ from compressor import pruning
 from compressor.budgets.wall import Budget
 from compressor.errors import UserError
 from compressor.pruning.policies import policy_vector
+from compressor.search import sensitivity
 from compressor.search.agent import AgentConfig
-from compressor.search.bisect import least_feasible
 from compressor.search.env import PruningEnv, reward_error
-from compressor.search.loop import Candidate, LoopConfig, run_search
+from compressor.search.loop import Candidate, Demonstration, LoopConfig, Prepass, run_search
+
+log = logging.getLogger(__name__)
 
 
 def budget_cost(skeleton: pruning.Skeleton, budgets: Sequence[Budget],
@@ -53,8 +56,9 @@ class SearchContext:
     `.key(policy)` (the rounded channel configuration a cache hit is decided by)."""
     budgets: Sequence[Budget]
     """The wall's budgets over ratio vectors (`budgets.wall.Budget`), margins already applied."""
-    make_env: Callable[[], PruningEnv]
-    """A fresh pruning environment over the same units, budgets and evaluator."""
+    make_env: Callable[..., PruningEnv]
+    """A fresh pruning environment over the same units, budgets and evaluator; its optional
+    argument is the env's `extra_features` (one row per unit, appended to its state)."""
     max_ratio: float
     """No unit is pruned by more than this ratio."""
     dense: nn.Module
@@ -83,6 +87,8 @@ class SearchContext:
     calibration_batches: Sequence | None = None
     """(images, labels) batches for criteria that read gradients (taylor), as the evaluator's
     pruning uses them; None: such a criterion is a UserError in `global`."""
+    tensorboard: str | None = None
+    """A directory for the agent methods' per-episode TensorBoard scalars; None: none."""
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
@@ -135,10 +141,44 @@ class AgentSearch:
                             "interrupted run")
         started, calls = time.time(), ctx.evaluate.calls
         loop = replace(ctx.loop, episodes=ctx.episodes, agent=self.agent_kind)
+        # The random agent is the baseline: uniform draws from the first episode to the last.
+        prepare = (lambda: agent_prepass(ctx)) if self.agent_kind == "ddpg" else None
         with _run_directory(ctx.run_dir) as run_dir:
-            best = run_search(ctx.make_env(), ctx.evaluate, loop, ctx.agent, run_dir,
-                              ctx.config_dict, resume=ctx.resume, progress=ctx.progress)
+            best = run_search(ctx.make_env, ctx.evaluate, loop, ctx.agent, run_dir,
+                              ctx.config_dict, resume=ctx.resume, progress=ctx.progress,
+                              prepare=prepare, tensorboard=ctx.tensorboard)
         return SearchOutcome(best, ctx.evaluate.calls - calls, time.time() - started)
+
+
+def agent_prepass(ctx: SearchContext) -> Prepass:
+    """What the DDPG agent gets before its first episode (`AgentConfig.sensitivity`,
+    `warm_start`): greedy's per-unit measurement, made once, as state features and as the greedy
+    demonstration, played after the uniform one. Its evaluations count in `ctx.episodes`."""
+    cfg = ctx.agent
+    if not (cfg.sensitivity or cfg.warm_start):
+        return Prepass()
+    names = ctx.skeleton.names
+    needed = sensitivity.evaluations_needed(len(names), cfg.sensitivity_ratios)
+    if needed + 2 * cfg.warm_start >= ctx.episodes:  # refused before anything is spent
+        raise UserError(f"the agent's sensitivity measurement takes {needed} evaluations (1 + "
+                        f"{len(names)} units x {len(cfg.sensitivity_ratios)} ratios)"
+                        f"{' and the warm start 2 episodes' if cfg.warm_start else ''} of the "
+                        f"{ctx.episodes} episodes, leaving none to the agent; raise --episodes or "
+                        "give fewer sensitivity_ratios")
+    measured = sensitivity.measure(ctx.evaluate, names, cfg.sensitivity_ratios)
+    demonstrations = []
+    if cfg.warm_start:
+        uniform, _ = pruning.uniform_policy_for_budget(ctx.skeleton, ctx.budget_cost, 1.0,
+                                                       ctx.max_ratio)
+        demonstrations.append(Demonstration("uniform", uniform))
+        try:
+            demonstrations.append(Demonstration("greedy", sensitivity.greedy_policy(
+                measured, ctx.budget_cost, ctx.max_ratio)))
+        except UserError as exc:  # its grid cannot meet the budget: warm start from uniform only
+            log.info("warm start without the greedy demonstration: %s", exc)
+    features = measured.features(names).tolist() if cfg.sensitivity else None
+    return Prepass(features, demonstrations, measured.evaluations,
+                   {"sensitivity": asdict(measured)})
 
 
 @contextlib.contextmanager
@@ -191,33 +231,9 @@ class GreedySearch:
 
     def search(self, ctx: SearchContext) -> SearchOutcome:
         started, calls = time.time(), ctx.evaluate.calls
-        dense_top1 = ctx.evaluate({}).top1
-        drops = {n: [0.0] + [dense_top1 - ctx.evaluate({n: r}).top1 for r in self.ratios]
-                 for n in ctx.skeleton.names}
-        grid = (0.0, *self.ratios)
-
-        def policy_at(level: float) -> dict[str, float]:
-            policy = {}
-            for name, d in drops.items():
-                # The largest ratio whose (monotone envelope of) measured drop stays within level.
-                best, worst = 0.0, 0.0
-                for r, drop in zip(grid, d, strict=True):
-                    worst = max(worst, drop)
-                    if worst <= level:
-                        best = r
-                policy[name] = min(best, ctx.max_ratio)
-            return policy
-
-        # Tolerating the largest drop seen prunes every unit at the grid's top ratio. The scale
-        # is the score's own (top-1 in percent, or whatever a user's `evaluate` returns).
-        highest = max(0.0, *(drop for d in drops.values() for drop in d))
-        if ctx.budget_cost(policy_at(highest)) > 1:
-            raise UserError("sensitivity greedy cannot meet the budget with its ratio grid "
-                            f"{self.ratios}; loosen the budget or use --method ddpg")
-        # The least tolerated score drop whose policy meets every budget.
-        level = least_feasible(lambda x: ctx.budget_cost(policy_at(x)) <= 1, 0.0, highest,
-                               steps=30)
-        return _single(ctx, policy_at(level), started, calls)
+        measured = sensitivity.measure(ctx.evaluate, ctx.skeleton.names, self.ratios)
+        policy = sensitivity.greedy_policy(measured, ctx.budget_cost, ctx.max_ratio)
+        return _single(ctx, policy, started, calls)
 
 
 METHODS: dict[str, SearchMethod] = {m.name: m for m in (

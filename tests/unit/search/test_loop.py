@@ -42,17 +42,21 @@ class SizeEvaluator:
                           metrics={"cached": cached})
 
 
-def _search(skeleton, run_dir, episodes, evaluator, resume=False):
+def _search(skeleton, run_dir, episodes, evaluator, resume=False, prepare=None, tensorboard=None):
     dense = skeleton.macs({})
 
     def macs_ratio(v):
         return skeleton.macs(skeleton.policy_from_vector(v)) / dense
 
-    env = PruningEnv(skeleton.units, macs_ratio, [Budget("flops", macs_ratio, 0.5)], evaluator)
+    def make_env(extra_features=None):
+        return PruningEnv(skeleton.units, macs_ratio, [Budget("flops", macs_ratio, 0.5)],
+                          evaluator, extra_features=extra_features)
+
     agent_config = AgentConfig(hidden=32, warmup_episodes=3, batch_size=16, seed=1)
     loop = LoopConfig(episodes=episodes, checkpoint_every=2)
-    return run_search(env, evaluator, loop, agent_config, run_dir, {"search": {"episodes": episodes}},
-                      resume=resume, progress=False)
+    return run_search(make_env, evaluator, loop, agent_config, run_dir,
+                      {"search": {"episodes": episodes}}, resume=resume, progress=False,
+                      prepare=prepare, tensorboard=tensorboard)
 
 
 def _log(run_dir):

@@ -76,7 +76,9 @@ def context(trained, skeleton, fmnist, run_dir=None, resume=False) -> SearchCont
     loop = LoopConfig(episodes=EPISODES_RUN, checkpoint_every=2)
     return SearchContext(
         skeleton=skeleton, evaluate=evaluator, budgets=budgets,
-        make_env=lambda: PruningEnv(skeleton.units, macs_ratio, budgets, evaluator, 0.8),
+        make_env=lambda extra_features=None: PruningEnv(skeleton.units, macs_ratio, budgets,
+                                                        evaluator, 0.8,
+                                                        extra_features=extra_features),
         max_ratio=0.8, dense=trained, example_input=EXAMPLE, pruning_config=PRUNING, seed=0,
         episodes=EPISODES_RUN, loop=loop,
         agent=AgentConfig(hidden=16, warmup_episodes=2, batch_size=4, seed=0),
