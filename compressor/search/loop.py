@@ -237,7 +237,9 @@ def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, l
             while True:
                 action = agent.act(obs, episode) if demo is None else \
                     demo.policy.get(env.names[len(actions)], 0.0) / env.max_ratio
-                obs, reward, terminated, _, info = env.step(np.array([action], np.float32))
+                # float64, not the space's float32: a demonstration sits on the budget's edge,
+                # where float32 rounding of its ratio would let the wall raise it.
+                obs, reward, terminated, _, info = env.step(np.array([action]))
                 wanted.append(action)
                 actions.append(info["applied_action"])
                 if terminated:

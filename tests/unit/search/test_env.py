@@ -16,7 +16,7 @@ def skeleton():
     return build_skeleton(model, torch.zeros(1, 3, 32, 32), PruningConfig())
 
 
-def _env(skeleton, limit=0.5, evaluate=None):
+def _env(skeleton, limit=0.5, evaluate=None, extra_features=None):
     dense = skeleton.macs({})
 
     def macs_ratio(vector):
@@ -29,7 +29,7 @@ def _env(skeleton, limit=0.5, evaluate=None):
 
     budgets = [Budget("flops", macs_ratio, limit)]
     return PruningEnv(skeleton.units, macs_ratio, budgets, evaluate or evaluate_by_macs,
-                      max_ratio=0.8)
+                      max_ratio=0.8, extra_features=extra_features)
 
 
 def test_check_env_passes(skeleton):
@@ -79,3 +79,20 @@ def test_impossible_budget_is_rejected_with_the_reachable_minimum(skeleton):
         _env(skeleton, limit=0.01)
     with pytest.raises(UserError, match="between 0 and 1"):
         _env(skeleton, limit=1.5)
+
+
+def test_extra_features_follow_the_static_ones_in_every_observation(skeleton):
+    extra = np.linspace(0, 1, 12 * 3).reshape(12, 3)  # e.g. 3 sensitivity columns per unit
+    env = _env(skeleton, extra_features=extra)
+    check_env(env, skip_render_check=True)
+    assert env.observation_space.shape == (OBS_DIM + 3,)
+    plain, _ = _env(skeleton).reset()
+    obs, _ = env.reset()
+    static = OBS_DIM - 3  # the unit's own features; then reduced, rest, previous action
+    np.testing.assert_allclose(obs[static:static + 3], extra[0], rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(obs, range(static, static + 3)), plain)
+    obs, *_ = env.step(np.array([1.0], np.float32))
+    np.testing.assert_allclose(obs[static:static + 3], extra[1], rtol=1e-6)
+    assert obs[-1] == pytest.approx(1.0)  # the previous action is still last
+    with pytest.raises(ValueError, match="one row per unit"):
+        _env(skeleton, extra_features=extra[:5])

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -96,3 +97,56 @@ def test_resume_refuses_another_configuration_and_fresh_run_refuses_an_old_dir(s
         _search(skeleton, tmp_path / "run", 4, SizeEvaluator(skeleton))
     with pytest.raises(UserError, match="not a search run directory"):
         _search(skeleton, tmp_path / "empty", 4, SizeEvaluator(skeleton), resume=True)
+
+
+def test_tensorboard_gets_the_logs_numbers_as_scalars(skeleton, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _search(skeleton, tmp_path / "run", 6, SizeEvaluator(skeleton), tensorboard=tmp_path / "tb")
+    log = _log(tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    rewards = events.Scalars("search/reward")
+    assert [e.step for e in rewards] == list(range(6))
+    assert [e.value for e in rewards] == pytest.approx([e["reward"] for e in log], rel=1e-6)
+    # The agent's numbers from the first episode after warm-up (3) on, as in episodes.jsonl.
+    for name in ("critic_loss", "q_mean", "sigma"):
+        assert [e.value for e in events.Scalars(f"agent/{name}")] == pytest.approx(
+            [e[name] for e in log[3:]], rel=1e-6)
+    assert all(e[name] is None for e in log[:3] for name in ("critic_loss", "sigma"))
+    assert len(events.Scalars("agent/actor_std")) == 6
+
+
+def test_tensorboard_missing_is_a_one_line_user_error_before_any_work(skeleton, tmp_path,
+                                                                     monkeypatch, capsys):
+    from compressor.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(UserError, match=r"pip install 'compressor\[tensorboard\]'"):
+        _search(skeleton, tmp_path / "run", 4, SizeEvaluator(skeleton), tensorboard=tmp_path / "tb")
+    assert not (tmp_path / "run").exists()
+    # From the command line: refused before the dataset, the baseline or the search.
+    assert main(["compress", "--tensorboard", str(tmp_path / "tb"), "--data-dir",
+                 str(tmp_path / "no-data"), "--models-dir", str(tmp_path / "models")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compressor[tensorboard]" in err[0]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "no-data").exists()
+
+
+def test_agent_options_and_tensorboard_reach_the_compress_config():
+    from compressor.cli import _compress_config, build_parser
+
+    args = build_parser().parse_args([
+        "compress", "--episodes", "80", "--seed", "3", "--tensorboard", "tb",
+        "--agent-option", "warm_start=true", "--agent-option", "sensitivity=true",
+        "--agent-option", "noise_floor=0.1"])
+    config = _compress_config(args)
+    assert config.tensorboard == "tb"
+    assert config.agent == AgentConfig(seed=3, warmup_episodes=10, warm_start=True,
+                                       sensitivity=True, noise_floor=0.1)
+    defaults = _compress_config(build_parser().parse_args(["compress", "--episodes", "80"]))
+    assert defaults.agent == defaults.resolved().agent  # no option: the project's defaults
+    assert defaults.agent.noise_floor == 0.05 and defaults.agent.noise_schedule == "budget"
+    assert not defaults.agent.warm_start and not defaults.agent.sensitivity
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        _compress_config(build_parser().parse_args(["compress", "--agent-option", "warm"]))

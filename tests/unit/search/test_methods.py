@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,14 +15,15 @@ from torch import nn
 
 from compressor.budgets.wall import Budget
 from compressor.errors import UserError
-from compressor.pruning import PruningConfig, build_skeleton
+from compressor.pruning import PruningConfig, build_skeleton, uniform_policy_for_budget
 from compressor.pruning.policies import policy_vector
 from compressor.search.agent import AgentConfig
 from compressor.search.bisect import greatest_feasible, least_feasible
 from compressor.search.env import PruningEnv, reward_error
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
-from compressor.search.loop import EPISODES, LoopConfig
+from compressor.search.loop import CHECKPOINT, EPISODES, LoopConfig
 from compressor.search.methods import METHODS, SearchContext, budget_cost, get_method
+from compressor.search.sensitivity import greedy_policy, measure
 
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 PRUNING = PruningConfig(round_to=8)  # the same units on AVX2 and AVX-512 machines
@@ -62,11 +64,27 @@ def skeleton(trained):
     return build_skeleton(trained, EXAMPLE, PRUNING)
 
 
-def context(trained, skeleton, fmnist, run_dir=None, resume=False) -> SearchContext:
-    evaluator = EpisodeEvaluator(
+class RecordingEvaluator(EpisodeEvaluator):
+    """The real evaluator, recording the policies asked; `interrupt_at` raises KeyboardInterrupt
+    on that call (a simulated Ctrl-C)."""
+
+    def __init__(self, *args, interrupt_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.asked, self.interrupt_at = [], interrupt_at
+
+    def __call__(self, policy):
+        if self.calls + 1 == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.asked.append(dict(policy))
+        return super().__call__(policy)
+
+
+def context(trained, skeleton, fmnist, run_dir=None, resume=False, episodes=EPISODES_RUN,
+            interrupt_at=None, **agent) -> SearchContext:
+    evaluator = RecordingEvaluator(
         trained, skeleton, EXAMPLE, PRUNING,
         EvaluatorConfig(search_images=500, bn_batches=4, batch_size=64), fmnist,
-        torch.device("cpu"))
+        torch.device("cpu"), interrupt_at=interrupt_at)
     dense = skeleton.macs({})
 
     def macs_ratio(vector):
@@ -80,8 +98,8 @@ def context(trained, skeleton, fmnist, run_dir=None, resume=False) -> SearchCont
                                                         evaluator, 0.8,
                                                         extra_features=extra_features),
         max_ratio=0.8, dense=trained, example_input=EXAMPLE, pruning_config=PRUNING, seed=0,
-        episodes=EPISODES_RUN, loop=loop,
-        agent=AgentConfig(hidden=16, warmup_episodes=2, batch_size=4, seed=0),
+        episodes=episodes, loop=loop,
+        agent=AgentConfig(hidden=16, warmup_episodes=2, batch_size=4, seed=0, **agent),
         run_dir=run_dir, config_dict={"search": {"test": True}}, resume=resume, progress=False)
 
 
@@ -198,3 +216,97 @@ def test_bisection_keeps_the_feasible_end_of_a_step_function():
     assert least_feasible(step, 0.0, 1.0, tol=0.1) - 0.375 <= 0.1
     most = greatest_feasible(lambda x: x <= 0.6, 0.0, 1.0, steps=20)
     assert most <= 0.6 and 0.6 - most < 1e-5
+
+
+def _checkpoint(run_dir):
+    return torch.load(run_dir / CHECKPOINT, weights_only=False)
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / EPISODES).read_text().splitlines()]
+
+
+def _without_volatile(log):
+    return [{k: v for k, v in e.items() if k not in ("elapsed", "cached", "seconds")} for e in log]
+
+
+def test_sensitivity_features_are_measured_once_scaled_and_in_the_state(trained, skeleton,
+                                                                       fmnist, tmp_path):
+    units, ratios = len(skeleton.units), (0.25, 0.5, 0.75)
+    prepass = 1 + units * len(ratios)
+    episodes = prepass + 4
+    ctx = context(trained, skeleton, fmnist, tmp_path / "whole", episodes=episodes,
+                  sensitivity=True)
+    outcome = get_method("ddpg").search(ctx)
+    assert outcome.evaluations == ctx.evaluate.calls == episodes  # the prepass is in the budget
+    asked = ctx.evaluate.asked
+    singles = [{n: r} for n in skeleton.names for r in ratios]
+    assert asked[:prepass] == [{}, *singles]  # once each, before the first episode
+    assert all(p not in asked[prepass:] for p in singles)
+    assert len(_log(tmp_path / "whole")) == 4
+
+    blob = _checkpoint(tmp_path / "whole")
+    features = np.array(blob["state"]["prepass"]["extra_features"])
+    assert features.shape == (units, len(ratios))
+    assert features.min() >= 0 and features.max() == 1
+    expected = measure(ctx.evaluate, skeleton.names, ratios).features(skeleton.names)
+    np.testing.assert_allclose(features, expected)  # the evaluator's own drops, scaled
+    assert blob["agent"]["obs_dim"] == 11 + len(ratios)
+
+    # Interrupted after the prepass and resumed by a new process: measured once in all.
+    with pytest.raises(KeyboardInterrupt):
+        get_method("ddpg").search(context(trained, skeleton, fmnist, tmp_path / "cut",
+                                          episodes=episodes, sensitivity=True,
+                                          interrupt_at=prepass + 3))
+    resumed = context(trained, skeleton, fmnist, tmp_path / "cut", resume=True,
+                      episodes=episodes, sensitivity=True)
+    again = get_method("ddpg").search(resumed)
+    assert {} not in resumed.evaluate.asked and all(p not in resumed.evaluate.asked
+                                                    for p in singles)
+    assert again.evaluations == episodes
+    assert _without_volatile(_log(tmp_path / "cut")) == _without_volatile(_log(tmp_path / "whole"))
+
+
+def test_warm_start_plays_uniform_and_greedy_first_and_stores_their_transitions(
+        trained, skeleton, fmnist, tmp_path):
+    units, ratios = len(skeleton.units), (0.5,)
+    episodes = 1 + units * len(ratios) + 4
+    ctx = context(trained, skeleton, fmnist, tmp_path / "run", episodes=episodes,
+                  warm_start=True, sensitivity_ratios=ratios)
+    outcome = get_method("ddpg").search(ctx)
+    assert outcome.evaluations == episodes
+    log = _log(tmp_path / "run")
+    assert len(log) == 4 and [e.get("demonstration") for e in log] == ["uniform", "greedy",
+                                                                       None, None]
+    uniform, _ = uniform_policy_for_budget(skeleton, ctx.budget_cost, 1.0, 0.8)
+    greedy = greedy_policy(measure(ctx.evaluate, skeleton.names, ratios), ctx.budget_cost, 0.8)
+    for played, policy in zip(log[:2], (uniform, greedy), strict=True):
+        assert played["policy"] == pytest.approx(policy, abs=1e-6)  # float32 actions
+        assert played["sigma"] is None  # no noise on a demonstration
+    assert not ctx.agent.sensitivity and _checkpoint(tmp_path / "run")["agent"]["obs_dim"] == 11
+
+    # One transition per unit step, demonstrations first, with their real (baselined) rewards:
+    # the first episode's baseline is its own reward, the second's the first's.
+    replay = _checkpoint(tmp_path / "run")["agent"]["replay"]
+    assert replay["size"] == 4 * units
+    actions, rewards = replay["actions"][:, 0].numpy(), replay["rewards"][:, 0].numpy()
+    for k, played in enumerate(log[:2]):
+        rows = slice(k * units, (k + 1) * units)
+        np.testing.assert_allclose(actions[rows], [played["policy"][n] / 0.8
+                                                   for n in skeleton.names], rtol=1e-6)
+        np.testing.assert_array_equal(replay["dones"][rows, 0].numpy(), [0] * (units - 1) + [1])
+    np.testing.assert_allclose(rewards[:units], 0.0)
+    np.testing.assert_allclose(rewards[units:2 * units], log[1]["reward"] - log[0]["reward"],
+                               rtol=1e-5)
+
+
+def test_the_prepass_is_refused_before_it_spends_a_budget_it_would_exhaust(trained, skeleton,
+                                                                          fmnist):
+    ctx = context(trained, skeleton, fmnist, episodes=10, sensitivity=True)  # needs 1 + 3 * 3
+    with pytest.raises(UserError, match="raise --episodes"):
+        get_method("ddpg").search(ctx)
+    assert ctx.evaluate.calls == 0
+    # The random agent is the baseline: no prepass whatever its agent options say.
+    ctx = context(trained, skeleton, fmnist, episodes=4, sensitivity=True, warm_start=True)
+    get_method("random").search(ctx)
+    assert ctx.evaluate.calls == 4 and {} not in ctx.evaluate.asked
