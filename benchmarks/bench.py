@@ -6,6 +6,10 @@ latency measurement), so only the policy differs.
 
     python -m benchmarks.bench --models resnet18 --budgets 0.5 --seeds 0 --episodes 200
     make bench-quick   # <= 10 minutes: resnet18, budget 0.5, short searches, 10k-image fine-tune
+
+An agent ablation is one `--out` per variant, each with its `--agent-option`s (AgentConfig fields):
+
+    python -m benchmarks.bench --methods agent --agent-option warm_start=true --out results/abl/warm
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from compressor.io import atomic
 from compressor.pipeline.compress import CompressConfig, FinalConfig, prepare
 from compressor.pipeline.final import finish
 from compressor.pipeline.job import search_context
+from compressor.search.agent import parse_options
 from compressor.search.evaluator import EvaluatorConfig
-from compressor.search.loop import LoopConfig
+from compressor.search.loop import LoopConfig, default_agent_config
 from compressor.search.methods import get_method
 from compressor.zoo.datasets import DataConfig
 
@@ -248,14 +253,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-epochs", type=int, default=1)
     p.add_argument("--episode-finetune-steps", type=int, default=0,
                    help="SGD steps of each episode's recovery before it is scored (the reward)")
+    p.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a DDPG setting of the agent rows (AgentConfig; repeatable), e.g. "
+                        "warm_start=true, sensitivity=true, noise_floor=0, noise_schedule=decay")
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     out = Path(args.out)
+    options = parse_options(args.agent_option)
     command = "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     # Rows already in the summary are kept and their runs skipped: a killed benchmark resumes.
     done = out / "benchmarks.json"
     rows = json.loads(done.read_text()) if done.exists() else []
     finished = {(r["model"], r["budget"], r["method"], r["seed"]) for r in rows}
+    # One variant per summary: its means must not mix agents configured differently.
+    other = {tuple(r.get("agent_options", [])) for r in rows} - {tuple(args.agent_option)}
+    if other:
+        raise SystemExit(f"{out} holds rows made with --agent-option {sorted(other)}; give the "
+                         "same options or another --out")
     deterministic = ("uniform", "global", "greedy")
     for model in args.models:
         for budget in args.budgets:
@@ -268,13 +282,15 @@ def main(argv: list[str] | None = None) -> int:
                         data=DataConfig(train_size=args.train_size),
                         budget=BudgetConfig(latency=budget),
                         loop=LoopConfig(episodes=args.episodes),
+                        agent=default_agent_config(args.episodes, seed, **options),
                         evaluator=EvaluatorConfig(finetune_steps=args.episode_finetune_steps),
                         final=FinalConfig(epochs=args.final_epochs),
                         policies_dir=str(out / "policies"))
                     row = {**run_method(method, base, out), "command": command,
                            "train_size": args.train_size, "episodes": args.episodes,
                            "episode_finetune_steps": args.episode_finetune_steps,
-                           "final_epochs": args.final_epochs}
+                           "final_epochs": args.final_epochs,
+                           "agent_options": args.agent_option}
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "policy"}),
                           flush=True)
