@@ -96,7 +96,8 @@ class CompressConfig:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     agent: AgentConfig | None = None
-    """DDPG settings; None: AMC's, with warm-up scaled to the episodes (`resolved` fills it in)."""
+    """DDPG settings; None: `AgentConfig`'s defaults, warm-up scaled to the episodes (`resolved`
+    fills it in; the CLI's --agent-option overrides them)."""
     final: FinalConfig = field(default_factory=FinalConfig)
     probe: latency.ProbeSettings = field(default_factory=latency.ProbeSettings)
 

@@ -456,7 +456,8 @@ class DDPGAgent:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically (a deep copy, safe to keep or torch.save).
 
-        The exploration sigma is not stored: it is a function of the episode index. No torch RNG
+        The exploration sigma is not stored: it is a function of the episode index (and of the
+        search's length, which the constructor is given again on resume). No torch RNG
         is used after initialisation, so none is stored either.
         """
         return copy.deepcopy({
