@@ -61,7 +61,8 @@ class CompressResult:
     """Policies the search evaluated."""
     search_seconds: float
     paths: dict[str, Path] = field(default_factory=dict)
-    """onnx, dense_onnx, checkpoint, policy, report: only when `out` was given."""
+    """onnx (what ships: the INT8 file with quantize="int8"), fp32_onnx, dense_onnx, checkpoint,
+    policy, report: only when `out` was given."""
     report: dict[str, Any] = field(default_factory=dict)
     """Everything report.json holds."""
 
@@ -89,7 +90,7 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
              evaluate: Callable[[nn.Module], float] | None = None,
              finetune: Callable[[nn.Module, int], None] | None = None,
              final_epochs: int = 1, out: str | Path | None = None, seed: int = 0,
-             device: str = "auto", progress: bool = False,
+             device: str = "auto", progress: bool = False, quantize: str = "none",
              config: pipeline.CompressConfig | None = None) -> CompressResult:
     """Prune `model` to a budget, fine-tune the best policy, export and measure it.
 
@@ -111,6 +112,9 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         out: directory for the ONNX files, checkpoint, policy JSON and report; None writes
             nothing (temporary files are removed).
         progress: progress bars (tqdm) on stderr.
+        quantize: "int8" ships an onnxruntime static INT8 model (format measured on this
+            machine, calibrated on `train`); the search then sees INT8 latency and the budget
+            stays a ratio of the dense FP32 model. "none" (default) ships FP32.
         config: every other setting (`compressor.pipeline.compress.CompressConfig`); the
             arguments above override its fields.
 
@@ -143,7 +147,8 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         budget=replace(base.budget, latency=latency_budget, latency_ms=latency_ms,
                        flops=flops_budget, params=params_budget),
         loop=replace(base.loop if config else LoopConfig(), episodes=episodes),
-        final=replace(base.final, epochs=final_epochs)).resolved()
+        final=replace(base.final, epochs=final_epochs),
+        quantize=replace(base.quantize, mode=quantize)).resolved()
     dense = copy.deepcopy(model).cpu().eval()
     score = checked_score(evaluate) if evaluate is not None else None
     with tempfile.TemporaryDirectory(prefix="compressor-") as scratch:

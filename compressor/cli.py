@@ -132,6 +132,28 @@ def _probe_settings(args, input_size: int):
     return settings
 
 
+def _add_quantize_args(p) -> None:
+    q = p.add_argument_group("INT8 (onnxruntime static quantization of the shipped model)")
+    q.add_argument("--quantize", default="none", metavar="{none,int8}",
+                   help="int8: quantize after the fine-tune; with compress the search sees INT8 "
+                        "latency (the budget stays a ratio of dense FP32)")
+    q.add_argument("--int8-format", default=None,
+                   help="qdq-u8s8, qoperator-u8s8, qdq-s8s8 or qoperator-s8s8 (default: measure "
+                        "the first three here, keep the fastest)")
+    q.add_argument("--calibration", default="minmax", metavar="{minmax,entropy,percentile}",
+                   help="activation range calibration (default minmax)")
+    q.add_argument("--calibration-batches", type=int, default=8,
+                   help="train-split batches of 32 to calibrate on (default 8)")
+
+
+def _quantize_config(args):
+    from compressor.quantize import QuantizeConfig
+
+    return QuantizeConfig(mode=args.quantize, format=args.int8_format,
+                          calibration=args.calibration,
+                          calibration_batches=args.calibration_batches)
+
+
 def _compress_config(args):
     from compressor.budgets.kinds import BudgetConfig
     from compressor.pipeline.compress import CompressConfig, FinalConfig
@@ -160,6 +182,7 @@ def _compress_config(args):
         tensorboard=args.tensorboard,
         final=FinalConfig(candidates=args.candidates, candidate_steps=args.candidate_steps,
                           epochs=args.final_epochs, lr=args.final_lr, fit=not args.no_fit),
+        quantize=_quantize_config(args),
         probe=_probe_settings(args, data.input_size),
     )
 
@@ -188,9 +211,13 @@ def cmd_compress(args) -> int:
     outcome = compress_from_config(config, resume=args.resume,
                                    argv=["compressor", *sys.argv[1:]])
     rep = outcome.report
-    print(f"{config.model}: test top-1 {outcome.test_top1:.2f}% (dense "
+    precision = " in INT8" if rep["final"].get("precision") == "int8" else ""
+    print(f"{config.model}: test top-1 {outcome.test_top1:.2f}%{precision} (dense "
           f"{rep['baseline']['test_top1']:.2f}%), latency ratio {outcome.latency_ratio:.3f} "
           f"measured, {rep['final']['macs'] / 1e6:.1f} MMACs; {outcome.verdict}")
+    warning = (rep["final"].get("int8") or {}).get("warning")
+    if warning:
+        print(f"warning: {warning}")
     print("wrote " + ", ".join(str(p) for p in outcome.paths.values()))
     # CI-grade: a model that measures over its budget fails the command.
     return EXIT_OK if outcome.verdict == "within budget" else EXIT_BUDGET_MISSED
@@ -205,7 +232,16 @@ def cmd_apply(args) -> int:
         args.model, args.policy, args.out, data, _probe_settings(args, data.input_size),
         PruningConfig(**_round_to(args.round_to, args.policy), importance=args.importance),
         finetune_epochs=args.finetune_epochs, seed=args.seed, models_dir=args.models_dir,
-        checkpoint=args.checkpoint, device_name=args.device)
+        checkpoint=args.checkpoint, device_name=args.device,
+        quantize_config=_quantize_config(args))
+    int8 = result.get("int8") or {}
+    if int8.get("onnx"):
+        test = int8["test"]
+        print(f"INT8 ({int8['quantization']['format']}): test top-1 {test['int8_top1']:.2f}% "
+              f"(FP32 {test['fp32_top1']:.2f}%), latency ratio {int8['latency']['ratio']:.3f} of "
+              f"dense FP32; wrote {int8['onnx']}")
+    elif int8.get("warning"):
+        print(f"warning: {int8['warning']}")
     print(f"{args.model}: test top-1 {result['test_top1']:.2f}% "
           f"(dense {result['baseline_test_top1']:.2f}%), {result['macs'] / 1e6:.1f} MMACs "
           f"({result['macs'] / result['dense_macs']:.3f}), {result['params'] / 1e6:.2f} M params "
@@ -369,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write the search's per-episode numbers as TensorBoard scalars "
                         "(pip install 'compressor[tensorboard]')")
+    _add_quantize_args(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("apply", help="prune with a policy file, recover, evaluate, export")
@@ -376,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_probe_args(p)
     p.add_argument("--policy", required=True, help="policy JSON (policies/*.json)")
+    _add_quantize_args(p)
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--round-to", type=int, default=None,
                    help="default: the policy file's, else the CPU kernels' channel block")

@@ -87,6 +87,35 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _int8_lines(final: dict) -> list[str]:
+    """The INT8 part of report.md: what shipped, the formats measured, what INT8 cost."""
+    int8 = final.get("int8")
+    if not int8:
+        return []
+    lines = [f"Precision shipped: **{final.get('precision', 'fp32')}**."]
+    choice = (int8.get("plan") or {}).get("choice") or {}
+    if choice:
+        trials = ", ".join(f"{t['format']} {t['ratio']:.3f}" if t["ratio"] is not None
+                           else f"{t['format']} failed" for t in choice["trials"])
+        lines.append(f"INT8 formats on the dense model (ratio of dense FP32, FP32 "
+                     f"{choice['fp32_ratio']:.3f}): {trials}; chosen: {choice['chosen']}.")
+    test, fp32_lat = int8.get("test"), final.get("fp32_latency")
+    if test:
+        lines.append(f"INT8 vs FP32 ONNX on {test['images']} test images: top-1 "
+                     f"{test['int8_top1']:.2f}% vs {test['fp32_top1']:.2f}% (drop "
+                     f"{test['drop']:+.2f}), max logit difference {test['max_logit_diff']:.3g}, "
+                     f"top-1 agreement {test['top1_agreement']:.1%}.")
+    if fp32_lat:
+        lines.append(f"The FP32 pruned model measured {fp32_lat['ratio']:.3f} of dense FP32.")
+    quant = int8.get("quantization") or {}
+    if quant.get("attempts"):
+        lines.append("Quantization attempts (search split): " + "; ".join(
+            f"{a['label']}: drop {a['accuracy']['drop']:+.2f}" for a in quant["attempts"]) + ".")
+    if int8.get("warning"):
+        lines.append(f"**Warning:** {int8['warning']}.")
+    return ["", *lines]
+
+
 def write_report(out_dir: Path, report: dict) -> None:
     """report.json verbatim, and a short markdown summary of it (also of a failed final stage)."""
     atomic.write_json(out_dir / "report.json", report)
@@ -112,6 +141,7 @@ def write_report(out_dir: Path, report: dict) -> None:
         lines += [_row(["ONNX latency (ms)", f"{lat['reference_ms']:.2f}",
                         f"{lat['candidate_ms']:.2f}"]),
                   _row(["latency ratio (paired)", "1.000", f"{lat['ratio']:.3f}"])]
+    lines += _int8_lines(final)
     lines += [
         "",
         f"Budgets: {json.dumps(report['budgets'])}. Verdict: **{report['verdict']}**.",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -352,13 +352,16 @@ def auto_batch_size(reference: Session, input_shape: Sequence[int] | int | None 
 class Probe:
     """Paired ONNX Runtime measurement of pruned networks against the dense one, timed on inputs
     shaped like `example` (its batch replaced by the probe's): the example decides the shape,
-    whatever `settings.input_shape` or `input_size` say."""
+    whatever `settings.input_shape` or `input_size` say. `convert` turns each pruned network's
+    ONNX bytes into what ships (INT8) before it is timed; the reference stays the dense one."""
 
-    def __init__(self, dense: nn.Module, example: torch.Tensor, settings: ProbeSettings):
+    def __init__(self, dense: nn.Module, example: torch.Tensor, settings: ProbeSettings,
+                 convert: Callable[[bytes], bytes] | None = None):
         self.settings = replace(settings, input_shape=tuple(example.shape[1:]))
-        self.example = example
+        self.example, self.convert = example, convert
         self.reference = make_session(onnx_bytes(dense, example), self.settings)
 
     def measure(self, model: nn.Module) -> PairedLatency:
-        session = make_session(onnx_bytes(model, self.example), self.settings)
+        data = onnx_bytes(model, self.example)
+        session = make_session(self.convert(data) if self.convert else data, self.settings)
         return measure_pair(session, self.reference, self.settings)

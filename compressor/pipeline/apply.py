@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from compressor import latency, pruning
+from compressor import latency, pruning, quantize
 from compressor.io import checkpoints, export, policies
 from compressor.pipeline import recovery
+from compressor.pipeline.int8 import Int8Plan, quantize_winner
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import pick_device, provenance, seed_everything
 from compressor.zoo import baselines as baseline
@@ -28,7 +29,9 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
                       probe: latency.ProbeSettings, pruning_config: pruning.PruningConfig,
                       finetune_epochs: int = 0, finetune_lr: float = 0.05, seed: int = 0,
                       models_dir: str = "models", checkpoint: str | None = None,
-                      device_name: str = "auto", say=log.info) -> dict:
+                      device_name: str = "auto",
+                      quantize_config: quantize.QuantizeConfig | None = None,
+                      say=log.info) -> dict:
     """Prune the cached baseline with a policy file and write ONNX, checkpoint and policy JSON."""
     seed_everything(seed)
     device = pick_device(device_name)
@@ -76,10 +79,37 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
     metrics.update(latency_ratio_measured=paired.ratio, onnx_max_abs_diff=exported.max_abs_diff,
                    onnx_relative_diff=exported.relative_diff,
                    onnx_top1_agreement=exported.top1_agreement)
+    int8 = None
+    if quantize_config is not None and quantize_config.enabled:
+        int8 = _quantize(out, reference, settings, quantize_config, dataset, seed, paired.ratio)
+        metrics.update(precision="int8" if int8.get("onnx") else "fp32")
+        if int8.get("onnx"):
+            metrics.update(latency_ratio_measured=int8["latency"]["ratio"],
+                           fp32_latency_ratio=paired.ratio,
+                           int8_test_top1=int8["test"]["int8_top1"])
     policies.write_policy(out / "policy.json", model=model_name, dataset=data.dataset,
                           input_size=data.input_size, policy=policy, units=list(skeleton.names),
                           budget={}, metrics=metrics,
                           extra={"source": str(policy_path), "finetune_epochs": finetune_epochs,
                                  "round_to": pruning_config.round_to,
-                                 "latency": paired.as_dict(), **provenance()})
-    return {**metrics, "latency": paired.as_dict(), "out": str(out)}
+                                 "latency": paired.as_dict(), "int8": int8, **provenance()})
+    return {**metrics, "latency": paired.as_dict(), "int8": int8, "out": str(out)}
+
+
+def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSettings,
+              config: quantize.QuantizeConfig, dataset, seed: int, fp32_ratio: float) -> dict:
+    """model.int8.onnx: the format measured on this pruned model, then the compress path's steps
+    (calibrated on the train split, checked on search and test, timed against dense FP32)."""
+    fp32 = (out / "model.onnx").read_bytes()
+    choice = quantize.choose_format(fp32, reference, settings, quantize.random_calibration(
+        (settings.batch_size, *reference.example_shape())), config)
+    if choice.chosen is None:
+        log.warning(choice.warning)
+        return {"choice": choice.as_dict(), "onnx": None, "warning": choice.warning}
+    calibration = quantize.calibration_batches(
+        dataset.train, replace(config, calibration_batches=4 * config.calibration_batches), seed)
+    shipped = quantize_winner(out / "model.onnx", out / "dense.onnx", out / "model.int8.onnx",
+                              Int8Plan(config, choice, None, 0.0), calibration,
+                              dataset.search.batches(250, limit=8), dataset.test.batches(500),
+                              settings, None, fp32_ratio, 0)
+    return {"choice": choice.as_dict(), **shipped.as_dict()}

@@ -22,9 +22,11 @@ from compressor import latency, pruning
 from compressor.budgets.kinds import BudgetConfig, BudgetRequest, check_reachable, wall_budgets
 from compressor.budgets.wall import Budget
 from compressor.io import export
+from compressor.pipeline.int8 import Int8Plan, plan_int8
 from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
+from compressor.quantize import QuantizeConfig
 from compressor.search.agent import AgentConfig
 from compressor.search.env import PruningEnv
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
@@ -99,6 +101,8 @@ class CompressConfig:
     """DDPG settings; None: `AgentConfig`'s defaults, warm-up scaled to the episodes (`resolved`
     fills it in; the CLI's --agent-option overrides them)."""
     final: FinalConfig = field(default_factory=FinalConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    """INT8 of the shipped model (off by default); with it the search sees INT8 latency."""
     probe: latency.ProbeSettings = field(default_factory=latency.ProbeSettings)
 
     def resolved(self) -> CompressConfig:
@@ -161,6 +165,8 @@ class Workspace:
     """How the base model is rebuilt (a torchvision name), for reloading pruned checkpoints."""
     progress: bool = True
     """Progress bars (the CLI); the API turns them off unless asked."""
+    int8: Int8Plan | None = None
+    """With --quantize int8: the format chosen here and the INT8 latency curve."""
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
@@ -180,13 +186,18 @@ def _costs(skeleton: pruning.Skeleton, latency_ratio) -> dict[str, Callable]:
 class Plan:
     """What preflight found: the skeleton, latency model and budgets of an architecture."""
 
-    def __init__(self, skeleton, latency_model, request: BudgetRequest, budgets: list[Budget]):
+    def __init__(self, skeleton, latency_model, request: BudgetRequest, budgets: list[Budget],
+                 int8: Int8Plan | None = None):
         self.skeleton, self.latency_model = skeleton, latency_model
-        self.request, self.budgets = request, budgets
+        self.request, self.budgets, self.int8 = request, budgets, int8
 
     def latency_ratio(self, policy: dict[str, float]) -> float:
-        """The latency model's predicted ratio of the dense latency for `policy`."""
-        return self.latency_model.predict_ratio(self.skeleton.layer_shapes(policy))
+        """The predicted ratio of the dense FP32 latency for `policy`: the latency model's, and
+        with INT8 that of the INT8 model (the measured INT8/FP32 curve applied to it)."""
+        fp32 = self.latency_model.predict_ratio(self.skeleton.layer_shapes(policy))
+        if self.int8 is not None and self.int8.curve is not None:
+            return self.int8.curve.ratio(fp32)
+        return fp32
 
 
 def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_name: str,
@@ -197,7 +208,13 @@ def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_
         Path(config.models_dir) / "latency", cache_name, model, example, config.probe,
         round_to=config.pruning.round_to, skeleton=skeleton, say=say)
     request = BudgetRequest.from_config(config.budget, latency_model.dense_ms)
-    found = Plan(skeleton, latency_model, request, [])
+    int8 = None
+    if config.quantize.enabled:
+        say("measuring what INT8 is worth here (formats, then the INT8/FP32 curve)")
+        int8 = plan_int8(model, example, skeleton, config.quantize,
+                         replace(config.probe, batch_size=latency_model.batch_size),
+                         config.max_ratio, config.pruning)
+    found = Plan(skeleton, latency_model, request, [], int8)
     found.budgets = wall_budgets(request, _costs(skeleton, found.latency_ratio),
                                  config.budget.margin)
     check_reachable(request, found.budgets, len(skeleton.units), config.max_ratio,
@@ -239,7 +256,10 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
                                           Path(scratch) / "dense.onnx")
     p = plan_ or plan(dense, example, config, cache_name, say)
     settings = replace(config.probe, batch_size=p.latency_model.batch_size)
-    probe = latency.Probe(dense, example, settings)
+    # With INT8 every probe (and the final stage's candidate fit) times the INT8 model.
+    convert = p.int8.converter((settings.batch_size, *example.shape[1:])) \
+        if p.int8 is not None and p.int8.format else None
+    probe = latency.Probe(dense, example, settings, convert=convert)
     times["latency_model"] = time.time() - t
     latency_ratio = p.latency_ratio
     source_probe = config.budget.latency_source == "probe"
@@ -251,7 +271,8 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
         finetune=finetune)
     return Workspace(config, dataset, dense, meta, example, p.skeleton, latency_ratio, probe,
                      p.request, p.budgets, evaluator, device, dense_export, times,
-                     test_score=test_score, finetune=finetune, model_spec=model_spec)
+                     test_score=test_score, finetune=finetune, model_spec=model_spec,
+                     int8=p.int8)
 
 
 def real_batch(dataset: Dataset, example: torch.Tensor) -> torch.Tensor:
@@ -278,7 +299,11 @@ def prepare(config: CompressConfig, say=log.info) -> Workspace:
     spec = None if meta.get("full_module") else config.model
     ws = build_workspace(config, dataset, dense, meta, example_for(dataset),
                          cache_name=config.model, plan_=checked, model_spec=spec, say=say)
-    ws.times = {"baseline": loaded, **ws.times}
+    # Preflight's INT8 measurement is its own line in the report, not part of the baseline's.
+    int8_seconds = checked.int8.seconds if checked is not None and checked.int8 else 0.0
+    ws.times = {"baseline": loaded - int8_seconds, **ws.times}
+    if int8_seconds:
+        ws.times["int8_plan"] = int8_seconds
     return ws
 
 

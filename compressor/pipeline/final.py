@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor import latency, pruning
+from compressor import latency, pruning, quantize
 from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import atomic, checkpoints, export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
+from compressor.pipeline.int8 import ShippedInt8, quantize_winner
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
 from compressor.pruning.importance import importance_label
@@ -207,6 +208,21 @@ def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measur
                        time.time() - started)
 
 
+def quantize_and_measure(ws: Workspace, measured: Measurement, run_dir: Path) -> ShippedInt8:
+    """The fine-tuned FP32 export in the format chosen before the search, calibrated on the train
+    split, checked on the search and test splits, timed against dense FP32 (`pipeline.int8`)."""
+    config, fin = ws.config.quantize, ws.config.final
+    # Four times the configured images: the accuracy fallbacks' "more images" attempt uses them.
+    calibration = quantize.calibration_batches(
+        ws.dataset.train, replace(config, calibration_batches=4 * config.calibration_batches),
+        seed=ws.config.seed)
+    settings = replace(ws.probe.settings, blocks=fin.latency_blocks)
+    return quantize_winner(
+        measured.onnx_path, measured.dense_onnx_path, run_dir / "model.int8.onnx", ws.int8,
+        calibration, ws.dataset.search.batches(250, limit=8), ws.dataset.test.batches(500),
+        settings, ws.request.latency, measured.paired.ratio, fin.recheck_rounds)
+
+
 def judge_run(ws: Workspace, policy: dict[str, float], latency_ratio: float | None
               ) -> dict[str, Check]:
     """The shipped model against every budget (the budget registry's verdict)."""
@@ -256,15 +272,25 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
     paths = {"policy": saved.policy_path, "checkpoint": saved.checkpoint_path,
              "report": results_dir / "report.md"}
     policy = stage.winner.policy
-    failure, measured = None, None
+    failure, measured, int8 = None, None, None
     try:
         measured = export_and_measure(ws, tuned.model, run_dir)
         times["export_and_measure"] = measured.seconds
+        if ws.int8 is not None and ws.int8.format is not None:
+            int8 = quantize_and_measure(ws, measured, run_dir)
+            times["quantize"] = int8.seconds
     except CompressorError as exc:
         failure = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - reported, with the work saved, then re-raised
         failure = f"{type(exc).__name__}: {exc}"
+    ships_int8 = int8 is not None and int8.path is not None
     ratio = measured.paired.ratio if measured else None
+    if ships_int8:
+        ratio = int8.paired.ratio
+    # The shipped model's number: top-1 of the INT8 ONNX model on the test split, unless the user
+    # scores models with their own `evaluate` (it takes a PyTorch module, not an INT8 graph).
+    shipped_top1 = int8.test.int8_top1 if ships_int8 and ws.test_score is None \
+        else tuned.test_top1
     checks = judge_run(ws, policy, ratio)
     result = "export or measurement failed" if failure else verdict(checks)
     times["total"] = sum(v for k, v in times.items() if k != "total")
@@ -274,17 +300,26 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
     uniform, _ = pruning.uniform_policy_for_budget(sk, ws.budget_cost, 1.0, config.max_ratio)
     base_top1 = ws.meta.get("test_top1", float("nan"))
     final: dict[str, Any] = {
-        "test_top1": tuned.test_top1, "macs": sk.macs(policy), "params": sk.params(policy),
+        "test_top1": shipped_top1, "fp32_test_top1": tuned.test_top1,
+        "precision": "int8" if ships_int8 else "fp32",
+        "macs": sk.macs(policy), "params": sk.params(policy),
         "checkpoint": str(saved.checkpoint_path), "policy_file": str(saved.policy_path)}
+    if ws.int8 is not None:
+        final["int8"] = {"plan": ws.int8.as_dict(), **(int8.as_dict() if int8 else {}),
+                         "warning": (int8.warning if int8 else ws.int8.choice.warning)}
     if measured:
         ex = measured.export
-        final.update(latency=measured.paired.as_dict(), latency_rounds=measured.rounds,
-                     onnx=str(measured.onnx_path),
+        final.update(latency=(int8.paired if ships_int8 else measured.paired).as_dict(),
+                     latency_rounds=int8.rounds if ships_int8 else measured.rounds,
+                     fp32_latency=measured.paired.as_dict(),
+                     onnx=str(int8.path if ships_int8 else measured.onnx_path),
+                     fp32_onnx=str(measured.onnx_path),
                      parity={"max_abs_diff": ex.max_abs_diff, "max_abs_output": ex.max_abs_output,
                              "relative_diff": ex.relative_diff,
                              "top1_agreement": ex.top1_agreement,
                              "tolerance": dict(ex.tolerance._asdict())})
-    headline = (f"{tuned.test_top1:.2f}% top-1 ({tuned.test_top1 - base_top1:+.2f})" +
+    headline = (f"{shipped_top1:.2f}% top-1 ({shipped_top1 - base_top1:+.2f})" +
+                (" in INT8" if ships_int8 else "") +
                 (f" at {ratio:.3f} of the dense latency" if ratio is not None else ""))
     rep = {
         "model": config.model, "dataset": config.data.dataset, "run": run_dir.name,
@@ -322,10 +357,11 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
                             f"({saved.checkpoint_path}, {saved.policy_path}); finish with "
                             f"`compressor apply --policy {saved.policy_path}` or rerun with "
                             f"--resume {run_dir}")
-    paths.update(onnx=measured.onnx_path, dense_onnx=measured.dense_onnx_path)
-    return RunOutcome(rep, tuned.model, policy, checks, result, tuned.test_top1, ratio, paths)
+    paths.update(onnx=int8.path if ships_int8 else measured.onnx_path,
+                 fp32_onnx=measured.onnx_path, dense_onnx=measured.dense_onnx_path)
+    return RunOutcome(rep, tuned.model, policy, checks, result, shipped_top1, ratio, paths)
 
 
 __all__ = ["CandidateRow", "CandidateStage", "FinetuneResult", "Measurement", "RunOutcome",
            "SavedWinner", "choose_candidates", "export_and_measure", "finetune_winner", "finish",
-           "judge_run", "save_winner", "test_score"]
+           "judge_run", "quantize_and_measure", "save_winner", "test_score"]

@@ -13,6 +13,7 @@ QOperator int8/int8 at 21.7 (../shared/MEASURED.md). `choice.choose_format` meas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -110,6 +111,19 @@ class _Reader:
         return next(self._feeds, None)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantizer logs every bias copy and shape-inference pass at INFO on the root
+    logger (hundreds of lines per model); hold the root logger at WARNING while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _input_name(path: Path) -> str:
     import onnx
 
@@ -132,7 +146,8 @@ def preprocess(fp32: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as scratch:
         src, dst = Path(scratch) / "fp32.onnx", Path(scratch) / "pre.onnx"
         src.write_bytes(fp32)
-        quant_pre_process(str(src), str(dst))
+        with _quiet():
+            quant_pre_process(str(src), str(dst))
         return dst.read_bytes()
 
 
@@ -155,14 +170,13 @@ def quantize_bytes(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Form
         pre, out = Path(scratch) / "pre.onnx", Path(scratch) / "int8.onnx"
         pre.write_bytes(fp32 if preprocessed else preprocess(fp32))
         try:
-            quantize_static(
-                str(pre), str(out), _Reader(_input_name(pre), calibration),
-                quant_format=getattr(QuantFormat, fmt.quant_format),
-                activation_type=types[fmt.activations], weight_type=types[fmt.weights],
-                per_channel=config.per_channel, nodes_to_exclude=list(exclude) or None,
-                calibrate_method=methods[method or config.calibration],
-                # The calibrator writes its augmented model beside the input, in scratch.
-                extra_options={"CalibTensorRangeSymmetric": False})
+            with _quiet():
+                quantize_static(
+                    str(pre), str(out), _Reader(_input_name(pre), calibration),
+                    quant_format=getattr(QuantFormat, fmt.quant_format),
+                    activation_type=types[fmt.activations], weight_type=types[fmt.weights],
+                    per_channel=config.per_channel, nodes_to_exclude=list(exclude) or None,
+                    calibrate_method=methods[method or config.calibration])
         except Exception as exc:  # onnxruntime's quantizer raises bare Exceptions and asserts
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise InternalError(f"onnxruntime could not quantize the model to {fmt.name} "
