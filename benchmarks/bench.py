@@ -28,6 +28,7 @@ from compressor.io import atomic
 from compressor.pipeline.compress import CompressConfig, FinalConfig, prepare
 from compressor.pipeline.final import finish
 from compressor.pipeline.job import search_context
+from compressor.quantize import QuantizeConfig
 from compressor.search.agent import parse_options
 from compressor.search.evaluator import EvaluatorConfig
 from compressor.search.loop import LoopConfig, default_agent_config
@@ -82,6 +83,9 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
     if "latency" not in final:  # export or measurement failed; the work is saved, the row says so
         return {**row, "error": report.get("failure") or "export or measurement failed"}
     return {**row, "test_top1": final["test_top1"],
+            "precision": final.get("precision", "fp32"),
+            "fp32_top1": final.get("fp32_test_top1", final["test_top1"]),
+            "fp32_latency_ratio": (final.get("fp32_latency") or final["latency"])["ratio"],
             "baseline_top1": report["baseline"]["test_top1"],
             "latency_ratio": final["latency"]["ratio"],
             "latency_spread": final["latency"]["spread"],
@@ -256,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a DDPG setting of the agent rows (AgentConfig; repeatable), e.g. "
                         "warm_start=true, sensitivity=true, noise_floor=0, noise_schedule=decay")
+    p.add_argument("--quantize", default="none", choices=["none", "int8"],
+                   help="int8: every row ships INT8 (the search sees INT8 latency); one "
+                        "precision per --out")
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -270,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     if other:
         raise SystemExit(f"{out} holds rows made with --agent-option {sorted(other)}; give the "
                          "same options or another --out")
+    if {r.get("quantize", "none") for r in rows} - {args.quantize}:
+        raise SystemExit(f"{out} holds rows of another --quantize; give another --out")
     deterministic = ("uniform", "global", "greedy")
     for model in args.models:
         for budget in args.budgets:
@@ -285,12 +294,13 @@ def main(argv: list[str] | None = None) -> int:
                         agent=default_agent_config(args.episodes, seed, **options),
                         evaluator=EvaluatorConfig(finetune_steps=args.episode_finetune_steps),
                         final=FinalConfig(epochs=args.final_epochs),
+                        quantize=QuantizeConfig(mode=args.quantize),
                         policies_dir=str(out / "policies"))
                     row = {**run_method(method, base, out), "command": command,
                            "train_size": args.train_size, "episodes": args.episodes,
                            "episode_finetune_steps": args.episode_finetune_steps,
                            "final_epochs": args.final_epochs,
-                           "agent_options": args.agent_option}
+                           "agent_options": args.agent_option, "quantize": args.quantize}
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "policy"}),
                           flush=True)
