@@ -49,7 +49,11 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
     """One row: prepare, search with `method` through the one interface, the shared final stage."""
     config = replace(base, method=search_method_for(method)).resolved()
     started = time.time()
-    ws = prepare(config)
+    try:
+        ws = prepare(config)
+    except UserError as exc:  # refused up front (e.g. an unreachable budget): the row says why
+        return {"method": method, "model": config.model, "budget": base.budget.latency,
+                "seed": config.seed, "error": str(exc)}
     if method == "agent-flops":
         # The FLOPs ratio of the uniform policy that meets the latency budget.
         uniform, _ = pruning.uniform_policy_for_budget(ws.skeleton, ws.budget_cost, 1.0,

@@ -21,6 +21,7 @@ from torch import nn
 from compressor import latency, pruning
 from compressor.budgets.kinds import BudgetConfig, BudgetRequest, check_reachable, wall_budgets
 from compressor.budgets.wall import Budget
+from compressor.errors import UserError
 from compressor.io import export
 from compressor.pipeline.int8 import Int8Plan, plan_int8
 from compressor.pipeline.train import TrainConfig
@@ -195,7 +196,7 @@ class Plan:
         """The predicted ratio of the dense FP32 latency for `policy`: the latency model's, and
         with INT8 that of the INT8 model (the measured INT8/FP32 curve applied to it)."""
         fp32 = self.latency_model.predict_ratio(self.skeleton.layer_shapes(policy))
-        if self.int8 is not None and self.int8.curve is not None:
+        if self.int8 is not None and self.int8.format is not None:
             return self.int8.curve.ratio(fp32)
         return fp32
 
@@ -215,11 +216,31 @@ def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_
                          replace(config.probe, batch_size=latency_model.batch_size),
                          config.max_ratio, config.pruning)
     found = Plan(skeleton, latency_model, request, [], int8)
-    found.budgets = wall_budgets(request, _costs(skeleton, found.latency_ratio),
-                                 config.budget.margin)
-    check_reachable(request, found.budgets, len(skeleton.units), config.max_ratio,
-                    config.budget.margin)
+    set_budgets(found, config, say)
     return found
+
+
+def set_budgets(found: Plan, config: CompressConfig, say=log.info) -> None:
+    """The action wall's budgets on the plan's latency ratio, checked reachable.
+
+    INT8 can be slower than FP32 on heavily pruned networks (mobilenet_v2's depthwise convs here:
+    1.37x FP32 at the maximum ratio), so a budget FP32 reaches may be out of INT8's reach: the run
+    then ships FP32, as when no format beats FP32, rather than being refused.
+    """
+    def check() -> None:
+        found.budgets = wall_budgets(found.request, _costs(found.skeleton, found.latency_ratio),
+                                     config.budget.margin)
+        check_reachable(found.request, found.budgets, len(found.skeleton.units),
+                        config.max_ratio, config.budget.margin)
+    try:
+        check()
+    except UserError as exc:
+        if found.int8 is None or found.int8.format is None:
+            raise
+        reason = str(exc).split(";")[0]
+        found.int8 = replace(found.int8, unreachable=f"in INT8 the {reason}: shipping FP32")
+        say(found.int8.unreachable)
+        check()
 
 
 def preflight(config: CompressConfig, dataset: Dataset, say=log.info) -> Plan:

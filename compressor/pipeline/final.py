@@ -306,7 +306,7 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
         "checkpoint": str(saved.checkpoint_path), "policy_file": str(saved.policy_path)}
     if ws.int8 is not None:
         final["int8"] = {"plan": ws.int8.as_dict(), **(int8.as_dict() if int8 else {}),
-                         "warning": (int8.warning if int8 else ws.int8.choice.warning)}
+                         "warning": (int8.warning if int8 else ws.int8.warning)}
     if measured:
         ex = measured.export
         final.update(latency=(int8.paired if ships_int8 else measured.paired).as_dict(),

@@ -40,10 +40,20 @@ class Int8Plan:
     curve: quantize.Int8Curve | None
     """None when no format beat FP32 (the run ships FP32)."""
     seconds: float
+    unreachable: str | None = None
+    """Why INT8 was given up although a format is fast: the budget is out of INT8's reach (the
+    run ships FP32)."""
 
     @property
     def format(self) -> quantize.Int8Format | None:
-        return quantize.FORMATS[self.choice.chosen] if self.choice.chosen else None
+        """The format that ships, None when the run ships FP32."""
+        if self.choice.chosen is None or self.unreachable is not None:
+            return None
+        return quantize.FORMATS[self.choice.chosen]
+
+    @property
+    def warning(self) -> str | None:
+        return self.unreachable or self.choice.warning
 
     def converter(self, batch_shape: tuple[int, ...]):
         """ONNX FP32 bytes -> INT8 bytes in the chosen format, calibrated on seeded noise: what
@@ -57,7 +67,8 @@ class Int8Plan:
 
     def as_dict(self) -> dict:
         return {"choice": self.choice.as_dict(),
-                "curve": self.curve.as_dict() if self.curve else None, "seconds": self.seconds}
+                "curve": self.curve.as_dict() if self.curve else None, "seconds": self.seconds,
+                "unreachable": self.unreachable}
 
 
 def plan_int8(model: nn.Module, example: torch.Tensor, skeleton: pruning.Skeleton,
