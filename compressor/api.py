@@ -61,8 +61,8 @@ class CompressResult:
     """Policies the search evaluated."""
     search_seconds: float
     paths: dict[str, Path] = field(default_factory=dict)
-    """onnx (what ships: the INT8 file with quantize="int8"), fp32_onnx, dense_onnx, checkpoint,
-    policy, report: only when `out` was given."""
+    """onnx (what ships; with quantize="int8" the INT8 file, and fp32_onnx beside it), dense_onnx,
+    checkpoint, policy, report: only when `out` was given."""
     report: dict[str, Any] = field(default_factory=dict)
     """Everything report.json holds."""
 

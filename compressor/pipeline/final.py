@@ -358,7 +358,9 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
                             f"`compressor apply --policy {saved.policy_path}` or rerun with "
                             f"--resume {run_dir}")
     paths.update(onnx=int8.path if ships_int8 else measured.onnx_path,
-                 fp32_onnx=measured.onnx_path, dense_onnx=measured.dense_onnx_path)
+                 dense_onnx=measured.dense_onnx_path)
+    if ships_int8:
+        paths["fp32_onnx"] = measured.onnx_path
     return RunOutcome(rep, tuned.model, policy, checks, result, shipped_top1, ratio, paths)
 
 
