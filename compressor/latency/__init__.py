@@ -18,6 +18,7 @@ from compressor.latency.probe import (
     auto_batch_size,
     check_same_input,
     make_session,
+    measure_against_limit,
     measure_ms,
     measure_pair,
     pool_rounds,
@@ -25,4 +26,5 @@ from compressor.latency.probe import (
 
 __all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
            "Session", "auto_batch_size", "check_same_input", "fit_to_latency", "load_or_build",
-           "make_session", "measure_ms", "measure_pair", "pool_rounds"]
+           "make_session", "measure_against_limit", "measure_ms", "measure_pair",
+           "pool_rounds"]

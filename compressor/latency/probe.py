@@ -323,6 +323,17 @@ def pool_rounds(results: list[PairedLatency]) -> PairedLatency:
                                reference_ms=statistics.median(r.reference_ms for r in results))
 
 
+def measure_against_limit(candidate: Session, reference: Session, settings: ProbeSettings,
+                          limit: float | None, recheck_rounds: int) -> tuple[PairedLatency, int]:
+    """One paired round, repeated `recheck_rounds` more times when `limit` lies within its block
+    spread (a verdict should not hang on one window), pooled; and how many rounds ran."""
+    results = [measure_pair(candidate, reference, settings)]
+    lo, hi = results[0].spread
+    if limit is not None and lo <= limit <= hi:
+        results += [measure_pair(candidate, reference, settings) for _ in range(recheck_rounds)]
+    return pool_rounds(results), len(results)
+
+
 def auto_batch_size(reference: Session, input_shape: Sequence[int] | int | None = None,
                     min_ms: float = 10.0, largest: int = 256) -> int:
     """Smallest power-of-two batch at which `reference` takes at least `min_ms`; the session is

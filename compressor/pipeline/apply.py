@@ -106,10 +106,7 @@ def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSett
     if choice.chosen is None:
         log.warning(choice.warning)
         return {"choice": choice.as_dict(), "onnx": None, "warning": choice.warning}
-    calibration = quantize.calibration_batches(
-        dataset.train, replace(config, calibration_batches=4 * config.calibration_batches), seed)
     shipped = quantize_winner(out / "model.onnx", out / "dense.onnx", out / "model.int8.onnx",
-                              Int8Plan(config, choice, None, 0.0), calibration,
-                              dataset.search.batches(250, limit=8), dataset.test.batches(500),
-                              settings, None, fp32_ratio, 0)
+                              Int8Plan(config, choice, None, 0.0), dataset, seed, settings, None,
+                              fp32_ratio, 0)
     return {"choice": choice.as_dict(), **shipped.as_dict()}

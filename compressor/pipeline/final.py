@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor import latency, pruning, quantize
+from compressor import latency, pruning
 from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import atomic, checkpoints, export, policies, report
@@ -196,31 +196,20 @@ def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measur
     exported = export.export_onnx(model, batch, onnx_path)
     export.export_onnx(ws.dense, batch, dense_path)
     settings = replace(ws.probe.settings, blocks=fin.latency_blocks)
-    candidate = latency.make_session(onnx_path, settings)
-    reference = latency.make_session(dense_path, settings)
-    results = [latency.measure_pair(candidate, reference, settings)]
-    limit = ws.request.latency
-    lo, hi = results[0].spread
-    if limit is not None and lo <= limit <= hi:
-        for _ in range(fin.recheck_rounds):
-            results.append(latency.measure_pair(candidate, reference, settings))
-    return Measurement(onnx_path, dense_path, exported, latency.pool_rounds(results), len(results),
-                       time.time() - started)
+    paired, rounds = latency.measure_against_limit(
+        latency.make_session(onnx_path, settings), latency.make_session(dense_path, settings),
+        settings, ws.request.latency, fin.recheck_rounds)
+    return Measurement(onnx_path, dense_path, exported, paired, rounds, time.time() - started)
 
 
 def quantize_and_measure(ws: Workspace, measured: Measurement, run_dir: Path) -> ShippedInt8:
     """The fine-tuned FP32 export in the format chosen before the search, calibrated on the train
     split, checked on the search and test splits, timed against dense FP32 (`pipeline.int8`)."""
-    config, fin = ws.config.quantize, ws.config.final
-    # Four times the configured images: the accuracy fallbacks' "more images" attempt uses them.
-    calibration = quantize.calibration_batches(
-        ws.dataset.train, replace(config, calibration_batches=4 * config.calibration_batches),
-        seed=ws.config.seed)
-    settings = replace(ws.probe.settings, blocks=fin.latency_blocks)
+    fin = ws.config.final
     return quantize_winner(
         measured.onnx_path, measured.dense_onnx_path, run_dir / "model.int8.onnx", ws.int8,
-        calibration, ws.dataset.search.batches(250, limit=8), ws.dataset.test.batches(500),
-        settings, ws.request.latency, measured.paired.ratio, fin.recheck_rounds)
+        ws.dataset, ws.config.seed, replace(ws.probe.settings, blocks=fin.latency_blocks),
+        ws.request.latency, measured.paired.ratio, fin.recheck_rounds)
 
 
 def judge_run(ws: Workspace, policy: dict[str, float], latency_ratio: float | None

@@ -88,8 +88,10 @@ def plan_int8(model: nn.Module, example: torch.Tensor, skeleton: pruning.Skeleto
     pruned = [onnx_bytes(pruning.apply_policy(model, pruning.uniform_policy(
         skeleton, max_ratio if r is None else r), example, pruning_config), example)
         for r in CURVE_RATIOS]
-    curve = quantize.measure_curve([dense, *pruned], reference, settings, calibration, fmt,
-                                   config)
+    # The dense point is the format choice's own measurement of the chosen format.
+    chosen = next(t for t in choice.trials if t.format == choice.chosen)
+    curve = quantize.measure_curve(pruned, reference, settings, calibration, fmt, config,
+                                   known=[(choice.fp32_ratio, chosen.ratio / choice.fp32_ratio)])
     log.info("INT8 %s: %s of FP32 at FP32 ratios %s", fmt.name,
              [round(f, 3) for f in curve.factors], [round(r, 3) for r in curve.fp32_ratios])
     return Int8Plan(config, choice, curve, time.time() - started)
@@ -117,33 +119,32 @@ class ShippedInt8:
                 "latency_rounds": self.rounds, "warning": self.warning, "seconds": self.seconds}
 
 
-def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int8Plan,
-                    calibration, score_batches, test_batches, settings: latency.ProbeSettings,
-                    limit: float | None, fp32_ratio: float, recheck_rounds: int) -> ShippedInt8:
-    """Quantize the fine-tuned FP32 export (`quantize.quantize_within`, scored on the search
-    split), check it on the test split, time it against dense FP32 like the FP32 model (repeated
-    when within its block spread of `limit`). If it measures slower than the FP32 model, FP32
-    ships and the warning says so."""
+def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int8Plan, dataset,
+                    seed: int, settings: latency.ProbeSettings, limit: float | None,
+                    fp32_ratio: float, recheck_rounds: int) -> ShippedInt8:
+    """Quantize the fine-tuned FP32 export, calibrated on `dataset`'s train split
+    (`quantize.quantize_within`, scored on its search split), check it on the test split, time it
+    against dense FP32 like the FP32 model (repeated when within its block spread of `limit`). If
+    it measures slower than the FP32 model, FP32 ships and the warning says so."""
     started = time.time()
+    config = plan.config
+    # Four times the configured images: the accuracy fallbacks' "more images" attempt uses them.
+    calibration = quantize.calibration_batches(
+        dataset.train, replace(config, calibration_batches=4 * config.calibration_batches), seed)
     fp32 = fp32_path.read_bytes()
-    done = quantize.quantize_within(fp32, calibration, plan.format, plan.config, score_batches)
-    test = quantize.compare(fp32, done.data, test_batches)
-    candidate = latency.make_session(done.data, settings)
-    reference = latency.make_session(dense_path, settings)
-    results = [latency.measure_pair(candidate, reference, settings)]
-    lo, hi = results[0].spread
-    if limit is not None and lo <= limit <= hi:
-        for _ in range(recheck_rounds):
-            results.append(latency.measure_pair(candidate, reference, settings))
-    paired = latency.pool_rounds(results)
+    done = quantize.quantize_within(fp32, calibration, plan.format, config,
+                                    dataset.search.batches(250, limit=8))
+    test = quantize.compare(fp32, done.data, dataset.test.batches(500))
+    paired, rounds = latency.measure_against_limit(
+        latency.make_session(done.data, settings), latency.make_session(dense_path, settings),
+        settings, limit, recheck_rounds)
     if paired.ratio >= fp32_ratio:
         warning = (f"the INT8 model measured {paired.ratio:.3f} of dense FP32, slower than the "
                    f"FP32 model ({fp32_ratio:.3f}): shipping FP32")
         log.warning(warning)
-        return ShippedInt8(None, done, test, paired, len(results), warning, time.time() - started)
+        return ShippedInt8(None, done, test, paired, rounds, warning, time.time() - started)
     atomic.write_bytes(out_path, done.data)
-    return ShippedInt8(out_path, done, test, paired, len(results), done.warning,
-                       time.time() - started)
+    return ShippedInt8(out_path, done, test, paired, rounds, done.warning, time.time() - started)
 
 
 __all__ = ["CURVE_RATIOS", "Int8Plan", "ShippedInt8", "plan_int8", "quantize_winner"]

@@ -130,10 +130,11 @@ class Int8Curve:
 
 
 def measure_curve(networks: Sequence[bytes], reference: Session, settings: ProbeSettings,
-                  calibration: Sequence[np.ndarray], fmt: Int8Format,
-                  config: QuantizeConfig) -> Int8Curve:
-    """Each FP32 network and its INT8 version timed against dense FP32 -> the factor curve."""
-    points = []
+                  calibration: Sequence[np.ndarray], fmt: Int8Format, config: QuantizeConfig,
+                  known: Sequence[tuple[float, float]] = ()) -> Int8Curve:
+    """Each FP32 network and its INT8 version timed against dense FP32 -> the factor curve.
+    `known`: (FP32 ratio, INT8/FP32 factor) points measured already (the format choice's)."""
+    points = list(known)
     for fp32 in networks:
         int8 = quantize_bytes(fp32, calibration, fmt, config)
         fp32_ratio = _paired(fp32, reference, settings).ratio
