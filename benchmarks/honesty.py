@@ -5,7 +5,8 @@ scored by the episode's reward (BatchNorm recalibration only) and by recoveries 
 fine-tune of K steps, then given the final stage's full fine-tune and scored on the test split.
 The Spearman correlation of each proxy with the final top-1 says how much the search can be trusted.
 
-    python -m benchmarks.honesty --model resnet18 --budget 0.5 --policies 20
+    python -m benchmarks.honesty --model resnet18 --budget 0.3 --policies 10
+    python -m benchmarks.honesty --summarize     # README.md over every setting in --out
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from compressor.budgets.kinds import BudgetConfig
 from compressor.io import atomic
@@ -25,7 +27,7 @@ from compressor.pipeline import recovery
 from compressor.pipeline.compress import CompressConfig, prepare
 from compressor.pipeline.job import search_context
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
-from compressor.search.evaluator import RECOVERY_SEED
+from compressor.search.evaluator import RECOVERY_SEED, EvaluatorConfig
 from compressor.search.loop import CHECKPOINT, LoopConfig
 from compressor.search.methods import get_method
 from compressor.zoo.datasets import DataConfig
@@ -61,22 +63,59 @@ def distinct_policies(episodes: list[dict], count: int) -> list[dict]:
     return [unique[i] for i in picks]
 
 
+def parse_proxy(text: str) -> tuple[int, float]:
+    """`STEPS` or `STEPS@LR`: a short fine-tune tried as the reward (lr defaults to the search's)."""
+    steps, _, lr = text.partition("@")
+    return int(steps), float(lr) if lr else EvaluatorConfig().finetune_lr
+
+
+def proxy_name(steps: int, lr: float) -> str:
+    return "bn" if steps == 0 else f"ft{steps}" + ("" if lr == EvaluatorConfig().finetune_lr
+                                                  else f"@{lr:g}")
+
+
+def prefix_top1(model, batches, device) -> list[float]:
+    """Top-1 (%) on the first 1, 2, ... batches: the score with fewer search images, for free."""
+    model.eval()
+    correct = total = 0
+    out = []
+    with torch.no_grad():
+        for x, y in batches:
+            correct += int((model(x.to(device, memory_format=torch.channels_last)).argmax(1).cpu()
+                            == y).sum())
+            total += len(y)
+            out.append(100.0 * correct / total)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18")
     p.add_argument("--budget", type=float, default=0.5, help="latency ratio")
     p.add_argument("--policies", type=int, default=20)
     p.add_argument("--episodes", type=int, default=40, help="random-search episodes to draw from")
-    p.add_argument("--proxy-steps", type=int, nargs="+", default=[50, 200],
-                   help="short fine-tune lengths (SGD steps, batch 64) tried as rewards")
+    p.add_argument("--proxies", nargs="+", default=["10", "25", "50", "25@0.05"],
+                   help="short fine-tunes tried as rewards: STEPS or STEPS@LR (batch 64); the "
+                        "BatchNorm-only reward is always scored")
+    p.add_argument("--search-images", type=int, nargs="+", default=[500, 1000, 2000],
+                   help="search-split sizes each proxy is scored on (prefixes of the largest)")
+    p.add_argument("--short-train-size", type=int, default=5000,
+                   help="train images of the short final fine-tune (results/bench-short's)")
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--final-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/honesty")
+    p.add_argument("--out", default="results/honesty-v2")
+    p.add_argument("--summarize", action="store_true",
+                   help="only write the README table over every setting already in --out")
     args = p.parse_args(argv)
     out = Path(args.out)
+    command = " ".join(["python -m benchmarks.honesty", *(sys.argv[1:] if argv is None else argv)])
+    if args.summarize:
+        write_overview(out)
+        return 0
     config = CompressConfig(model=args.model, seed=args.seed,
                             data=DataConfig(train_size=args.train_size),
+                            evaluator=EvaluatorConfig(search_images=max(args.search_images)),
                             budget=BudgetConfig(latency=args.budget, probe_every=0),
                             loop=LoopConfig(episodes=args.episodes, agent="random"),
                             method="random",
@@ -92,36 +131,74 @@ def main(argv: list[str] | None = None) -> int:
     rows_path = out / f"{args.model}-b{args.budget}.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []  # resumable
     dataset, device = ws.dataset, ws.device
+    search_batches = ws.evaluator.search_batches  # 250-image batches
     # The same images for every policy, as in the search: only the policy differs.
-    proxies = {}
-    for steps in args.proxy_steps:
-        cfg = replace(ws.evaluator.recovery_config, finetune_steps=steps)
-        proxies[steps] = (cfg, list(dataset.train.batches(64, shuffle=True, seed=RECOVERY_SEED,
-                                                          limit=cfg.bn_batches + steps)))
+    proxies = [(0, EvaluatorConfig().finetune_lr), *map(parse_proxy, args.proxies)]
+    longest = max(steps for steps, _ in proxies)
+    batches = list(dataset.train.batches(64, shuffle=True, seed=RECOVERY_SEED,
+                                         limit=ws.evaluator.recovery_config.bn_batches + longest))
+    short_train = dataset.train.subset(args.short_train_size)
     for e in chosen[len(rows):]:
-        t = time.time()
-        row = {"episode": e["episode"], "reward": e["reward"], "search_top1_bn": e["top1"],
-               "policy": e["policy"]}
-        for steps, (cfg, batches) in proxies.items():
+        row = {"episode": e["episode"], "reward": e["reward"], "policy": e["policy"]}
+        for steps, lr in proxies:
+            name = proxy_name(steps, lr)
+            started = time.perf_counter()
             model = ws.evaluator.prune(e["policy"])
-            recovery.recover(model, batches, cfg, device)
-            row[f"search_top1_ft{steps}"] = ws.evaluator.evaluate(model)
-        model = ws.evaluator.prune(e["policy"])
-        ws.evaluator.recover(model, steps=0)  # BatchNorm recalibration, as the final stage does
-        train(model, dataset.train, None, TrainConfig(
-            epochs=args.final_epochs, max_lr=config.final.lr, warmup_fraction=0.1,
-            seed=args.seed, batch_size=config.final.batch_size), device)
-        row["test_top1_final"] = evaluate_top1(model, dataset.test.batches(500), device)
-        row["seconds"] = time.time() - t
+            recovery.recover(model, batches, replace(ws.evaluator.recovery_config,
+                                                     finetune_steps=steps, lr=lr), device)
+            recovered = time.perf_counter()
+            scores = prefix_top1(model, search_batches, device)
+            row[f"seconds_{name}"] = time.perf_counter() - started
+            row[f"seconds_{name}_eval"] = time.perf_counter() - recovered
+            for n in args.search_images:
+                row[f"search_top1_{name}_{n}"] = scores[min(len(scores), -(-n // 250)) - 1]
+        for final, split in (("full", dataset.train), ("short", short_train)):
+            started = time.perf_counter()
+            model = ws.evaluator.prune(e["policy"])
+            ws.evaluator.recover(model, steps=0)  # BatchNorm recalibration, as the final stage does
+            train(model, split, None, TrainConfig(
+                epochs=args.final_epochs, max_lr=config.final.lr, warmup_fraction=0.1,
+                seed=args.seed, batch_size=config.final.batch_size), device)
+            row[f"test_top1_{final}"] = evaluate_top1(model, dataset.test.batches(500), device)
+            row[f"seconds_final_{final}"] = time.perf_counter() - started
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "policy"}), flush=True)
         atomic.write_json(rows_path, rows)
-    write_summary(rows, args, out, " ".join(["python -m benchmarks.honesty",
-                                             *(sys.argv[1:] if argv is None else argv)]))
+    meta = {"model": args.model, "budget": args.budget, "episodes": args.episodes,
+            "proxies": [proxy_name(s, lr) for s, lr in proxies],
+            "search_images": args.search_images, "short_train_size": args.short_train_size,
+            "final_epochs": args.final_epochs, "train_size": args.train_size, "command": command}
+    atomic.write_json(out / f"{args.model}-b{args.budget}.meta.json", meta)
+    write_summary(rows, meta, out)
+    write_overview(out)
     return 0
 
 
-def write_summary(rows: list[dict], args, out: Path, command: str) -> None:
+def proxy_label(name: str) -> str:
+    if name == "bn":
+        return "BN recalibration only"
+    steps, _, lr = name[2:].partition("@")
+    return f"BN + {steps}-step fine-tune" + (f", lr {lr}" if lr else "")
+
+
+def correlations(rows: list[dict], meta: dict) -> list[dict]:
+    """One line per (proxy, search images): Spearman against both final fine-tunes, and cost."""
+    lines = []
+    for name in meta["proxies"]:
+        seconds = float(np.median([r[f"seconds_{name}"] for r in rows]))
+        eval_full = float(np.median([r[f"seconds_{name}_eval"] for r in rows]))
+        for n in meta["search_images"]:
+            values = [r[f"search_top1_{name}_{n}"] for r in rows]
+            # Scoring time scales with the images scored; recovery does not.
+            cost = seconds - eval_full * (1 - n / max(meta["search_images"]))
+            lines.append({"proxy": name, "images": n, "seconds": cost,
+                          "full": spearman(values, [r["test_top1_full"] for r in rows]),
+                          "short": spearman(values, [r["test_top1_short"] for r in rows]),
+                          "range": (min(values), max(values))})
+    return lines
+
+
+def write_summary(rows: list[dict], meta: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,35 +206,78 @@ def write_summary(rows: list[dict], args, out: Path, command: str) -> None:
 
     from compressor.provenance import provenance
 
-    final = [r["test_top1_final"] for r in rows]
-    proxies = ["search_top1_bn", *[f"search_top1_ft{s}" for s in args.proxy_steps]]
-    names = {"search_top1_bn": "episode reward (BN recalibration only, the default)",
-             **{f"search_top1_ft{s}": f"BN recalibration + {s}-step fine-tune"
-                for s in args.proxy_steps}}
     prov = provenance()
-    lines = [f"# Search honesty: {args.model}, latency budget {args.budget}", "",
-             f"Command: `{command}`", "",
+    stem = f"{meta['model']}-b{meta['budget']}"
+    lines = [f"# Search honesty: {meta['model']}, latency budget {meta['budget']}", "",
+             f"Command: `{meta['command']}`", "",
              f"Machine: {prov['machine']['cpu']}, {prov['machine']['cores']} cores; "
              f"git {prov['git_commit']}.", "",
-             f"{len(rows)} distinct policies from a {args.episodes}-episode random search, spread "
-             "over its reward range; each given the final stage's fine-tune "
-             f"({args.final_epochs} epoch(s), train size {args.train_size or 'full'}) and scored "
-             "on the test split.", "",
-             "| proxy | Spearman vs final test top-1 | proxy range (search top-1) |",
-             "|---|---|---|"]
-    fig, axes = plt.subplots(1, len(proxies), figsize=(4 * len(proxies), 3.6), squeeze=False)
-    for ax, proxy in zip(axes[0], proxies, strict=True):
-        values = [r[proxy] for r in rows]
-        rho = spearman(values, final)
-        lines.append(f"| {names[proxy]} | {rho:.2f} | {min(values):.1f}-{max(values):.1f} |")
-        ax.scatter(values, final)
-        ax.set(xlabel=f"{proxy} (%)", ylabel="final test top-1 (%)", title=f"rho = {rho:.2f}")
-    lines.append(f"\nFinal test top-1 range: {min(final):.2f}-{max(final):.2f}.")
+             f"{len(rows)} distinct policies from a {meta['episodes']}-episode random search, "
+             "spread over its reward range. Each is scored by every proxy (seconds: prune, "
+             "recover and score one policy, median) and given two final fine-tunes, each scored on "
+             f"the test split: {meta['final_epochs']} epoch on the full train split, and "
+             f"{meta['final_epochs']} epoch on its first {meta['short_train_size']} images.", "",
+             "| proxy | search images | Spearman vs full final | Spearman vs short final | "
+             "seconds per episode | proxy range |", "|---|---|---|---|---|---|"]
+    table = correlations(rows, meta)
+    for c in table:
+        lines.append(f"| {proxy_label(c['proxy'])} | {c['images']} | {c['full']:.2f} | "
+                     f"{c['short']:.2f} | {c['seconds']:.1f} | "
+                     f"{c['range'][0]:.1f}-{c['range'][1]:.1f} |")
+    for final in ("full", "short"):
+        values = [r[f"test_top1_{final}"] for r in rows]
+        seconds = np.median([r[f"seconds_final_{final}"] for r in rows])
+        lines.append(f"\n{final.capitalize()} final top-1 range: {min(values):.2f}-"
+                     f"{max(values):.2f} ({seconds:.0f} s per policy).")
+    n = max(meta["search_images"])
+    fig, axes = plt.subplots(2, len(meta["proxies"]), figsize=(3.6 * len(meta["proxies"]), 6.4),
+                             squeeze=False)
+    for col, name in enumerate(meta["proxies"]):
+        values = [r[f"search_top1_{name}_{n}"] for r in rows]
+        for row_index, final in enumerate(("full", "short")):
+            target = [r[f"test_top1_{final}"] for r in rows]
+            ax = axes[row_index][col]
+            ax.scatter(values, target)
+            ax.set(xlabel=f"{name} search top-1 (%)", ylabel=f"{final} final top-1 (%)",
+                   title=f"rho = {spearman(values, target):.2f}")
     fig.tight_layout()
-    png = out / f"{args.model}-b{args.budget}.png"
+    png = out / f"{stem}.png"
     atomic.write_via(png, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
     lines += ["", f"![proxy vs final]({png.name})", ""]
-    atomic.write_text(out / f"{args.model}-b{args.budget}.md", "\n".join(lines))
+    atomic.write_text(out / f"{stem}.md", "\n".join(lines))
+
+
+def write_overview(out: Path) -> None:
+    """README.md: every setting's Spearman per proxy at the largest search-image count."""
+    settings = []
+    for meta_path in sorted(out.glob("*.meta.json")):
+        meta = json.loads(meta_path.read_text())
+        rows = json.loads((out / meta_path.name.replace(".meta.json", ".json")).read_text())
+        settings.append((meta, {(c["proxy"], c["images"]): c for c in correlations(rows, meta)},
+                         len(rows)))
+    if not settings:
+        return
+    head = [f"{m['model']} {m['budget']} ({n} policies)" for m, _, n in settings]
+    lines = ["# Search honesty: which reward ranks policies like the final fine-tune", "",
+             "Spearman of each proxy (the episode's search top-1) against test top-1 after the "
+             "full / short final fine-tune; seconds per episode on this machine. Commands and "
+             "per-setting tables: the `*.md` files beside this one.", "",
+             "| proxy | search images | " + " | ".join(head) + " | seconds per episode |",
+             "|---|---|" + "---|" * (len(head) + 1)]
+    keys = sorted({k for _, table, _ in settings for k in table},
+                  key=lambda k: (settings[0][0]["proxies"].index(k[0])
+                                 if k[0] in settings[0][0]["proxies"] else 99, k[1]))
+    for key in keys:
+        cells, seconds = [], []
+        for _, table, _ in settings:
+            c = table.get(key)
+            cells.append("-" if c is None else f"{c['full']:.2f} / {c['short']:.2f}")
+            if c is not None:
+                seconds.append(f"{c['seconds']:.1f}")
+        lines.append(f"| {proxy_label(key[0])} | {key[1]} | " + " | ".join(cells) + " | "
+                     + " / ".join(seconds) + " |")
+    atomic.write_text(out / "README.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
