@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-size", type=int, default=None,
                    help="training images for the final fine-tune (quick runs)")
     p.add_argument("--final-epochs", type=int, default=1)
-    p.add_argument("--episode-finetune-steps", type=int, default=0,
+    p.add_argument("--episode-finetune-steps", type=int, default=EvaluatorConfig.finetune_steps,
                    help="SGD steps of each episode's recovery before it is scored (the reward)")
     p.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a DDPG setting of the agent rows (AgentConfig; repeatable), e.g. "

@@ -175,8 +175,10 @@ def _compress_config(args):
                             probe_every=args.probe_every),
         pruning=PruningConfig(**_round_to(args.round_to), importance=args.importance,
                               ignored_layers=tuple(args.ignore)),
-        evaluator=EvaluatorConfig(search_images=args.search_images, bn_batches=args.bn_batches,
-                                  finetune_steps=args.episode_finetune_steps),
+        # Flags left out keep EvaluatorConfig's defaults (what measured best; see README).
+        evaluator=EvaluatorConfig(**{k: v for k, v in {
+            "search_images": args.search_images, "bn_batches": args.bn_batches,
+            "finetune_steps": args.episode_finetune_steps}.items() if v is not None}),
         loop=LoopConfig(episodes=args.episodes, checkpoint_every=args.checkpoint_every),
         agent=default_agent_config(args.episodes, args.seed, **parse_options(args.agent_option)),
         tensorboard=args.tensorboard,
@@ -377,12 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--importance", choices=["l1", "l2", "bn", "taylor", "random"], default="l2")
     s_.add_argument("--ignore", action="append", default=[],
                     help="qualified name of a layer never to prune (repeatable)")
-    s_.add_argument("--search-images", type=int, default=2000,
-                    help="search-split images scored per episode")
-    s_.add_argument("--bn-batches", type=int, default=20,
+    s_.add_argument("--search-images", type=int, default=None,
+                    help="search-split images scored per episode (default: see README)")
+    s_.add_argument("--bn-batches", type=int, default=None,
                     help="batches of BatchNorm recalibration per episode")
-    s_.add_argument("--episode-finetune-steps", type=int, default=0,
-                    help="SGD steps of fine-tune per episode after recalibration")
+    s_.add_argument("--episode-finetune-steps", type=int, default=None,
+                    help="SGD steps of fine-tune per episode after recalibration (default: see README)")
     s_.add_argument("--checkpoint-every", type=int, default=5)
     s_.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
                     help="a DDPG setting (compressor.search.agent.AgentConfig; repeatable), e.g. "
