@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     chosen = distinct_policies(episodes, args.policies)
 
-    rows_path = out / f"{args.model}-b{args.budget}.json"
+    # Seed 0 keeps the first study's file names; other seeds add policies from another search.
+    stem = f"{args.model}-b{args.budget}" + (f"-s{args.seed}" if args.seed else "")
+    rows_path = out / f"{stem}.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []  # resumable
     dataset, device = ws.dataset, ws.device
     search_batches = ws.evaluator.search_batches  # 250-image batches
@@ -138,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     batches = list(dataset.train.batches(64, shuffle=True, seed=RECOVERY_SEED,
                                          limit=ws.evaluator.recovery_config.bn_batches + longest))
     short_train = dataset.train.subset(args.short_train_size)
+
+    def final_top1(policy: dict, split, seed: int) -> tuple[float, float]:
+        started = time.perf_counter()
+        model = ws.evaluator.prune(policy)
+        ws.evaluator.recover(model, steps=0)  # BatchNorm recalibration, as the final stage does
+        train(model, split, None, TrainConfig(
+            epochs=args.final_epochs, max_lr=config.final.lr, warmup_fraction=0.1,
+            seed=seed, batch_size=config.final.batch_size), device)
+        return (evaluate_top1(model, dataset.test.batches(500), device),
+                time.perf_counter() - started)
+
     for e in chosen[len(rows):]:
         row = {"episode": e["episode"], "reward": e["reward"], "policy": e["policy"]}
         for steps, lr in proxies:
@@ -153,36 +166,55 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.search_images:
                 row[f"search_top1_{name}_{n}"] = scores[min(len(scores), -(-n // 250)) - 1]
         for final, split in (("full", dataset.train), ("short", short_train)):
-            started = time.perf_counter()
-            model = ws.evaluator.prune(e["policy"])
-            ws.evaluator.recover(model, steps=0)  # BatchNorm recalibration, as the final stage does
-            train(model, split, None, TrainConfig(
-                epochs=args.final_epochs, max_lr=config.final.lr, warmup_fraction=0.1,
-                seed=args.seed, batch_size=config.final.batch_size), device)
-            row[f"test_top1_{final}"] = evaluate_top1(model, dataset.test.batches(500), device)
-            row[f"seconds_final_{final}"] = time.perf_counter() - started
+            row[f"test_top1_{final}"], row[f"seconds_final_{final}"] = final_top1(
+                e["policy"], split, args.seed)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "policy"}), flush=True)
         atomic.write_json(rows_path, rows)
-    meta = {"model": args.model, "budget": args.budget, "episodes": args.episodes,
+    # The noise ceiling: the same policies fine-tuned again with another seed. No proxy can rank
+    # the finals better than the finals of two seeds rank each other.
+    for row in rows:
+        for final, split in (("full", dataset.train), ("short", short_train)):
+            key = f"test_top1_{final}_again"
+            if key not in row:
+                row[key] = final_top1(row["policy"], split, args.seed + 1)[0]
+                atomic.write_json(rows_path, rows)
+    meta = {"model": args.model, "budget": args.budget, "seed": args.seed, "stem": stem,
+            "episodes": args.episodes,
             "proxies": [proxy_name(s, lr) for s, lr in proxies],
             "search_images": args.search_images, "short_train_size": args.short_train_size,
             "final_epochs": args.final_epochs, "train_size": args.train_size, "command": command}
-    atomic.write_json(out / f"{args.model}-b{args.budget}.meta.json", meta)
+    atomic.write_json(out / f"{stem}.meta.json", meta)
     write_summary(rows, meta, out)
     write_overview(out)
     return 0
 
 
 def proxy_label(name: str) -> str:
+    if name == "again":
+        return "noise ceiling: the same final fine-tune, another seed"
     if name == "bn":
         return "BN recalibration only"
     steps, _, lr = name[2:].partition("@")
     return f"BN + {steps}-step fine-tune" + (f", lr {lr}" if lr else "")
 
 
+TARGETS = {"full": "full final", "short": "short final",
+           "full2": "full final, mean of 2 seeds", "short2": "short final, mean of 2 seeds"}
+
+
+def targets(rows: list[dict]) -> dict[str, list[float]]:
+    """Final top-1 per policy: each final fine-tune, and the mean of its two seeds when run."""
+    out = {f: [r[f"test_top1_{f}"] for r in rows] for f in ("full", "short")}
+    if all("test_top1_full_again" in r for r in rows):
+        for f in ("full", "short"):
+            out[f"{f}2"] = [(r[f"test_top1_{f}"] + r[f"test_top1_{f}_again"]) / 2 for r in rows]
+    return out
+
+
 def correlations(rows: list[dict], meta: dict) -> list[dict]:
-    """One line per (proxy, search images): Spearman against both final fine-tunes, and cost."""
+    """One line per (proxy, search images): Spearman against every final target, and cost."""
+    finals = targets(rows)
     lines = []
     for name in meta["proxies"]:
         seconds = float(np.median([r[f"seconds_{name}"] for r in rows]))
@@ -192,9 +224,14 @@ def correlations(rows: list[dict], meta: dict) -> list[dict]:
             # Scoring time scales with the images scored; recovery does not.
             cost = seconds - eval_full * (1 - n / max(meta["search_images"]))
             lines.append({"proxy": name, "images": n, "seconds": cost,
-                          "full": spearman(values, [r["test_top1_full"] for r in rows]),
-                          "short": spearman(values, [r["test_top1_short"] for r in rows]),
+                          "rho": {t: spearman(values, v) for t, v in finals.items()},
                           "range": (min(values), max(values))})
+    if "full2" in finals:
+        # The ceiling: how well one seed's final ranks the policies like another seed's.
+        lines.append({"proxy": "again", "images": 0, "seconds": float("nan"),
+                      "rho": {f: spearman([r[f"test_top1_{f}_again"] for r in rows], finals[f])
+                              for f in ("full", "short")},
+                      "range": (float("nan"), float("nan"))})
     return lines
 
 
@@ -207,7 +244,7 @@ def write_summary(rows: list[dict], meta: dict, out: Path) -> None:
     from compressor.provenance import provenance
 
     prov = provenance()
-    stem = f"{meta['model']}-b{meta['budget']}"
+    stem = meta.get("stem", f"{meta['model']}-b{meta['budget']}")
     lines = [f"# Search honesty: {meta['model']}, latency budget {meta['budget']}", "",
              f"Command: `{meta['command']}`", "",
              f"Machine: {prov['machine']['cpu']}, {prov['machine']['cores']} cores; "
@@ -217,13 +254,15 @@ def write_summary(rows: list[dict], meta: dict, out: Path) -> None:
              "recover and score one policy, median) and given two final fine-tunes, each scored on "
              f"the test split: {meta['final_epochs']} epoch on the full train split, and "
              f"{meta['final_epochs']} epoch on its first {meta['short_train_size']} images.", "",
-             "| proxy | search images | Spearman vs full final | Spearman vs short final | "
-             "seconds per episode | proxy range |", "|---|---|---|---|---|---|"]
-    table = correlations(rows, meta)
-    for c in table:
-        lines.append(f"| {proxy_label(c['proxy'])} | {c['images']} | {c['full']:.2f} | "
-                     f"{c['short']:.2f} | {c['seconds']:.1f} | "
-                     f"{c['range'][0]:.1f}-{c['range'][1]:.1f} |")
+             "Spearman of each proxy against test top-1 after:", ""]
+    names = list(targets(rows))
+    lines += ["| proxy | search images | " + " | ".join(TARGETS[t] for t in names)
+              + " | seconds per episode | proxy range |", "|---|---|" + "---|" * (len(names) + 2)]
+    for c in correlations(rows, meta):
+        rhos = " | ".join(f"{c['rho'][t]:.2f}" if t in c["rho"] else "-" for t in names)
+        lines.append(f"| {proxy_label(c['proxy'])} | {c['images'] or '-'} | {rhos} | "
+                     f"{c['seconds']:.1f} | "
+                     f"{c['range'][0]:.1f}-{c['range'][1]:.1f} |".replace("nan", "-"))
     for final in ("full", "short"):
         values = [r[f"test_top1_{final}"] for r in rows]
         seconds = np.median([r[f"seconds_final_{final}"] for r in rows])
@@ -249,34 +288,54 @@ def write_summary(rows: list[dict], meta: dict, out: Path) -> None:
 
 
 def write_overview(out: Path) -> None:
-    """README.md: every setting's Spearman per proxy at the largest search-image count."""
-    settings = []
+    """README.md: every setting's Spearman per proxy, the policies of all its seeds pooled.
+
+    Seconds come from the seed-0 study alone (run with nothing beside it); later seeds add
+    policies and may have shared the machine.
+    """
+    pooled: dict[tuple, dict] = {}
     for meta_path in sorted(out.glob("*.meta.json")):
         meta = json.loads(meta_path.read_text())
         rows = json.loads((out / meta_path.name.replace(".meta.json", ".json")).read_text())
-        settings.append((meta, {(c["proxy"], c["images"]): c for c in correlations(rows, meta)},
-                         len(rows)))
+        group = pooled.setdefault((meta["model"], meta["budget"]), {"rows": []})
+        group["rows"].extend(rows)
+        if meta.get("seed", 0) == 0:
+            group["meta"], group["timed"] = meta, correlations(rows, meta)
+    settings = [(g["meta"], {(c["proxy"], c["images"]): c for c in correlations(g["rows"],
+                                                                                 g["meta"])},
+                 {(c["proxy"], c["images"]): c["seconds"] for c in g["timed"]}, len(g["rows"]))
+                for g in pooled.values() if "meta" in g]
     if not settings:
         return
-    head = [f"{m['model']} {m['budget']} ({n} policies)" for m, _, n in settings]
+    head = [f"{m['model']} {m['budget']} ({n} policies)" for m, _, _, n in settings]
     lines = ["# Search honesty: which reward ranks policies like the final fine-tune", "",
              "Spearman of each proxy (the episode's search top-1) against test top-1 after the "
-             "full / short final fine-tune; seconds per episode on this machine. Commands and "
+             "full / short final fine-tune (the mean of its two seeds where both ran; the noise "
+             "ceiling row: one seed's final against the other's), its mean over the settings, "
+             "and seconds per episode on this machine (seed-0 runs, alone). Commands and "
              "per-setting tables: the `*.md` files beside this one.", "",
-             "| proxy | search images | " + " | ".join(head) + " | seconds per episode |",
-             "|---|---|" + "---|" * (len(head) + 1)]
-    keys = sorted({k for _, table, _ in settings for k in table},
-                  key=lambda k: (settings[0][0]["proxies"].index(k[0])
-                                 if k[0] in settings[0][0]["proxies"] else 99, k[1]))
+             "| proxy | search images | " + " | ".join(head) + " | mean | seconds per episode |",
+             "|---|---|" + "---|" * (len(head) + 2)]
+    order = [*settings[0][0]["proxies"], "again"]
+    keys = sorted({k for _, table, _, _ in settings for k in table},
+                  key=lambda k: (order.index(k[0]) if k[0] in order else 99, k[1]))
     for key in keys:
-        cells, seconds = [], []
-        for _, table, _ in settings:
+        cells, seconds, means = [], [], {"full": [], "short": []}
+        for _, table, timed, _ in settings:
             c = table.get(key)
-            cells.append("-" if c is None else f"{c['full']:.2f} / {c['short']:.2f}")
-            if c is not None:
-                seconds.append(f"{c['seconds']:.1f}")
-        lines.append(f"| {proxy_label(key[0])} | {key[1]} | " + " | ".join(cells) + " | "
-                     + " / ".join(seconds) + " |")
+            if c is None:
+                cells.append("-")
+                continue
+            # Against the two-seed mean when there is one (less noise), else the single final.
+            rho = {f: c["rho"].get(f"{f}2", c["rho"][f]) for f in ("full", "short")}
+            cells.append(f"{rho['full']:.2f} / {rho['short']:.2f}")
+            for f in means:
+                means[f].append(rho[f])
+            if timed.get(key, float("nan")) == timed.get(key, float("nan")):
+                seconds.append(f"{timed[key]:.1f}")
+        mean = f"{np.mean(means['full']):.2f} / {np.mean(means['short']):.2f}"
+        lines.append(f"| {proxy_label(key[0])} | {key[1] or '-'} | " + " | ".join(cells)
+                     + f" | {mean} | " + " / ".join(seconds) + " |")
     atomic.write_text(out / "README.md", "\n".join(lines) + "\n")
 
 

@@ -5,7 +5,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.honesty import distinct_policies, spearman
+from benchmarks.honesty import correlations, distinct_policies, spearman
 
 
 @given(st.lists(st.integers(-1000, 1000), min_size=3, max_size=30, unique=True))
@@ -33,3 +33,31 @@ def test_distinct_policies_drops_repeats_and_spans_the_reward_range():
     # 7 distinct policies: the lowest and highest reward of the unique ones are kept.
     assert rewards[0] == 0.0 and rewards[-1] == max(e["reward"] for e in
                                                      distinct_policies(episodes, 100))
+
+
+def _rows(finals_again: bool) -> list[dict]:
+    rows = []
+    for i in range(6):
+        row = {"seconds_bn": 1.0, "seconds_bn_eval": 0.5, "search_top1_bn_500": float(i),
+               "search_top1_bn_1000": float(-i), "test_top1_full": float(i),
+               "test_top1_short": float(i % 3)}
+        if finals_again:
+            row |= {"test_top1_full_again": float(i), "test_top1_short_again": float(5 - i)}
+        rows.append(row)
+    return rows
+
+
+def test_correlations_rank_each_proxy_and_price_fewer_images_lower():
+    meta = {"proxies": ["bn"], "search_images": [500, 1000]}
+    by_images = {c["images"]: c for c in correlations(_rows(False), meta)}
+    assert by_images[500]["rho"]["full"] == 1.0 and by_images[1000]["rho"]["full"] == -1.0
+    assert by_images[500]["seconds"] == 0.75 and by_images[1000]["seconds"] == 1.0
+    assert set(by_images[500]["rho"]) == {"full", "short"}  # no second seed: no mean, no ceiling
+
+
+def test_a_second_final_seed_adds_the_mean_target_and_the_noise_ceiling():
+    lines = correlations(_rows(True), {"proxies": ["bn"], "search_images": [500]})
+    ceiling = [c for c in lines if c["proxy"] == "again"]
+    assert len(ceiling) == 1
+    assert ceiling[0]["rho"]["full"] == 1.0 and ceiling[0]["rho"]["short"] < 0
+    assert "full2" in lines[0]["rho"] and "short2" in lines[0]["rho"]
