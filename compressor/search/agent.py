@@ -337,7 +337,10 @@ class DDPGAgent:
 
     The search loop calls ``act`` for every unit, then ``observe_episode`` once with the
     observations, the actions actually applied, and the episode's reward. ``episodes`` is the
-    search's length, which the budget noise schedule decays over.
+    search's length, which the budget noise schedule decays over. With batched rollouts
+    (``--workers``) the loop plays several episodes with ``act`` before it observes them, in the
+    same order: every draw still comes from the one generator in call order, so a seeded batched
+    search repeats itself whichever worker finishes first.
     """
 
     def __init__(self, obs_dim: int, config: AgentConfig, device: torch.device = CPU,

@@ -111,7 +111,10 @@ def connect(config: DistributedConfig) -> bool:
     if config.ray_address is None:
         # No usage report to Ray's servers from a library call (and none is reachable here).
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=cores(), include_dashboard=False, **quiet)
+        # Errors only: a new local cluster otherwise prints a warning that it enabled token
+        # authentication (its default; asking for it by RAY_AUTH_MODE=token fails to start).
+        ray.init(num_cpus=cores(), include_dashboard=False,
+                 **{**quiet, "logging_level": logging.ERROR})
         return True
     try:
         ray.init(address=config.ray_address, **quiet)

@@ -7,6 +7,11 @@ prepass). `--resume RUN_DIR` reloads the checkpoint, drops log lines written aft
 from there: the evaluator is deterministic and every random draw comes from the agent's saved
 generator, so a resumed run ends where an uninterrupted one would.
 
+Episodes run in batches (one episode per batch in-process; one per Ray worker with `--workers`):
+the current agent proposes every episode of a batch (walking the env with its own draws, so the
+proposals do not depend on which worker finishes first), the batch is evaluated together, then
+its episodes are stored and learned from in order. Checkpoints fall on batch boundaries.
+
 Before the first episode an optional prepass measures what the agent may know up front (each unit's
 sensitivity, as extra state features) and the demonstrations to play as the first episodes (warm
 start); it runs once per search, is checkpointed at once, and its evaluations count in the episodes.
@@ -30,7 +35,7 @@ import torch
 from compressor.errors import UserError
 from compressor.io import atomic
 from compressor.search.agent import AgentConfig, make_agent, warmup_for
-from compressor.search.env import PruningEnv
+from compressor.search.env import Evaluation, PruningEnv
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -172,15 +177,65 @@ def summary_writer_class():
     return SummaryWriter
 
 
+class Rollout(NamedTuple):
+    """One episode as proposed, before its policy is evaluated."""
+
+    observations: list[np.ndarray]
+    actions: list[float]
+    """The actions applied (after the budget wall), one per unit."""
+    wanted: list[float]
+    """The actions the agent (or the demonstration) chose."""
+    policy: dict[str, float]
+
+
+class _PolicyOnly:
+    """Stands in for the env's evaluator while episodes are proposed: the env's last step hands
+    over the policy, which is evaluated later with the rest of its batch (the reward the env
+    computes from this placeholder is not used)."""
+
+    def __call__(self, policy: dict[str, float]) -> Evaluation:
+        return Evaluation(top1=0.0, flops_ratio=1.0, metrics={})
+
+
+def propose(env: PruningEnv, agent, episode: int, demo: Demonstration | None) -> Rollout:
+    """Walk the env's units with the agent's actions (or the demonstration's), evaluating nothing."""
+    obs, _ = env.reset(seed=None)
+    observations, actions, wanted = [obs], [], []
+    while True:
+        action = agent.act(obs, episode) if demo is None else \
+            demo.policy.get(env.names[len(actions)], 0.0) / env.max_ratio
+        # float64, not the space's float32: a demonstration sits on the budget's edge,
+        # where float32 rounding of its ratio would let the wall raise it.
+        obs, _, terminated, _, info = env.step(np.array([action]))
+        wanted.append(action)
+        actions.append(info["applied_action"])
+        if terminated:
+            return Rollout(observations, actions, wanted, info["policy"])
+        observations.append(obs)
+
+
+def one_by_one(evaluator: Callable[[dict[str, float]], Evaluation]
+               ) -> Callable[[list[dict[str, float]]], list[Evaluation]]:
+    """A batch evaluated in-process, policy after policy (what `--workers 1` does)."""
+    def evaluate_all(policies: list[dict[str, float]]) -> list[Evaluation]:
+        return [evaluator(p) for p in policies]
+    return evaluate_all
+
+
 def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, loop: LoopConfig,
                agent_config: AgentConfig, run_dir: Path, config_dict: dict, resume: bool = False,
                progress: bool = True, prepare: Callable[[], Prepass] | None = None,
-               tensorboard: str | Path | None = None) -> list[Candidate]:
+               tensorboard: str | Path | None = None,
+               evaluate_all: Callable[[list[dict[str, float]]], list[Evaluation]] | None = None,
+               batch: int = 1) -> list[Candidate]:
     """Run (or continue) the episodes; returns the best distinct policies, best first.
 
     `make_env(extra_features)` builds the environment once the prepass is known; `prepare()` is
     the prepass (None: nothing measured, no demonstrations). `loop.episodes` is the evaluation
     budget: the prepass's evaluations are taken from it. `tensorboard`: a directory for scalars.
+    `batch` episodes are proposed before they are evaluated, by `evaluate_all(policies)` (in
+    order; default: `evaluator` on each in turn, e.g. a `search.distributed.EvaluatorPool.map`).
+    A resumed search needs the same `batch`.
     """
     from tqdm.auto import tqdm
 
@@ -214,14 +269,16 @@ def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, l
                         "episodes; raise --episodes")
     features = None if pre.extra_features is None else np.array(pre.extra_features)
     env = make_env(features)
+    env.evaluate = _PolicyOnly()  # episodes are evaluated a batch at a time, below
+    evaluate_all = evaluate_all or one_by_one(evaluator)
     agent = make_agent(loop.agent, env.observation_space.shape[0], agent_config,
                        torch.device("cpu"), episodes=episodes)
     if agent_state is not None:
         agent.load_state_dict(agent_state)
     keys = {id(c): evaluator.key(c.policy) for c in state.best}
 
-    # The agent as it was after the last finished episode: what Ctrl-C saves, so that a resumed
-    # run never sees the random draws of a half-played episode.
+    # The agent as it was after the last finished batch: what Ctrl-C saves, so that a resumed
+    # run never sees the random draws of a half-played batch.
     finished_agent = copy.deepcopy(agent.state_dict())
     # On resume, TensorBoard drops the scalars of the episodes that are replayed.
     writer = writer_class(str(tensorboard), purge_step=state.next_episode or None) \
@@ -230,51 +287,46 @@ def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, l
                disable=not progress, dynamic_ncols=True)
     started = time.time()
     try:
-        for episode in range(state.next_episode, episodes):
-            demo = pre.demonstrations[episode] if episode < len(pre.demonstrations) else None
-            obs, _ = env.reset(seed=None)
-            observations, actions, wanted = [obs], [], []
-            while True:
-                action = agent.act(obs, episode) if demo is None else \
-                    demo.policy.get(env.names[len(actions)], 0.0) / env.max_ratio
-                # float64, not the space's float32: a demonstration sits on the budget's edge,
-                # where float32 rounding of its ratio would let the wall raise it.
-                obs, reward, terminated, _, info = env.step(np.array([action]))
-                wanted.append(action)
-                actions.append(info["applied_action"])
-                if terminated:
-                    break
-                observations.append(obs)
-            agent.observe_episode(observations, actions, reward)
-            learned = agent.episode_stats(observations, episode)
-            if demo is not None:
-                learned = {**learned, "sigma": None}  # no noise: the demonstration's own actions
-            evaluation = info["evaluation"]
-            record = {
-                "episode": episode, **({"demonstration": demo.name} if demo else {}),
-                "reward": reward, "top1": evaluation.top1,
-                "flops_ratio": evaluation.flops_ratio,
-                **{k: v for k, v in evaluation.metrics.items()},
-                "policy": info["policy"], "wanted_actions": wanted, **learned,
-                "elapsed": time.time() - started,
-            }
-            atomic.append_line(log_path, json.dumps(record, default=float))
-            _remember(state.best, Candidate(episode, reward, evaluation.top1, info["policy"],
-                                            {k: v for k, v in evaluation.metrics.items()
-                                             if k != "seconds"}),
-                      evaluator.key(info["policy"]), loop.keep_best, keys)
-            state.next_episode = episode + 1
+        while state.next_episode < episodes:
+            numbers = range(state.next_episode, min(state.next_episode + batch, episodes))
+            demos = [pre.demonstrations[n] if n < len(pre.demonstrations) else None
+                     for n in numbers]
+            rollouts = [propose(env, agent, n, demo) for n, demo in zip(numbers, demos,
+                                                                         strict=True)]
+            evaluations = evaluate_all([r.policy for r in rollouts])
+            for episode, demo, rollout, evaluation in zip(numbers, demos, rollouts, evaluations,
+                                                          strict=True):
+                reward = float(env.reward_fn(evaluation))
+                agent.observe_episode(rollout.observations, rollout.actions, reward)
+                learned = agent.episode_stats(rollout.observations, episode)
+                if demo is not None:
+                    learned = {**learned, "sigma": None}  # no noise: the demonstration's own
+                record = {
+                    "episode": episode, **({"demonstration": demo.name} if demo else {}),
+                    "reward": reward, "top1": evaluation.top1,
+                    "flops_ratio": evaluation.flops_ratio,
+                    **{k: v for k, v in evaluation.metrics.items()},
+                    "policy": rollout.policy, "wanted_actions": rollout.wanted, **learned,
+                    "elapsed": time.time() - started,
+                }
+                atomic.append_line(log_path, json.dumps(record, default=float))
+                _remember(state.best, Candidate(episode, reward, evaluation.top1, rollout.policy,
+                                                {k: v for k, v in evaluation.metrics.items()
+                                                 if k != "seconds"}),
+                          evaluator.key(rollout.policy), loop.keep_best, keys)
+                best = state.best[0]
+                if writer is not None:
+                    _write_scalars(writer, episode, record, best)
+                bar.update(1)
+                bar.set_postfix(reward=f"{reward:.3f}", acc=f"{evaluation.top1:.1f}",
+                                lat=f"{evaluation.metrics.get('latency_predicted', float('nan')):.3f}",
+                                best=f"{best.top1:.1f}@{best.episode}", refresh=False)
+            before, state.next_episode = state.next_episode, numbers[-1] + 1
             state.cache, state.evaluator_calls = evaluator.cache, evaluator.calls
             finished_agent = copy.deepcopy(agent.state_dict())
-            best = state.best[0]
-            if writer is not None:
-                _write_scalars(writer, episode, record, best)
-            bar.update(1)
-            bar.set_postfix(reward=f"{reward:.3f}", acc=f"{evaluation.top1:.1f}",
-                            lat=f"{evaluation.metrics.get('latency_predicted', float('nan')):.3f}",
-                            best=f"{best.top1:.1f}@{best.episode}", refresh=False)
-            if state.next_episode % loop.checkpoint_every == 0 or \
-                    state.next_episode == episodes:
+            # Every `checkpoint_every` episodes, at the end of the batch that reaches them.
+            if state.next_episode // loop.checkpoint_every > before // loop.checkpoint_every \
+                    or state.next_episode == episodes:
                 save_checkpoint(run_dir, state, finished_agent)
     except KeyboardInterrupt:
         save_checkpoint(run_dir, state, finished_agent)

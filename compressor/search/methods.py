@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from compressor.errors import UserError
 from compressor.pruning.policies import policy_vector
 from compressor.search import sensitivity
 from compressor.search.agent import AgentConfig
-from compressor.search.env import PruningEnv, reward_error
+from compressor.search.env import Evaluation, PruningEnv, reward_error
 from compressor.search.loop import Candidate, Demonstration, LoopConfig, Prepass, run_search
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,26 @@ class SearchContext:
     pruning uses them; None: such a criterion is a UserError in `global`."""
     tensorboard: str | None = None
     """A directory for the agent methods' per-episode TensorBoard scalars; None: none."""
+    pool: Any = None
+    """Ray workers that score a batch of policies in parallel for `evaluate`
+    (`search.distributed.EvaluatorPool`, with `.workers` and `.map(policies)`); None: every
+    policy in-process, one after another."""
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
         return budget_cost(self.skeleton, self.budgets, policy)
+
+    @property
+    def batch(self) -> int:
+        """Episodes the agent methods propose before any is evaluated: one per worker."""
+        return 1 if self.pool is None else self.pool.workers
+
+    def evaluate_all(self, policies: list[dict[str, float]]) -> list[Evaluation]:
+        """`evaluate` of every policy, in order; on the pool's workers when there is one (the
+        same evaluations, cache hits and call count as one call after another)."""
+        if self.pool is None:
+            return [self.evaluate(p) for p in policies]
+        return self.pool.map(policies)
 
 
 @dataclass
@@ -120,7 +136,7 @@ class SearchMethod(Protocol):
 def _single(ctx: SearchContext, policy: dict[str, float], started: float, calls: int
             ) -> SearchOutcome:
     """A deterministic method's one policy, evaluated once so the final stage can rank it."""
-    evaluation = ctx.evaluate(policy)
+    (evaluation,) = ctx.evaluate_all([policy])
     candidate = Candidate(0, reward_error(evaluation), evaluation.top1, policy,
                           {k: v for k, v in evaluation.metrics.items() if k != "seconds"})
     return SearchOutcome([candidate], ctx.evaluate.calls - calls, time.time() - started)
@@ -146,7 +162,8 @@ class AgentSearch:
         with _run_directory(ctx.run_dir) as run_dir:
             best = run_search(ctx.make_env, ctx.evaluate, loop, ctx.agent, run_dir,
                               ctx.config_dict, resume=ctx.resume, progress=ctx.progress,
-                              prepare=prepare, tensorboard=ctx.tensorboard)
+                              prepare=prepare, tensorboard=ctx.tensorboard,
+                              evaluate_all=ctx.evaluate_all, batch=ctx.batch)
         return SearchOutcome(best, ctx.evaluate.calls - calls, time.time() - started)
 
 
@@ -165,7 +182,8 @@ def agent_prepass(ctx: SearchContext) -> Prepass:
                         f"{' and the warm start 2 episodes' if cfg.warm_start else ''} of the "
                         f"{ctx.episodes} episodes, leaving none to the agent; raise --episodes or "
                         "give fewer sensitivity_ratios")
-    measured = sensitivity.measure(ctx.evaluate, names, cfg.sensitivity_ratios)
+    measured = sensitivity.measure(ctx.evaluate, names, cfg.sensitivity_ratios,
+                                   evaluate_all=ctx.evaluate_all)
     demonstrations = []
     if cfg.warm_start:
         uniform, _ = pruning.uniform_policy_for_budget(ctx.skeleton, ctx.budget_cost, 1.0,
@@ -231,7 +249,8 @@ class GreedySearch:
 
     def search(self, ctx: SearchContext) -> SearchOutcome:
         started, calls = time.time(), ctx.evaluate.calls
-        measured = sensitivity.measure(ctx.evaluate, ctx.skeleton.names, self.ratios)
+        measured = sensitivity.measure(ctx.evaluate, ctx.skeleton.names, self.ratios,
+                                       evaluate_all=ctx.evaluate_all)
         policy = sensitivity.greedy_policy(measured, ctx.budget_cost, ctx.max_ratio)
         return _single(ctx, policy, started, calls)
 

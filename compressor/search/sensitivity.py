@@ -50,10 +50,18 @@ def evaluations_needed(units: int, ratios: Sequence[float]) -> int:
     return 1 + units * len(ratios)
 
 
-def measure(evaluate: Callable, names: Sequence[str], ratios: Sequence[float]) -> Sensitivity:
-    """Score the dense network, then every unit alone at every ratio (`evaluate(policy).top1`)."""
-    dense = evaluate({}).top1
-    drops = {n: [dense - evaluate({n: r}).top1 for r in ratios] for n in names}
+def measure(evaluate: Callable, names: Sequence[str], ratios: Sequence[float],
+            evaluate_all: Callable[[list[dict[str, float]]], list] | None = None) -> Sensitivity:
+    """Score the dense network, then every unit alone at every ratio (`evaluate(policy).top1`).
+
+    `evaluate_all(policies)`, when given, scores the whole scan as one batch in that order (on
+    Ray workers with `--workers`; the scan's policies do not depend on each other's scores).
+    """
+    policies = [{}, *({n: r} for n in names for r in ratios)]
+    scores = [e.top1 for e in (evaluate_all(policies) if evaluate_all is not None
+                               else [evaluate(p) for p in policies])]
+    dense, rest = scores[0], iter(scores[1:])
+    drops = {n: [dense - next(rest) for _ in ratios] for n in names}
     return Sensitivity(tuple(ratios), dense, drops, evaluations_needed(len(names), ratios))
 
 
