@@ -33,6 +33,7 @@ from compressor.pipeline import compress as pipeline
 from compressor.pipeline.data import first_batch, user_dataset
 from compressor.pipeline.final import test_score
 from compressor.provenance import seed_everything
+from compressor.search import distributed
 from compressor.search.evaluator import checked_score
 from compressor.search.loop import LoopConfig
 
@@ -91,6 +92,7 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
              finetune: Callable[[nn.Module, int], None] | None = None,
              final_epochs: int = 1, out: str | Path | None = None, seed: int = 0,
              device: str = "auto", progress: bool = False, quantize: str = "none",
+             workers: int | None = None,
              config: pipeline.CompressConfig | None = None) -> CompressResult:
     """Prune `model` to a budget, fine-tune the best policy, export and measure it.
 
@@ -115,6 +117,10 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         quantize: "int8" ships an onnxruntime static INT8 model (format measured on this
             machine, calibrated on `train`); the search then sees INT8 latency and the budget
             stays a ratio of the dense FP32 model. "none" (default) ships FP32.
+        workers: Ray workers scoring the search's episodes in parallel (needs
+            `pip install 'compressor[distributed]'`; the cluster and threads per worker are
+            `config.distributed`'s); None: `config`'s, by default 1 (in-process, no Ray). The
+            model, data and `evaluate`/`finetune` are sent to the workers, so they must pickle.
         config: every other setting (`compressor.pipeline.compress.CompressConfig`); the
             arguments above override its fields.
 
@@ -148,7 +154,10 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
                        flops=flops_budget, params=params_budget),
         loop=replace(base.loop if config else LoopConfig(), episodes=episodes),
         final=replace(base.final, epochs=final_epochs),
-        quantize=replace(base.quantize, mode=quantize)).resolved()
+        quantize=replace(base.quantize, mode=quantize),
+        distributed=base.distributed if workers is None else
+        replace(base.distributed, workers=workers)).resolved()
+    distributed.check(config.distributed)  # before any work: Ray missing, cluster unreachable
     dense = copy.deepcopy(model).cpu().eval()
     score = checked_score(evaluate) if evaluate is not None else None
     with tempfile.TemporaryDirectory(prefix="compressor-") as scratch:

@@ -159,6 +159,7 @@ def _compress_config(args):
     from compressor.pipeline.compress import CompressConfig, FinalConfig
     from compressor.pruning import PruningConfig
     from compressor.search.agent import parse_options
+    from compressor.search.distributed import DistributedConfig
     from compressor.search.evaluator import EvaluatorConfig
     from compressor.search.loop import LoopConfig, default_agent_config
 
@@ -186,6 +187,8 @@ def _compress_config(args):
                           epochs=args.final_epochs, lr=args.final_lr, fit=not args.no_fit),
         quantize=_quantize_config(args),
         probe=_probe_settings(args, data.input_size),
+        distributed=DistributedConfig(workers=args.workers, ray_address=args.ray_address,
+                                      worker_threads=args.worker_threads),
     )
 
 
@@ -390,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a DDPG setting (compressor.search.agent.AgentConfig; repeatable), e.g. "
                          "warm_start=true, sensitivity=true, noise_floor=0.05, "
                          "noise_schedule=budget|decay, sensitivity_ratios=0.25,0.5,0.75")
+    r = p.add_argument_group("distributed search (Ray: pip install 'compressor[distributed]')")
+    r.add_argument("--workers", type=int, default=1,
+                   help="Ray workers scoring episodes in parallel, one episode each per batch "
+                        "(default 1: in-process, no Ray); latency is measured on this process "
+                        "between batches")
+    r.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="join this Ray cluster (default: start a local one with this "
+                        "machine's cores)")
+    r.add_argument("--worker-threads", type=int, default=None,
+                   help="torch threads per worker (default: cores // workers)")
     f = p.add_argument_group("final stage")
     f.add_argument("--candidates", type=int, default=3,
                    help="best policies given a short fine-tune")

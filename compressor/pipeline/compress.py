@@ -28,7 +28,9 @@ from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
 from compressor.quantize import QuantizeConfig
+from compressor.search import distributed
 from compressor.search.agent import AgentConfig
+from compressor.search.distributed import DistributedConfig
 from compressor.search.env import PruningEnv
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
 from compressor.search.loop import LoopConfig, default_agent_config, summary_writer_class
@@ -105,6 +107,8 @@ class CompressConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     """INT8 of the shipped model (off by default); with it the search sees INT8 latency."""
     probe: latency.ProbeSettings = field(default_factory=latency.ProbeSettings)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Where episodes are scored: in-process (default) or on Ray workers (`--workers`)."""
 
     def resolved(self) -> CompressConfig:
         """Every derived default made explicit, so the saved config says what ran."""
@@ -134,6 +138,11 @@ def search_fields(config: CompressConfig) -> dict:
     d["pruning"]["importance"] = importance_label(config.pruning.importance)
     for key in ("out", "policies_dir", "results_dir", "tensorboard", "device", "final"):
         d.pop(key)
+    # Where episodes run does not change them, but the batch they are proposed in (one episode
+    # per worker) does; serial runs keep the fields they had before workers existed.
+    workers = d.pop("distributed")["workers"]
+    if workers > 1:
+        d["rollout_batch"] = workers
     return d
 
 
@@ -308,6 +317,7 @@ def prepare(config: CompressConfig, say=log.info) -> Workspace:
     t0 = time.time()
     if config.tensorboard is not None:
         summary_writer_class()  # a missing optional dependency is refused before any work
+    distributed.check(config.distributed)  # so are a missing Ray and an unreachable cluster
     seed_everything(config.seed)
     dataset = load_dataset(config.data)
     checked = preflight(config, dataset, say) if config.checkpoint is None else None
