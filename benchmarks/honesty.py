@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = CompressConfig(model=args.model, seed=args.seed,
                             data=DataConfig(train_size=args.train_size),
-                            evaluator=EvaluatorConfig(search_images=max(args.search_images)),
+                            # The sampling search scores by recalibration only whatever the
+                            # default reward: its scores only spread the picked policies.
+                            evaluator=EvaluatorConfig(search_images=max(args.search_images),
+                                                      finetune_steps=0),
                             budget=BudgetConfig(latency=args.budget, probe_every=0),
                             loop=LoopConfig(episodes=args.episodes, agent="random"),
                             method="random",

@@ -2,8 +2,9 @@
 
 Pruning leaves BatchNorm running statistics measured on the dense network's activations; EagleEye
 (Li et al. 2020) showed that re-estimating them on a few training batches ("adaptive BN") makes the
-accuracy of a pruned candidate a far better predictor of its accuracy after fine-tuning. A few SGD
-steps on top help more but cost ~10x an evaluation per image on the CPU, hence `finetune_steps=0`.
+accuracy of a pruned candidate a far better predictor of its accuracy after fine-tuning than the
+stale statistics. Recalibration alone still does not rank policies the way the final fine-tune does
+(results/honesty-v2): a few SGD steps on top do, hence the search's 10-step default.
 """
 
 from __future__ import annotations
