@@ -149,12 +149,6 @@ def worker_evaluator(evaluator):
     return shipped
 
 
-def probe_due(evaluator, call: int) -> bool:
-    """Whether call number `call` is also measured, as `EpisodeEvaluator.__call__` decides."""
-    every = evaluator.probe_every
-    return evaluator.probe is not None and every > 0 and (every == 1 or call % every == 1)
-
-
 class EvaluatorPool:
     """`config.workers` Ray actors scoring policies for the driver's `evaluator`.
 
@@ -222,7 +216,7 @@ class EvaluatorPool:
         for policy in policies:
             ev.calls += 1
             keys.append(ev.key(policy))
-            due.append(probe_due(ev, ev.calls))
+            due.append(ev.probe_due(ev.calls))
         todo: dict[tuple, dict[str, float]] = {}
         for policy, key in zip(policies, keys, strict=True):
             if key not in ev.cache and key not in todo:
@@ -248,17 +242,9 @@ class EvaluatorPool:
         ev = self.evaluator
         seconds = dict(scored.metrics.get("seconds", {}))
         started = time.perf_counter()
-        metrics = {"params_ratio": scored.metrics["params_ratio"]}
-        if ev.latency_ratio is not None:
-            metrics["latency_predicted"] = ev.latency_ratio(policy)
-        if must_probe:
-            # The architecture is what is timed: the driver prunes its own copy (recovery changes
-            # weights only).
-            paired = ev.probe.measure(ev.prune(policy).cpu())
-            metrics["latency_measured"] = paired.ratio
-            metrics["latency_measured_spread"] = list(paired.spread)
-            if ev.latency_limit is not None:
-                metrics["over_budget"] = paired.ratio > ev.latency_limit
+        # The architecture is what is timed: the driver prunes its own copy when a probe is due
+        # (recovery changes weights only).
+        metrics = ev.latency_metrics(policy, None, must_probe)
         seconds["latency"] = time.perf_counter() - started
         return Evaluation(scored.top1, scored.flops_ratio, {**metrics, "cached": False}), seconds
 

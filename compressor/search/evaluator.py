@@ -122,12 +122,32 @@ class EpisodeEvaluator:
             return self.score(model)
         return evaluate_top1(model, self.search_batches, self.device)
 
+    def probe_due(self, call: int) -> bool:
+        """Whether call number `call` is also measured: every k-th (k=1: every call; k=0: never)."""
+        every = self.probe_every
+        return self.probe is not None and every > 0 and (every == 1 or call % every == 1)
+
+    def latency_metrics(self, policy: dict[str, float], model: nn.Module | None,
+                        must_probe: bool) -> dict[str, Any]:
+        """The params ratio, the latency model's prediction and, when due, the measured ratio of
+        `model` (pruned from `policy` here when None: only the architecture is timed)."""
+        metrics: dict[str, Any] = {
+            "params_ratio": self.skeleton.params(policy) / self.skeleton.params({}),
+        }
+        if self.latency_ratio is not None:
+            metrics["latency_predicted"] = self.latency_ratio(policy)
+        if must_probe:
+            paired = self.probe.measure((model if model is not None else self.prune(policy)).cpu())
+            metrics["latency_measured"] = paired.ratio
+            metrics["latency_measured_spread"] = list(paired.spread)
+            if self.latency_limit is not None:
+                metrics["over_budget"] = paired.ratio > self.latency_limit
+        return metrics
+
     def __call__(self, policy: dict[str, float]) -> Evaluation:
         self.calls += 1
         key = self.key(policy)
-        # Every k-th call is measured too (k=1: every call; k=0: never).
-        must_probe = self.probe is not None and self.probe_every > 0 and (
-            self.probe_every == 1 or self.calls % self.probe_every == 1)
+        must_probe = self.probe_due(self.calls)
         cached = self.cache.get(key)
         if cached is not None and (not must_probe or "latency_measured" in cached.metrics):
             return cached._replace(metrics={**cached.metrics, "cached": True,
@@ -146,17 +166,7 @@ class EpisodeEvaluator:
         seconds["evaluate"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        metrics: dict[str, Any] = {
-            "params_ratio": self.skeleton.params(policy) / self.skeleton.params({}),
-        }
-        if self.latency_ratio is not None:
-            metrics["latency_predicted"] = self.latency_ratio(policy)
-        if must_probe:
-            paired = self.probe.measure(model.cpu())
-            metrics["latency_measured"] = paired.ratio
-            metrics["latency_measured_spread"] = list(paired.spread)
-            if self.latency_limit is not None:
-                metrics["over_budget"] = paired.ratio > self.latency_limit
+        metrics = self.latency_metrics(policy, model, must_probe)
         seconds["latency"] = time.perf_counter() - started
 
         evaluation = Evaluation(top1=top1, flops_ratio=self.skeleton.macs(policy)
