@@ -69,7 +69,11 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
         ws.request = replace(ws.request, latency=latency_limit)
     run_dir = out_root / f"{config.model}-b{base.budget.latency}-{method}-s{config.seed}"
     ws.progress = False
-    outcome = get_method(config.method).search(search_context(ws, run_dir))
+    try:
+        outcome = get_method(config.method).search(search_context(ws, run_dir))
+    except UserError as exc:  # a method that cannot meet the budget (greedy's ratio grid): a row
+        return {"method": method, "model": config.model, "budget": base.budget.latency,
+                "seed": config.seed, "search_seconds": time.time() - started, "error": str(exc)}
     search_seconds = time.time() - started
     ws.times["search"] = outcome.seconds
     info = {"method": method, "evaluations": outcome.evaluations, "seconds": outcome.seconds}
