@@ -48,12 +48,13 @@ def search_method_for(method: str) -> str:
 def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
     """One row: prepare, search with `method` through the one interface, the shared final stage."""
     config = replace(base, method=search_method_for(method)).resolved()
+    key = {"method": method, "model": config.model, "budget": base.budget.latency,
+           "seed": config.seed}
     started = time.time()
     try:
         ws = prepare(config)
     except UserError as exc:  # refused up front (e.g. an unreachable budget): the row says why
-        return {"method": method, "model": config.model, "budget": base.budget.latency,
-                "seed": config.seed, "error": str(exc)}
+        return {**key, "error": str(exc)}
     if method == "agent-flops":
         # The FLOPs ratio of the uniform policy that meets the latency budget.
         uniform, _ = pruning.uniform_policy_for_budget(ws.skeleton, ws.budget_cost, 1.0,
@@ -72,14 +73,11 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
     try:
         outcome = get_method(config.method).search(search_context(ws, run_dir))
     except UserError as exc:  # a method that cannot meet the budget (greedy's ratio grid): a row
-        return {"method": method, "model": config.model, "budget": base.budget.latency,
-                "seed": config.seed, "search_seconds": time.time() - started, "error": str(exc)}
+        return {**key, "search_seconds": time.time() - started, "error": str(exc)}
     search_seconds = time.time() - started
     ws.times["search"] = outcome.seconds
     info = {"method": method, "evaluations": outcome.evaluations, "seconds": outcome.seconds}
-    row = {"method": method, "model": config.model, "budget": base.budget.latency,
-           "seed": config.seed, "search_seconds": search_seconds,
-           "evaluations": outcome.evaluations}
+    row = {**key, "search_seconds": search_seconds, "evaluations": outcome.evaluations}
     try:
         done = finish(ws, outcome.candidates, run_dir, ["benchmarks.bench", method],
                       out_root / "runs" / run_dir.name, out_root / "policies" / f"{run_dir.name}.json",

@@ -26,7 +26,7 @@ from compressor.io import atomic
 from compressor.pipeline import recovery
 from compressor.pipeline.compress import CompressConfig, prepare
 from compressor.pipeline.job import search_context
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
+from compressor.pipeline.train import TrainConfig, evaluate_top1, memory_format, train
 from compressor.search.evaluator import RECOVERY_SEED, EvaluatorConfig
 from compressor.search.loop import CHECKPOINT, LoopConfig
 from compressor.search.methods import get_method
@@ -81,8 +81,8 @@ def prefix_top1(model, batches, device) -> list[float]:
     out = []
     with torch.no_grad():
         for x, y in batches:
-            correct += int((model(x.to(device, memory_format=torch.channels_last)).argmax(1).cpu()
-                            == y).sum())
+            correct += int((model(x.to(device, memory_format=memory_format(device, True))).argmax(1)
+                            .cpu() == y).sum())
             total += len(y)
             out.append(100.0 * correct / total)
     return out
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     rows_path = out / f"{stem}.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []  # resumable
     dataset, device = ws.dataset, ws.device
-    search_batches = ws.evaluator.search_batches  # 250-image batches
+    search_batches = ws.evaluator.search_batches
+    per_batch = len(search_batches[0][1])
     # The same images for every policy, as in the search: only the policy differs.
     proxies = [(0, EvaluatorConfig().finetune_lr), *map(parse_proxy, args.proxies)]
     longest = max(steps for steps, _ in proxies)
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             row[f"seconds_{name}"] = time.perf_counter() - started
             row[f"seconds_{name}_eval"] = time.perf_counter() - recovered
             for n in args.search_images:
-                row[f"search_top1_{name}_{n}"] = scores[min(len(scores), -(-n // 250)) - 1]
+                row[f"search_top1_{name}_{n}"] = scores[min(len(scores), -(-n // per_batch)) - 1]
         for final, split in (("full", dataset.train), ("short", short_train)):
             row[f"test_top1_{final}"], row[f"seconds_final_{final}"] = final_top1(
                 e["policy"], split, args.seed)

@@ -30,7 +30,7 @@ from compressor.pruning.policies import policy_vector
 from compressor.search import sensitivity
 from compressor.search.agent import AgentConfig
 from compressor.search.env import Evaluation, PruningEnv, reward_error
-from compressor.search.loop import Candidate, Demonstration, LoopConfig, Prepass, run_search
+from compressor.search.loop import Candidate, Demonstration, LoopConfig, Prepass, one_by_one, run_search
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,7 @@ class SearchContext:
     def evaluate_all(self, policies: list[dict[str, float]]) -> list[Evaluation]:
         """`evaluate` of every policy, in order; on the pool's workers when there is one (the
         same evaluations, cache hits and call count as one call after another)."""
-        if self.pool is None:
-            return [self.evaluate(p) for p in policies]
-        return self.pool.map(policies)
+        return (one_by_one(self.evaluate) if self.pool is None else self.pool.map)(policies)
 
 
 @dataclass
@@ -182,8 +180,7 @@ def agent_prepass(ctx: SearchContext) -> Prepass:
                         f"{' and the warm start 2 episodes' if cfg.warm_start else ''} of the "
                         f"{ctx.episodes} episodes, leaving none to the agent; raise --episodes or "
                         "give fewer sensitivity_ratios")
-    measured = sensitivity.measure(ctx.evaluate, names, cfg.sensitivity_ratios,
-                                   evaluate_all=ctx.evaluate_all)
+    measured = sensitivity.measure(ctx.evaluate_all, names, cfg.sensitivity_ratios)
     demonstrations = []
     if cfg.warm_start:
         uniform, _ = pruning.uniform_policy_for_budget(ctx.skeleton, ctx.budget_cost, 1.0,
@@ -249,8 +246,7 @@ class GreedySearch:
 
     def search(self, ctx: SearchContext) -> SearchOutcome:
         started, calls = time.time(), ctx.evaluate.calls
-        measured = sensitivity.measure(ctx.evaluate, ctx.skeleton.names, self.ratios,
-                                       evaluate_all=ctx.evaluate_all)
+        measured = sensitivity.measure(ctx.evaluate_all, ctx.skeleton.names, self.ratios)
         policy = sensitivity.greedy_policy(measured, ctx.budget_cost, ctx.max_ratio)
         return _single(ctx, policy, started, calls)
 

@@ -4,7 +4,7 @@ The one measurement that sensitivity-greedy (`methods.GreedySearch`) ranks units
 DDPG agent can read as extra state features (`AgentConfig.sensitivity`) or turn into its greedy
 demonstration (`AgentConfig.warm_start`):
 
-    sens = measure(evaluate, skeleton.names, (0.25, 0.5, 0.75))   # 1 + 12 * 3 evaluations
+    sens = measure(evaluate_all, skeleton.names, (0.25, 0.5, 0.75))   # 1 + 12 * 3 evaluations
     sens.features(skeleton.names)     # (units, 3) score drops, scaled to [0, 1]
     greedy_policy(sens, budget_cost, max_ratio)
 """
@@ -50,16 +50,13 @@ def evaluations_needed(units: int, ratios: Sequence[float]) -> int:
     return 1 + units * len(ratios)
 
 
-def measure(evaluate: Callable, names: Sequence[str], ratios: Sequence[float],
-            evaluate_all: Callable[[list[dict[str, float]]], list] | None = None) -> Sensitivity:
-    """Score the dense network, then every unit alone at every ratio (`evaluate(policy).top1`).
-
-    `evaluate_all(policies)`, when given, scores the whole scan as one batch in that order (on
-    Ray workers with `--workers`; the scan's policies do not depend on each other's scores).
-    """
+def measure(evaluate_all: Callable[[list[dict[str, float]]], list], names: Sequence[str],
+            ratios: Sequence[float]) -> Sensitivity:
+    """Score the dense network, then every unit alone at every ratio, as one batch in that order
+    (`evaluate_all(policies)`, e.g. `SearchContext.evaluate_all`: on Ray workers with
+    `--workers`; the scan's policies do not depend on each other's scores)."""
     policies = [{}, *({n: r} for n in names for r in ratios)]
-    scores = [e.top1 for e in (evaluate_all(policies) if evaluate_all is not None
-                               else [evaluate(p) for p in policies])]
+    scores = [e.top1 for e in evaluate_all(policies)]
     dense, rest = scores[0], iter(scores[1:])
     drops = {n: [dense - next(rest) for _ in ratios] for n in names}
     return Sensitivity(tuple(ratios), dense, drops, evaluations_needed(len(names), ratios))

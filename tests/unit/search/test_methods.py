@@ -249,7 +249,7 @@ def test_sensitivity_features_are_measured_once_scaled_and_in_the_state(trained,
     features = np.array(blob["state"]["prepass"]["extra_features"])
     assert features.shape == (units, len(ratios))
     assert features.min() >= 0 and features.max() == 1
-    expected = measure(ctx.evaluate, skeleton.names, ratios).features(skeleton.names)
+    expected = measure(ctx.evaluate_all, skeleton.names, ratios).features(skeleton.names)
     np.testing.assert_allclose(features, expected)  # the evaluator's own drops, scaled
     assert blob["agent"]["obs_dim"] == 11 + len(ratios)
 
@@ -279,7 +279,7 @@ def test_warm_start_plays_uniform_and_greedy_first_and_stores_their_transitions(
     assert len(log) == 4 and [e.get("demonstration") for e in log] == ["uniform", "greedy",
                                                                        None, None]
     uniform, _ = uniform_policy_for_budget(skeleton, ctx.budget_cost, 1.0, 0.8)
-    greedy = greedy_policy(measure(ctx.evaluate, skeleton.names, ratios), ctx.budget_cost, 0.8)
+    greedy = greedy_policy(measure(ctx.evaluate_all, skeleton.names, ratios), ctx.budget_cost, 0.8)
     for played, policy in zip(log[:2], (uniform, greedy), strict=True):
         assert played["policy"] == pytest.approx(policy, abs=1e-6)  # float32 actions
         assert played["sigma"] is None  # no noise on a demonstration

@@ -5,6 +5,7 @@ import pytest
 
 from compressor.errors import UserError
 from compressor.search.env import Evaluation
+from compressor.search.loop import one_by_one
 from compressor.search.sensitivity import Sensitivity, evaluations_needed, greedy_policy, measure
 
 
@@ -26,7 +27,7 @@ def test_measure_asks_for_the_dense_network_then_each_unit_alone_at_each_ratio()
         return Evaluation(top1=90 - 10 * sum(policy.values()) * (2 if "b" in policy else 1),
                           flops_ratio=1.0, metrics={})
 
-    sens = measure(evaluate, ["a", "b"], (0.25, 0.5))
+    sens = measure(one_by_one(evaluate), ["a", "b"], (0.25, 0.5))
     assert asked == [{}, {"a": 0.25}, {"a": 0.5}, {"b": 0.25}, {"b": 0.5}]
     assert sens.evaluations == evaluations_needed(2, (0.25, 0.5)) == len(asked)
     assert sens.drops == {"a": [2.5, 5.0], "b": [5.0, 10.0]}
