@@ -285,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                          "same options or another --out")
     if {r.get("quantize", "none") for r in rows} - {args.quantize}:
         raise SystemExit(f"{out} holds rows of another --quantize; give another --out")
-    deterministic = ("uniform", "global", "greedy")
+    # Every method runs every seed (uniform and greedy then differ only in the final fine-tune's
+    # seed, so their means have a spread too), but global: its ranking and fine-tune are fixed.
     for model in args.models:
         for budget in args.budgets:
             for method in args.methods:
-                for seed in (args.seeds[:1] if method in deterministic else args.seeds):
+                for seed in (args.seeds[:1] if method == "global" else args.seeds):
                     if (model, budget, method, seed) in finished:
                         continue
                     base = CompressConfig(

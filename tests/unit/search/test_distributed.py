@@ -181,7 +181,7 @@ def test_greedys_scan_runs_on_the_workers_with_the_same_result(pool, evaluator, 
 
     greedy = get_method("greedy")
     serial, parallel = greedy.search(context(False)), greedy.search(context(True))
-    assert parallel.evaluations == serial.evaluations == 1 + 3 * len(skeleton.names) + 1
+    assert parallel.evaluations == serial.evaluations == 1 + 4 * len(skeleton.names) + 1
     assert [c.policy for c in parallel.candidates] == [c.policy for c in serial.candidates]
     assert parallel.candidates[0].top1 == serial.candidates[0].top1
 

@@ -123,14 +123,21 @@ def test_each_method_proposes_policies_within_the_budget(name, trained, skeleton
         assert only.reward == pytest.approx(-(100 - only.top1) / 100)
 
 
+def test_greedys_grid_tops_out_at_the_searchs_maximum_ratio():
+    greedy = get_method("greedy")
+    assert greedy.grid(0.8) == (0.25, 0.5, 0.75, 0.8)
+    assert greedy.grid(0.6) == (0.25, 0.5, 0.6)
+
+
 def test_greedy_asks_about_each_unit_at_each_ratio_and_prunes_the_robust_units_most(
         trained, skeleton, fmnist):
     ctx = context(trained, skeleton, fmnist)
     greedy = get_method("greedy")
     (chosen,) = greedy.search(ctx).candidates
     # The dense network, every unit alone at every grid ratio, then the chosen policy.
-    assert ctx.evaluate.calls == 1 + len(greedy.ratios) * len(skeleton.units) + 1
-    assert set(chosen.policy.values()) <= {0.0, *greedy.ratios}
+    grid = greedy.grid(ctx.max_ratio)
+    assert ctx.evaluate.calls == 1 + len(grid) * len(skeleton.units) + 1
+    assert set(chosen.policy.values()) <= {0.0, *grid}
     # Its own measurements again (cache hits): a unit whose accuracy drop is no larger than
     # another's at every ratio is pruned at least as much. (Greedy is not asserted to beat uniform:
     # on this 3-unit net its 0.25-step grid overshoots the budget, 48.6% vs uniform's 60.6%.)
@@ -138,7 +145,7 @@ def test_greedy_asks_about_each_unit_at_each_ratio_and_prunes_the_robust_units_m
 
     def envelope(name):
         drops, worst = [], 0.0
-        for r in greedy.ratios:
+        for r in grid:
             worst = max(worst, dense - ctx.evaluate({name: r}).top1)
             drops.append(worst)
         return drops
