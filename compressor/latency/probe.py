@@ -372,7 +372,11 @@ class Probe:
         self.example, self.convert = example, convert
         self.reference = make_session(onnx_bytes(dense, example), self.settings)
 
-    def measure(self, model: nn.Module) -> PairedLatency:
+    def measure(self, model: nn.Module, limit: float | None = None,
+                recheck_rounds: int = 0) -> PairedLatency:
+        """One paired round; with a `limit` inside its block spread, `recheck_rounds` more,
+        pooled (`measure_against_limit`): a decision near the limit should not hang on one window."""
         data = onnx_bytes(model, self.example)
         session = make_session(self.convert(data) if self.convert else data, self.settings)
-        return measure_pair(session, self.reference, self.settings)
+        return measure_against_limit(session, self.reference, self.settings, limit,
+                                     recheck_rounds)[0]

@@ -62,9 +62,10 @@ class FinalConfig:
     latency_blocks: int = 12
     """Alternating blocks of the final paired latency measurement."""
     recheck_rounds: int = 2
-    """Extra paired rounds when the final measurement lands within its block spread of a latency
-    budget; the verdict then uses the median of all blocks, as `compressor check` does (one window
-    of this VM moved one network's ratio ~7%; results/BENCHMARKS.md)."""
+    """Extra paired rounds when a measurement lands within its block spread of a latency budget
+    (the final one, and each of the fit's); the verdict then uses the median of all blocks, as
+    `compressor check` does (one window of this VM moved one network's ratio ~7%;
+    results/BENCHMARKS.md)."""
     fit: bool = True
     """Rescale each candidate until it measures at least `margin` under the latency budget and no
     more than 12% under it (`compressor.latency.fit`). It measures, so the final policy can differ

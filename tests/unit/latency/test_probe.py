@@ -244,3 +244,16 @@ def test_probe_times_inputs_shaped_like_the_example(odd):
     assert np.isfinite(paired.ratio) and paired.ratio > 0
     assert paired.settings["input_shape"] == [1, 28, 40] and paired.settings["batch_size"] == 2
     assert probe.reference.timed_shape == (1, 28, 40)
+
+
+def test_the_probe_remeasures_only_a_network_whose_spread_holds_the_limit(resnet):
+    x = torch.zeros(1, 3, 32, 32)
+    probe = latency.Probe(resnet, x, QUICK)
+    far = probe.measure(resnet, limit=100.0, recheck_rounds=2)
+    assert len(far.block_ratios) == QUICK.blocks
+    # Against itself the ratio is near 1: the spread usually holds 1.0, which asks for 2 more
+    # rounds, pooled; when it does not, one round was the whole measurement.
+    near = probe.measure(resnet, limit=1.0, recheck_rounds=2)
+    lo, hi = near.spread
+    assert (len(near.block_ratios) == 3 * QUICK.blocks
+            or (len(near.block_ratios) == QUICK.blocks and not lo <= 1.0 <= hi))
