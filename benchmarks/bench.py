@@ -27,12 +27,12 @@ from compressor.errors import UserError
 from compressor.io import atomic
 from compressor.pipeline.compress import CompressConfig, FinalConfig, prepare
 from compressor.pipeline.final import finish
-from compressor.pipeline.job import search_context
+from compressor.pipeline.job import search
 from compressor.quantize import QuantizeConfig
 from compressor.search.agent import parse_options
+from compressor.search.distributed import DistributedConfig
 from compressor.search.evaluator import EvaluatorConfig
 from compressor.search.loop import LoopConfig, default_agent_config
-from compressor.search.methods import get_method
 from compressor.zoo.datasets import DataConfig
 
 METHODS = ("agent", "uniform", "random", "global", "greedy", "agent-flops")
@@ -70,13 +70,12 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
         ws.request = replace(ws.request, latency=latency_limit)
     run_dir = out_root / f"{config.model}-b{base.budget.latency}-{method}-s{config.seed}"
     ws.progress = False
-    try:
-        outcome = get_method(config.method).search(search_context(ws, run_dir))
+    try:  # the job's own search step: with --workers its episodes are scored on Ray workers
+        outcome, info = search(ws, run_dir)
     except UserError as exc:  # a method that cannot meet the budget (greedy's ratio grid): a row
         return {**key, "search_seconds": time.time() - started, "error": str(exc)}
     search_seconds = time.time() - started
-    ws.times["search"] = outcome.seconds
-    info = {"method": method, "evaluations": outcome.evaluations, "seconds": outcome.seconds}
+    info = {**info, "method": method}
     row = {**key, "search_seconds": search_seconds, "evaluations": outcome.evaluations}
     try:
         done = finish(ws, outcome.candidates, run_dir, ["benchmarks.bench", method],
@@ -269,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantize", default="none", choices=["none", "int8"],
                    help="int8: every row ships INT8 (the search sees INT8 latency); one "
                         "precision per --out")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Ray workers scoring each row's episodes (compress --workers)")
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -302,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
                         evaluator=EvaluatorConfig(finetune_steps=args.episode_finetune_steps),
                         final=FinalConfig(epochs=args.final_epochs),
                         quantize=QuantizeConfig(mode=args.quantize),
+                        distributed=DistributedConfig(workers=args.workers),
                         policies_dir=str(out / "policies"))
                     row = {**run_method(method, base, out), "command": command,
                            "train_size": args.train_size, "episodes": args.episodes,
                            "episode_finetune_steps": args.episode_finetune_steps,
                            "final_epochs": args.final_epochs,
-                           "agent_options": args.agent_option, "quantize": args.quantize}
+                           "agent_options": args.agent_option, "quantize": args.quantize,
+                           "workers": args.workers}
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "policy"}),
                           flush=True)

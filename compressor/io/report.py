@@ -153,15 +153,17 @@ def write_report(out_dir: Path, report: dict) -> None:
         tol = parity["tolerance"]
         lines += [
             "Latency settings: " + ", ".join(f"{k}={v}" for k, v in lat["settings"].items())
-            + f"; {final.get('latency_rounds', 1)} round(s).",
+            + f"; {final.get('latency_rounds', 1)} round(s), in this process after the search.",
             f"ONNX parity: max abs difference {parity['max_abs_diff']:.2e} at max |output| "
             f"{parity['max_abs_output']:.3g} (relative {parity['relative_diff']:.1e}; tolerance "
             f"{tol['atol']:g} + {tol['rtol']:g} x max |output|), top-1 agreement "
             f"{parity['top1_agreement']:.0%}.", ""]
     search = report.get("search") or {}
     if search:
+        probes = search.get("latency_measured")
         lines += [f"Search: {search.get('method')}, {search.get('evaluations')} evaluations in "
-                  f"{search.get('seconds', 0):.0f} s.", ""]
+                  f"{search.get('seconds', 0):.0f} s"
+                  + (f"; its latency probes ran {probes}." if probes else "."), ""]
     lines += [
         "## Time",
         _row(["phase", "seconds"]), _row(["---", "---"]),

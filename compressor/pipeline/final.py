@@ -325,9 +325,10 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
                        "results/latency_model.md); before fine-tuning each candidate is rescaled "
                        "and measured again until it measures between 12% and the margin under "
                        "the budget, at most 3 times; a candidate never measured within the "
-                       "budget is rejected; a final measurement within its block spread of the "
-                       f"budget is repeated {config.final.recheck_rounds} more times and judged "
-                       "on the median of all blocks.",
+                       "budget is rejected; a measurement (the fit's or the final one) within "
+                       "its block spread of the budget is repeated "
+                       f"{config.final.recheck_rounds} more times and judged on the median of "
+                       "all blocks.",
         "baseline": {"test_top1": base_top1, "macs": sk.macs({}), "params": sk.params({}),
                      "parity": {"max_abs_diff": ws.dense_export.max_abs_diff,
                                 "relative_diff": ws.dense_export.relative_diff}},

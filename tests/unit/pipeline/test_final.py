@@ -296,6 +296,7 @@ def test_finish_writes_the_report_and_every_file(ws, tmp_path):
     md = (tmp_path / "results" / "report.md").read_text()
     assert report["headline"] in md and "Verdict: **within budget**" in md
     assert "The final stage failed" not in md
+    assert "in this process after the search" in md  # where the latency was measured
     assert (tmp_path / "results" / "policy.png").exists()
 
 
