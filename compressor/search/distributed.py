@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -79,9 +80,26 @@ def import_ray():
     return ray
 
 
+CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
+"""Where `ray start --head` leaves the address of the cluster it started (ray.init's docstring)."""
+
+
+def resolve_auto() -> str:
+    """`auto` in the order ray.init resolves it: RAY_ADDRESS, then the address the last
+    `ray start --head` on this machine wrote; a UserError when there is neither."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if not address and CURRENT_CLUSTER.exists():
+        address = CURRENT_CLUSTER.read_text().strip()
+    if not address:
+        raise UserError("--ray-address auto found no running Ray cluster (no RAY_ADDRESS, no "
+                        f"{CURRENT_CLUSTER}); start one with `ray start --head`, give "
+                        "HOST:PORT, or leave --ray-address out for a local one")
+    return address
+
+
 def check(config: DistributedConfig) -> None:
-    """What can be refused before any work: Ray missing, a malformed or unreachable address,
-    Ray options without workers. (`auto` is resolved when the pool starts.)"""
+    """What can be refused before any work: Ray missing, a malformed or unreachable address
+    (`auto` resolved as Ray would), Ray options without workers."""
     if config.workers == 1:
         if config.ray_address is not None or config.worker_threads is not None:
             raise UserError("--ray-address and --worker-threads take effect with --workers 2 or "
@@ -89,8 +107,10 @@ def check(config: DistributedConfig) -> None:
         return
     import_ray()
     address = config.ray_address
-    if address is None or address == "auto":
+    if address is None:
         return
+    if address == "auto":
+        address = resolve_auto()
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--ray-address takes auto or HOST:PORT, got {address!r}")

@@ -15,6 +15,7 @@ import torch
 from compressor.budgets.wall import Budget
 from compressor.errors import UserError
 from compressor.latency import Probe, ProbeSettings
+from compressor.search import distributed
 from compressor.search.agent import AgentConfig
 from compressor.search.distributed import DistributedConfig, connect, evaluator_pool
 from compressor.search.env import PruningEnv
@@ -189,3 +190,18 @@ def test_greedys_scan_runs_on_the_workers_with_the_same_result(pool, evaluator, 
 def test_a_workers_own_error_arrives_as_raised(pool):
     with pytest.raises(UserError, match="unknown unit 'no-such-unit'"):
         pool._score_all([{"no-such-unit": 0.5}])  # refused on the worker, by apply_policy
+
+
+def test_ray_address_auto_is_resolved_before_any_work(monkeypatch, tmp_path):
+    auto = DistributedConfig(workers=2, ray_address="auto")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(distributed, "CURRENT_CLUSTER", tmp_path / "ray_current_cluster")
+    with pytest.raises(UserError, match="found no running Ray cluster"):
+        distributed.check(auto)
+    # A cluster file left by a stopped `ray start`: its address is tried and refused.
+    (tmp_path / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    with pytest.raises(UserError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        distributed.check(auto)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.2:1")  # the environment comes first, as in Ray
+    with pytest.raises(UserError, match="at 127.0.0.2:1"):
+        distributed.check(auto)
