@@ -8,7 +8,7 @@
 """
 
 from compressor.latency.fit import FitResult, fit_to_latency
-from compressor.latency.model import LatencyModel, load_or_build
+from compressor.latency.model import LatencyModel, Quantize, load_or_build
 from compressor.latency.probe import (
     LatencyResult,
     PairedLatency,
@@ -25,6 +25,6 @@ from compressor.latency.probe import (
 )
 
 __all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
-           "Session", "auto_batch_size", "check_same_input", "fit_to_latency", "load_or_build",
+           "Quantize", "Session", "auto_batch_size", "check_same_input", "fit_to_latency", "load_or_build",
            "make_session", "measure_against_limit", "measure_ms", "measure_pair",
            "pool_rounds"]

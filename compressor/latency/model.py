@@ -29,6 +29,14 @@ that was not more accurate (results/latency_model.md), so it is optional. Predic
 Python over a few dozen small tables (tens of microseconds), so the budget wall can call it
 hundreds of times per episode. Models are cached on disk per network, input, batch, threads,
 onnxruntime version and CPU, since they hold only for the machine that measured them.
+
+INT8 (`quantize` given: FP32 ONNX bytes and the input shape -> the INT8 graph in the shipped
+format): every lone layer and the dense network are quantized before they are timed, so the tables
+hold the quantized kernels' time (the Quantize/DequantizeLinear and layout nodes a lone layer needs
+at its edges are left out: inside the network activations stay INT8 from layer to layer), traffic
+counts one byte per value, and the ratio is to the dense *INT8* network. INT8's gain depends on
+which layers are pruned, not only on how much (resnet18 policies of one FP32 ratio range 0.52-1.01
+of FP32 in INT8, results/int8/README.md), which one curve over the FP32 ratio cannot know.
 """
 
 from __future__ import annotations
@@ -66,6 +74,13 @@ from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 log = logging.getLogger(__name__)
 
 FORMAT = "compressor-latency-model-v5"  # v5: layer shapes per axis, keyed by the input shape
+
+EDGE_OPS = ("Reorder", "QuantizeLinear", "DequantizeLinear", "Transpose")
+"""Nodes a lone layer's graph runs at its edges but the layer does not run inside the network
+(layout changes, and the INT8 graph's entry and exit from float)."""
+
+Quantize = Callable[[bytes, tuple[int, ...]], bytes]
+"""FP32 ONNX bytes and the graph's input shape -> its INT8 graph."""
 
 
 # --- per-layer tables ----------------------------------------------------------------------------
@@ -170,7 +185,7 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
     Kernel time, not wall time: a lone graph also pays ~25 us of per-run overhead and two
     NCHW <-> NCHWc reorders that the layer does not pay inside the exported network (where
     onnxruntime keeps the whole chain in NCHWc); on small layers that is as much as the layer.
-    The minimum: on this machine noise only ever adds time.
+    The minimum: on this machine noise only ever adds time. `EDGE_OPS` are left out.
     """
     import onnxruntime as ort
 
@@ -191,7 +206,7 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
     kernels: dict[str, list[float]] = {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and \
-                not event["args"]["op_name"].startswith("Reorder"):
+                not event["args"]["op_name"].startswith(EDGE_OPS):
             kernels.setdefault(event["name"], []).append(event["dur"] / 1000.0)
     return sum(min(times[2:]) for times in kernels.values())
 
@@ -213,7 +228,8 @@ def _axes(shape: LayerShape, first: bool, round_to: int, points: int) -> tuple[l
 
 
 def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, batch: int,
-                   settings: ProbeSettings, target_ms: float, profile_dir: str) -> LayerTable:
+                   settings: ProbeSettings, target_ms: float, profile_dir: str,
+                   quantize: Quantize | None = None) -> LayerTable:
     ins, outs = _axes(shape, first, round_to, points)
     rows = []
     for cin in ins:
@@ -222,8 +238,10 @@ def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, b
             c_in = cout * shape.in_channels // shape.out_channels if shape.depthwise else cin
             dims = (batch, c_in) if shape.kind == "linear" else (batch, c_in, shape.in_h,
                                                                   shape.in_w)
-            row.append(_time_graph(_layer_graph(shape, c_in, cout, batch), dims, settings,
-                                   target_ms, profile_dir))
+            graph = _layer_graph(shape, c_in, cout, batch)
+            if quantize is not None:
+                graph = quantize(graph, dims)
+            row.append(_time_graph(graph, dims, settings, target_ms, profile_dir))
         rows.append(row)
     return LayerTable(ins, outs, rows, shape.depthwise)
 
@@ -231,32 +249,34 @@ def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, b
 # --- the model -----------------------------------------------------------------------------------
 
 
-def traffic_mb(shapes: list[LayerShape], batch: int) -> float:
-    """Megabytes a run moves through memory: the float32 conv/linear weights (BatchNorm is
-    folded into them at export) plus the batch's layer outputs."""
+def traffic_mb(shapes: list[LayerShape], batch: int, bytes_per_value: int = 4) -> float:
+    """Megabytes a run moves through memory: the conv/linear weights (BatchNorm is folded into
+    them at export) plus the batch's layer outputs, at 4 bytes a value in FP32 and 1 in INT8."""
     weights = sum(s.params for s in shapes)
     outputs = batch * sum(s.out_channels * s.out_pixels for s in shapes)
-    return (weights + outputs) * 4e-6
+    return (weights + outputs) * bytes_per_value * 1e-6
 
 
 class LatencyModel:
     """Predicts latency (ms) and the ratio to the dense network from predicted layer shapes.
 
-    `metadata` holds the key (model, input size, batch, threads, onnxruntime, cpu) and how the
-    model was built (grid, fit, calibration, build seconds).
+    `metadata` holds the key (model, input size, batch, threads, onnxruntime, cpu, and the INT8
+    format when the tables are INT8) and how the model was built (grid, fit, calibration, build
+    seconds).
     """
 
     def __init__(self, tables: dict[str, LayerTable], beta: float, knee_mb: float,
                  dense_ms: float, dense_shapes: list[LayerShape], metadata: dict[str, Any]):
         self.tables, self.beta, self.knee_mb = tables, beta, knee_mb
         self.batch = int(metadata["batch_size"])
+        self.bytes_per_value = 1 if metadata.get("precision") else 4
         self.dense_ms, self.metadata = dense_ms, metadata
         self.dense_shapes = list(dense_shapes)
         missing = [s.name for s in dense_shapes if s.name not in tables]
         if missing:
             raise ValueError(f"latency model has no table for layers {missing[:5]}")
         self.dense_sum = self.layer_sum(dense_shapes)
-        self.dense_cost = self.cost(self.dense_sum, traffic_mb(dense_shapes, self.batch))
+        self.dense_cost = self.cost(self.dense_sum, self.traffic(dense_shapes))
 
     @property
     def batch_size(self) -> int:
@@ -265,6 +285,10 @@ class LatencyModel:
     @property
     def key(self) -> dict[str, Any]:
         return self.metadata["key"]
+
+    def traffic(self, shapes: list[LayerShape]) -> float:
+        """`traffic_mb` at this model's precision."""
+        return traffic_mb(shapes, self.batch, self.bytes_per_value)
 
     def layer_sum(self, shapes: list[LayerShape]) -> float:
         """Sum of the layers' table latencies (ms)."""
@@ -281,7 +305,7 @@ class LatencyModel:
 
     def predict_ratio(self, shapes: list[LayerShape]) -> float:
         """Latency of the network with these layer shapes over the dense network's latency."""
-        return self.cost(self.layer_sum(shapes), traffic_mb(shapes, self.batch)) / self.dense_cost
+        return self.cost(self.layer_sum(shapes), self.traffic(shapes)) / self.dense_cost
 
     def predict_ms(self, shapes: list[LayerShape]) -> float:
         """Absolute latency at the probe settings: the ratio times the dense network's measured
@@ -348,13 +372,17 @@ def _ort_version() -> str:
 
 
 def cache_key(model_name: str, dense_shapes: list[LayerShape], settings: ProbeSettings,
-              round_to: int) -> dict[str, Any]:
+              round_to: int, precision: str | None = None) -> dict[str, Any]:
     """What a latency model is valid for; a cached model with another key is rebuilt.
-    `settings.example_shape` is the (C, H, W) the network runs on (`_for_example`)."""
-    return {"model": model_name, "layers": _fingerprint(dense_shapes),
-            "input_shape": list(settings.example_shape), "batch_size": settings.batch_size,
-            "threads": settings.threads, "graph_optimization": settings.graph_optimization,
-            "round_to": round_to, "cpu": cpu_name(), "onnxruntime": _ort_version()}
+    `settings.example_shape` is the (C, H, W) the network runs on (`_for_example`); `precision`
+    the INT8 format of INT8 tables (None: FP32, and no entry, so FP32 caches stay valid)."""
+    key = {"model": model_name, "layers": _fingerprint(dense_shapes),
+           "input_shape": list(settings.example_shape), "batch_size": settings.batch_size,
+           "threads": settings.threads, "graph_optimization": settings.graph_optimization,
+           "round_to": round_to, "cpu": cpu_name(), "onnxruntime": _ort_version()}
+    if precision is not None:
+        key["precision"] = precision
+    return key
 
 
 def _for_example(settings: ProbeSettings, example_input: torch.Tensor) -> ProbeSettings:
@@ -365,12 +393,15 @@ def _for_example(settings: ProbeSettings, example_input: torch.Tensor) -> ProbeS
 def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
                         settings: ProbeSettings, round_to: int, grid_points: int = 4,
                         calibration_models: list[nn.Module] | None = None,
-                        model_name: str = "", target_ms: float = 15.0) -> LatencyModel:
+                        model_name: str = "", target_ms: float = 15.0,
+                        quantize: Quantize | None = None,
+                        precision: str | None = None) -> LatencyModel:
     """Time every layer over its grid, measure the dense network, set the traffic term from its
     excess or fit it on the `calibration_models` (pruned copies of `dense_model`; `fit_traffic`).
 
     `settings.batch_size` None picks it with `auto_batch_size`. `target_ms` is the time each grid
-    point is run for. Calibration uses `settings`' blocks and runs.
+    point is run for. Calibration uses `settings`' blocks and runs. With `quantize` (and the
+    format's name as `precision`) every graph timed is its INT8 version (module docstring).
     """
     from compressor.io.export import onnx_bytes
 
@@ -380,8 +411,15 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
     dense_session = make_session(onnx_bytes(dense_model, one), settings)
     if settings.batch_size is None:
         settings = replace(settings, batch_size=auto_batch_size(dense_session))
-    dense_session.prepare(settings.batch_size)
     batch = settings.batch_size
+
+    def export(network: nn.Module) -> bytes:
+        data = onnx_bytes(network, one)
+        return data if quantize is None else quantize(data, (batch, *one.shape[1:]))
+
+    if quantize is not None:
+        dense_session = make_session(export(dense_model), settings)
+    dense_session.prepare(batch)
     shapes = measure_layer_shapes(dense_model, one)
     by_signature: dict[tuple, LayerTable] = {}
     tables: dict[str, LayerTable] = {}
@@ -392,13 +430,13 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
             key = _signature(shape, first)
             if key not in by_signature:
                 by_signature[key] = _measure_table(shape, first, round_to, grid_points, batch,
-                                                   settings, target_ms, profile_dir)
+                                                   settings, target_ms, profile_dir, quantize)
             tables[shape.name] = by_signature[key]
     table_seconds = time.perf_counter() - started
     dense = measure_ms(dense_session, replace(settings, statistic="min"))
     dense_median = statistics.median(dense.runs_ms)
 
-    key = cache_key(model_name, shapes, settings, round_to)
+    key = cache_key(model_name, shapes, settings, round_to, precision)
     metadata: dict[str, Any] = {
         "key": key, **key, "grid_points": grid_points, "target_ms": target_ms,
         "settings": settings.as_dict(), "distinct_tables": len(by_signature),
@@ -408,16 +446,15 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
     excess = dense.min_ms - model.dense_sum
     calibration = []
     for pruned in calibration_models or []:
-        session = make_session(onnx_bytes(pruned, one), settings)
+        session = make_session(export(pruned), settings)
         pruned_shapes = measure_layer_shapes(pruned, one)
         ratio = measure_pair(session, dense_session, settings).ratio
-        calibration.append((model.layer_sum(pruned_shapes), traffic_mb(pruned_shapes, batch),
-                            ratio))
-    beta, knee = fit_traffic(model.dense_sum, traffic_mb(shapes, batch), excess, calibration)
+        calibration.append((model.layer_sum(pruned_shapes), model.traffic(pruned_shapes), ratio))
+    beta, knee = fit_traffic(model.dense_sum, model.traffic(shapes), excess, calibration)
     model = LatencyModel(tables, beta, knee, dense_median, shapes, metadata)
     metadata.update({
         "dense_layer_sum_ms": model.dense_sum, "dense_excess_ms": excess,
-        "dense_traffic_mb": traffic_mb(shapes, batch), "beta_ms_per_mb": beta, "knee_mb": knee,
+        "dense_traffic_mb": model.traffic(shapes), "beta_ms_per_mb": beta, "knee_mb": knee,
         "calibration": [{"measured": r, "predicted": model.cost(s, t) / model.dense_cost,
                          "traffic_mb": t} for s, t, r in calibration],
         "build_seconds": time.perf_counter() - started})
@@ -444,26 +481,28 @@ def calibration_policies(skeleton, count: int, seed: int = 0,
 def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
                   example_input: torch.Tensor, settings: ProbeSettings, round_to: int,
                   skeleton=None, say: Callable[[str], None] | None = None,
-                  calibration: int = 0, grid_points: int = 4) -> LatencyModel:
+                  calibration: int = 0, grid_points: int = 4, quantize: Quantize | None = None,
+                  precision: str | None = None) -> LatencyModel:
     """The cached model for this network/input/batch/threads/runtime/CPU, else build and cache one.
 
     With `skeleton` (compressor.pruning.Skeleton of `dense`) and `calibration` > 0, that many
     pruned copies (`calibration_policies`) fit the traffic term; the default (0) uses the
     dense network's measured excess instead, which was as accurate in results/latency_model.md
     and saves their export and measurement. `settings.batch_size` None accepts a cached model of
-    any batch (it was picked automatically too).
+    any batch (it was picked automatically too). `quantize` and `precision`: INT8 tables in that
+    format, cached beside the FP32 ones.
     """
     say = say or log.info
     one = example_input[:1].detach().cpu()
     settings = _for_example(settings, one)
     dense_shapes = measure_layer_shapes(dense, one)
-    key = cache_key(model_name, dense_shapes, settings, round_to)
+    key = cache_key(model_name, dense_shapes, settings, round_to, precision)
     # One file per setup, whatever the batch: an automatic batch then finds the model built with
     # the batch it picked last time.
     name = "-".join(str(v) for v in (model_name or "model",
                                       "x".join(str(d) for d in settings.example_shape),
                                       f"t{settings.threads}", settings.graph_optimization,
-                                      f"r{round_to}"))
+                                      f"r{round_to}", *([precision] if precision else [])))
     path = Path(cache_dir) / f"{name}.json"
     if path.exists():
         try:
@@ -474,7 +513,8 @@ def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
             say(f"latency model cache {path} was built for another setup; rebuilding")
         except (ValueError, KeyError, TypeError) as exc:  # damaged or older: rebuild
             say(f"latency model cache {path} is unreadable ({type(exc).__name__}); rebuilding")
-    say(f"measuring a latency model for {model_name} (once per model, input, runtime and CPU)")
+    what = f"{precision} latency model" if precision else "latency model"
+    say(f"measuring a {what} for {model_name} (once per model, input, runtime and CPU)")
     models = None
     if skeleton is not None and calibration > 0:
         from compressor import pruning
@@ -483,8 +523,9 @@ def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
         models = [pruning.apply_policy(dense, policy, one, config)
                   for policy in calibration_policies(skeleton, calibration)]
     model = build_latency_model(dense, one, settings, round_to, grid_points,
-                                calibration_models=models, model_name=model_name)
+                                calibration_models=models, model_name=model_name,
+                                quantize=quantize, precision=precision)
     atomic.write_json(path, model.to_json())
-    say(f"latency model for {model_name} built in {model.metadata['build_seconds']:.0f} s "
+    say(f"{what} for {model_name} built in {model.metadata['build_seconds']:.0f} s "
         f"(batch {model.batch_size}); cached in {path}")
     return model

@@ -204,10 +204,11 @@ class Plan:
 
     def latency_ratio(self, policy: dict[str, float]) -> float:
         """The predicted ratio of the dense FP32 latency for `policy`: the latency model's, and
-        with INT8 that of the INT8 model (the measured INT8/FP32 curve applied to it)."""
-        fp32 = self.latency_model.predict_ratio(self.skeleton.layer_shapes(policy))
+        with INT8 that of the INT8 model (`Int8Plan.ratio`)."""
+        shapes = self.skeleton.layer_shapes(policy)
+        fp32 = self.latency_model.predict_ratio(shapes)
         if self.int8 is not None and self.int8.format is not None:
-            return self.int8.curve.ratio(fp32)
+            return self.int8.ratio(fp32, shapes)
         return fp32
 
 
@@ -222,9 +223,14 @@ def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_
     int8 = None
     if config.quantize.enabled:
         say("measuring what INT8 is worth here (formats, then the INT8/FP32 curve)")
-        int8 = plan_int8(model, example, skeleton, config.quantize,
-                         replace(config.probe, batch_size=latency_model.batch_size),
-                         config.max_ratio, config.pruning)
+        settings = replace(config.probe, batch_size=latency_model.batch_size)
+        int8 = plan_int8(model, example, skeleton, config.quantize, settings, config.max_ratio,
+                         config.pruning)
+        if int8.format is not None:
+            int8 = replace(int8, tables=latency.load_or_build(
+                Path(config.models_dir) / "latency", cache_name, model, example, settings,
+                round_to=config.pruning.round_to, say=say, quantize=int8.quantizer(),
+                precision=int8.format.name))
     found = Plan(skeleton, latency_model, request, [], int8)
     set_budgets(found, config, say)
     return found

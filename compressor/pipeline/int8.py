@@ -1,14 +1,16 @@
 """The pipeline's INT8 steps: plan what INT8 is worth before the search, quantize the winner after.
 
     int8 = plan_int8(model, example, skeleton, config, settings)   # format + curve, ~1 min
-    plan.latency_ratio = int8 curve o FP32 latency model            # the search sees INT8
+    int8 = replace(int8, tables=<INT8 latency model>)               # per-layer INT8 tables
+    int8.ratio(fp32_ratio, shapes)                                  # what the search sees
     shipped = quantize_winner(ws, fp32_onnx, run_dir)              # calibrated, checked, timed
 
 Before the search the format is chosen on the dense network (its speed does not depend on the
 weights, so an untrained instance serves) and the INT8/FP32 factor is measured at the dense network
-and two uniformly pruned ones. The search's latency ratio is then the INT8 model's, so for the same
-budget it prunes less when INT8 carries part of it; the candidate fit and the final measurement
-time the real INT8 model. The budget stays a ratio of dense FP32.
+and two uniformly pruned ones (the curve, reported). The search's latency ratio is then the INT8
+model's, from per-layer INT8 tables (`latency.model` with `quantize`) times the dense INT8/FP32
+ratio, so for the same budget it prunes less when INT8 carries part of it; the candidate fit and
+the final measurement time the real INT8 model. The budget stays a ratio of dense FP32.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Int8Plan:
     unreachable: str | None = None
     """Why INT8 was given up although a format is fast: the budget is out of INT8's reach (the
     run ships FP32)."""
+    tables: latency.LatencyModel | None = None
+    """Per-layer INT8 latency model in the chosen format (ratios to the dense INT8 network);
+    None: the curve predicts."""
 
     @property
     def format(self) -> quantize.Int8Format | None:
@@ -55,20 +60,36 @@ class Int8Plan:
     def warning(self) -> str | None:
         return self.unreachable or self.choice.warning
 
-    def converter(self, batch_shape: tuple[int, ...]):
-        """ONNX FP32 bytes -> INT8 bytes in the chosen format, calibrated on seeded noise: what
-        the latency probes time (an INT8 graph's speed does not depend on its ranges)."""
-        fmt, config = self.format, self.config
-        calibration = quantize.random_calibration(batch_shape)
+    @property
+    def dense_ratio(self) -> float:
+        """The dense network in the chosen format against dense FP32 (the format choice's
+        measurement)."""
+        return next(t.ratio for t in self.choice.trials if t.format == self.choice.chosen)
 
-        def convert(data: bytes) -> bytes:
-            return quantize.quantize_bytes(data, calibration, fmt, config)
-        return convert
+    def ratio(self, fp32_ratio: float, shapes) -> float:
+        """Predicted INT8 latency of the network with these layer shapes (its FP32 ratio
+        `fp32_ratio`), as a ratio of dense FP32."""
+        if self.tables is not None:
+            return self.tables.predict_ratio(shapes) * self.dense_ratio
+        return self.curve.ratio(fp32_ratio)
+
+    def quantizer(self) -> latency.Quantize:
+        """(ONNX FP32 bytes, input shape) -> INT8 bytes in the chosen format, calibrated on
+        seeded noise: what latency is timed on (an INT8 graph's speed does not depend on its
+        ranges)."""
+        fmt, config = self.format, self.config
+        return lambda data, shape: quantize.quantize_bytes(
+            data, quantize.random_calibration(shape), fmt, config)
+
+    def converter(self, batch_shape: tuple[int, ...]):
+        """`quantizer` for graphs whose input is `batch_shape` (the probes')."""
+        quantizer = self.quantizer()
+        return lambda data: quantizer(data, batch_shape)
 
     def as_dict(self) -> dict:
         return {"choice": self.choice.as_dict(),
                 "curve": self.curve.as_dict() if self.curve else None, "seconds": self.seconds,
-                "unreachable": self.unreachable}
+                "unreachable": self.unreachable, "per_layer_tables": self.tables is not None}
 
 
 def plan_int8(model: nn.Module, example: torch.Tensor, skeleton: pruning.Skeleton,

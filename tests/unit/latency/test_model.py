@@ -280,3 +280,77 @@ def test_the_cache_file_is_keyed_by_the_input_shape(odd, tmp_path, monkeypatch):
     assert "1x28x40" in path.name
     again = lm.LatencyModel.from_json(json.loads(path.read_text()))
     assert again.dense_shapes == built.dense_shapes  # per-axis shapes survive the JSON
+
+
+# --- INT8 tables ---------------------------------------------------------------------------------
+
+
+def _quantize(data: bytes, shape: tuple[int, ...]) -> bytes:
+    from compressor.quantize import FORMATS, QuantizeConfig, quantize_bytes, random_calibration
+
+    return quantize_bytes(data, random_calibration(shape), FORMATS["qdq-u8s8"],
+                          QuantizeConfig(mode="int8"))
+
+
+def test_edge_nodes_are_left_out_of_a_lone_layers_kernel_time(tmp_path):
+    # A graph of nothing but a layout change and the INT8 entry and exit times as zero.
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale, zero = numpy_helper.from_array(torch.tensor(0.1).numpy(), "s"), \
+        numpy_helper.from_array(torch.tensor(0, dtype=torch.uint8).numpy(), "z")
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("QuantizeLinear", ["t", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "edges", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [scale, zero])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert lm._time_graph(data.SerializeToString(), (2, 8, 4, 4), SETTINGS, 1.0,
+                          str(tmp_path)) == 0.0
+    conv = lm._layer_graph(LayerShape("c", "conv", 8, 16, 3, 3, 1, 1, 1, 4, 4, 4, 4, False),
+                           8, 16, 2)
+    assert lm._time_graph(_quantize(conv, (2, 8, 4, 4)), (2, 8, 4, 4), SETTINGS, 1.0,
+                          str(tmp_path)) > 0.0
+
+
+@pytest.fixture(scope="module")
+def built_int8(resnet):
+    return lm.build_latency_model(resnet, X, SETTINGS, round_to=8, grid_points=3, target_ms=2.0,
+                                  model_name="resnet18", quantize=_quantize,
+                                  precision="qdq-u8s8")
+
+
+def test_int8_tables_rank_pruned_int8_networks_and_count_one_byte_a_value(built_int8, built,
+                                                                          resnet, pruned):
+    shapes = measure_layer_shapes(resnet, X)
+    assert built_int8.predict_ratio(shapes) == pytest.approx(1.0)
+    assert built_int8.key["precision"] == "qdq-u8s8" and "precision" not in built.key
+    assert built_int8.traffic(shapes) == pytest.approx(built.traffic(shapes) / 4)
+    r = {k: built_int8.predict_ratio(measure_layer_shapes(m, X)) for k, m in pruned.items()}
+    assert r[0.6] < r[0.3] < r[0.1] < 1.0
+    # Near a paired measurement of the INT8 networks (accuracy targets: benchmarks.int8_latency).
+    shape = (SETTINGS.batch_size, *X.shape[1:])
+    reference = latency.make_session(_quantize(onnx_bytes(resnet, X), shape), SETTINGS)
+    candidate = latency.make_session(_quantize(onnx_bytes(pruned[0.6], X), shape), SETTINGS)
+    measured = latency.measure_pair(candidate, reference, SETTINGS).ratio
+    assert r[0.6] == pytest.approx(measured, rel=0.35)
+
+
+def test_int8_tables_are_cached_beside_the_fp32_ones(built_int8, resnet, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_build(*args, **kwargs):
+        calls.append(kwargs.get("precision"))
+        return built_int8 if kwargs.get("precision") else built_fp32
+
+    built_fp32 = lm.build_latency_model(resnet, X, SETTINGS, round_to=8, grid_points=2,
+                                        target_ms=0.5, model_name="resnet18")
+    monkeypatch.setattr(lm, "build_latency_model", fake_build)
+    for _ in range(2):
+        lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                         say=lambda m: None)
+        lm.load_or_build(tmp_path, "resnet18", resnet, X, SETTINGS, round_to=8,
+                         say=lambda m: None, quantize=_quantize, precision="qdq-u8s8")
+    assert calls == [None, "qdq-u8s8"]  # each built once, then read back
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "resnet18-3x32x32-t1-all-r8-qdq-u8s8.json", "resnet18-3x32x32-t1-all-r8.json"]
