@@ -10,7 +10,7 @@ def _result(model: str, median: float, worst: float) -> dict:
     return {"model": model, "cpu": "test cpu", "batch_size": 8, "policies": 3,
             "int8": {"choice": {"chosen": "qdq-u8s8", "trials": [
                 {"format": "qdq-u8s8", "ratio": 0.6}, {"format": "qdq-s8s8", "ratio": None}]}},
-            "errors": {"int8": errors, "fp32": errors, "curve_alone": errors}}
+            "errors": {"int8": errors, "int8_curve": errors, "fp32": errors, "curve_alone": errors}}
 
 
 def test_error_is_relative_to_the_measurement():
