@@ -206,10 +206,9 @@ class Plan:
         """The predicted ratio of the dense FP32 latency for `policy`: the latency model's, and
         with INT8 that of the INT8 model (`Int8Plan.ratio`)."""
         shapes = self.skeleton.layer_shapes(policy)
-        fp32 = self.latency_model.predict_ratio(shapes)
         if self.int8 is not None and self.int8.format is not None:
-            return self.int8.ratio(fp32, shapes)
-        return fp32
+            return self.int8.ratio(shapes, self.latency_model)
+        return self.latency_model.predict_ratio(shapes)
 
 
 def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_name: str,

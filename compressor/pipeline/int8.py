@@ -2,7 +2,7 @@
 
     int8 = plan_int8(model, example, skeleton, config, settings)   # format + curve, ~1 min
     int8 = replace(int8, tables=<INT8 latency model>)               # per-layer INT8 tables
-    int8.ratio(fp32_ratio, shapes)                                  # what the search sees
+    int8.ratio(shapes, fp32_latency_model)                          # what the search sees
     shipped = quantize_winner(ws, fp32_onnx, run_dir)              # calibrated, checked, timed
 
 Before the search the format is chosen on the dense network (its speed does not depend on the
@@ -60,18 +60,13 @@ class Int8Plan:
     def warning(self) -> str | None:
         return self.unreachable or self.choice.warning
 
-    @property
-    def dense_ratio(self) -> float:
-        """The dense network in the chosen format against dense FP32 (the format choice's
-        measurement)."""
-        return next(t.ratio for t in self.choice.trials if t.format == self.choice.chosen)
-
-    def ratio(self, fp32_ratio: float, shapes) -> float:
-        """Predicted INT8 latency of the network with these layer shapes (its FP32 ratio
-        `fp32_ratio`), as a ratio of dense FP32."""
+    def ratio(self, shapes, fp32_model: latency.LatencyModel) -> float:
+        """Predicted INT8 latency of the network with these layer shapes, as a ratio of dense
+        FP32: the INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured,
+        or without tables the curve applied to `fp32_model`'s prediction."""
         if self.tables is not None:
-            return self.tables.predict_ratio(shapes) * self.dense_ratio
-        return self.curve.ratio(fp32_ratio)
+            return self.tables.predict_ratio(shapes) * self.choice.chosen_ratio
+        return self.curve.ratio(fp32_model.predict_ratio(shapes))
 
     def quantizer(self) -> latency.Quantize:
         """(ONNX FP32 bytes, input shape) -> INT8 bytes in the chosen format, calibrated on
@@ -110,9 +105,9 @@ def plan_int8(model: nn.Module, example: torch.Tensor, skeleton: pruning.Skeleto
         skeleton, max_ratio if r is None else r), example, pruning_config), example)
         for r in CURVE_RATIOS]
     # The dense point is the format choice's own measurement of the chosen format.
-    chosen = next(t for t in choice.trials if t.format == choice.chosen)
     curve = quantize.measure_curve(pruned, reference, settings, calibration, fmt, config,
-                                   known=[(choice.fp32_ratio, chosen.ratio / choice.fp32_ratio)])
+                                   known=[(choice.fp32_ratio,
+                                           choice.chosen_ratio / choice.fp32_ratio)])
     log.info("INT8 %s: %s of FP32 at FP32 ratios %s", fmt.name,
              [round(f, 3) for f in curve.factors], [round(r, 3) for r in curve.fp32_ratios])
     return Int8Plan(config, choice, curve, time.time() - started)

@@ -56,6 +56,11 @@ class FormatChoice:
     trials: list[FormatTrial] = field(default_factory=list)
     warning: str | None = None
 
+    @property
+    def chosen_ratio(self) -> float:
+        """The chosen format's network against dense FP32."""
+        return next(t.ratio for t in self.trials if t.format == self.chosen)
+
     def as_dict(self) -> dict:
         return asdict(self)
 

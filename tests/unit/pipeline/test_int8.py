@@ -54,7 +54,7 @@ def test_int8_tables_times_the_dense_int8_ratio_is_what_the_search_sees(tmp_path
         tables=found.latency_model)
     policy = {name: 0.5 for name in found.skeleton.names}
     shapes = found.skeleton.layer_shapes(policy)
-    assert found.int8.dense_ratio == 0.6
+    assert found.int8.choice.chosen_ratio == 0.6
     assert found.latency_ratio(policy) == found.latency_model.predict_ratio(shapes) * 0.6
     assert found.latency_ratio(policy) != found.int8.curve.ratio(fp32.latency_ratio(policy))
 
