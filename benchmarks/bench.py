@@ -89,6 +89,7 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
         return {**row, "error": report.get("failure") or "export or measurement failed"}
     return {**row, "test_top1": final["test_top1"],
             "precision": final.get("precision", "fp32"),
+            "fp32_layers": (final.get("int8") or {}).get("fp32_layers") or [],
             "fp32_top1": final.get("fp32_test_top1", final["test_top1"]),
             "fp32_latency_ratio": (final.get("fp32_latency") or final["latency"])["ratio"],
             "baseline_top1": report["baseline"]["test_top1"],
@@ -265,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a DDPG setting of the agent rows (AgentConfig; repeatable), e.g. "
                         "warm_start=true, sensitivity=true, noise_floor=0, noise_schedule=decay")
-    p.add_argument("--quantize", default="none", choices=["none", "int8"],
-                   help="int8: every row ships INT8 (the search sees INT8 latency); one "
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "mixed"],
+                   help="int8: every row ships INT8 (the search sees INT8 latency); mixed: "
+                        "each layer INT8 or FP32 as the latency model prices them; one "
                         "precision per --out")
     p.add_argument("--workers", type=int, default=1,
                    help="Ray workers scoring each row's episodes (compress --workers)")

@@ -1,14 +1,16 @@
 """Benchmark the INT8 latency prediction the search uses: predicted vs measured INT8 ratio.
 
-    python -m benchmarks.int8_latency --model resnet18 --policies 30 --seed 0
+    python -m benchmarks.int8_latency --model resnet18 --policies 30 --seed 0 [--mode mixed]
 
 The prediction is `Plan.latency_ratio` with `--quantize int8`: per-layer INT8 tables times the dense
 INT8/FP32 ratio (`pipeline.int8`); beside it the former prediction, the FP32 latency model's ratio
 turned into the INT8 model's by the INT8/FP32 curve measured before the search. Random
 per-unit policies (the latency model benchmark's) are pruned, exported, quantized in the chosen
 format and measured paired against the dense FP32 model; the FP32 pruned network is measured too, so
-the error of the curve and that of the FP32 model can be told apart. Results go to
-results/int8/latency_<model>.json and results/int8/latency.md. Run it alone on the machine.
+the error of the curve and that of the FP32 model can be told apart. With `--mode mixed` each
+policy's network keeps FP32 the layers the tables price faster in FP32 (`--quantize mixed`), and
+is measured so. Results go to results/int8/latency_<model>[-mixed].json and
+results/int8/latency.md. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ def _error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured
 
 
-def run(model_name: str, count: int, seed: int) -> dict:
+def run(model_name: str, count: int, seed: int, mode: str = "int8") -> dict:
     torch.manual_seed(seed)
     config = CompressConfig(model=model_name, budget=BudgetConfig(latency=0.5),
-                            quantize=QuantizeConfig(mode="int8"))
+                            quantize=QuantizeConfig(mode=mode))
     model = build_model(model_name, 10).eval()
     example = torch.zeros(1, 3, 32, 32)
     started = time.time()
@@ -50,7 +52,7 @@ def run(model_name: str, count: int, seed: int) -> dict:
         return {"model": model_name, "warning": found.int8.choice.warning}
     settings = replace(config.probe, batch_size=found.latency_model.batch_size,
                        input_shape=(3, 32, 32))
-    convert = found.int8.converter((settings.batch_size, 3, 32, 32))
+    convert = found.int8.converter((settings.batch_size, 3, 32, 32), example)
     reference = latency.make_session(onnx_bytes(model, example), settings)
     rows = []
     for policy in random_policies(found.skeleton.names, count, seed):
@@ -58,20 +60,22 @@ def run(model_name: str, count: int, seed: int) -> dict:
         fp32 = onnx_bytes(pruned, example)
         fp32_measured = latency.measure_pair(latency.make_session(fp32, settings), reference,
                                              settings).ratio
-        int8_measured = latency.measure_pair(latency.make_session(convert(fp32), settings),
-                                             reference, settings).ratio
-        fp32_predicted = found.latency_model.predict_ratio(found.skeleton.layer_shapes(policy))
+        int8_measured = latency.measure_pair(
+            latency.make_session(convert(fp32, pruned), settings), reference, settings).ratio
+        shapes = found.skeleton.layer_shapes(policy)
+        fp32_predicted = found.latency_model.predict_ratio(shapes)
         rows.append({"fp32_predicted": fp32_predicted, "fp32_measured": fp32_measured,
                      "int8_predicted": found.latency_ratio(policy),
                      "int8_curve_predicted": found.int8.curve.ratio(fp32_predicted),
                      "int8_measured": int8_measured,
-                     "int8_with_measured_fp32": found.int8.curve.ratio(fp32_measured)})
+                     "int8_with_measured_fp32": found.int8.curve.ratio(fp32_measured),
+                     "fp32_layers": len(found.int8.fp32_layers(shapes))})
     errors = {
         "int8": [_error(r["int8_predicted"], r["int8_measured"]) for r in rows],
         "int8_curve": [_error(r["int8_curve_predicted"], r["int8_measured"]) for r in rows],
         "fp32": [_error(r["fp32_predicted"], r["fp32_measured"]) for r in rows],
         "curve_alone": [_error(r["int8_with_measured_fp32"], r["int8_measured"]) for r in rows]}
-    return {"model": model_name, "policies": count, "seed": seed, "cpu": cpu_name(),
+    return {"model": model_name, "mode": mode, "policies": count, "seed": seed, "cpu": cpu_name(),
             "versions": library_versions(), "batch_size": settings.batch_size,
             "plan_seconds": plan_seconds, "int8": found.int8.as_dict(),
             "errors": {k: {"median": statistics.median(v), "max": max(v)}
@@ -101,8 +105,9 @@ def write_markdown(out: Path, command: str) -> None:
         choice = r["int8"]["choice"]
         dense = next(t["ratio"] for t in choice["trials"] if t["format"] == choice["chosen"])
         met = e["int8"]["median"] <= TARGETS["median"] and e["int8"]["max"] <= TARGETS["max"]
+        name = r["model"] + (" (mixed)" if r.get("mode") == "mixed" else "")
         lines.append(
-            f"| {r['model']} | {r['cpu']} | {r['batch_size']} | {choice['chosen']} ({dense:.3f}) "
+            f"| {name} | {r['cpu']} | {r['batch_size']} | {choice['chosen']} ({dense:.3f}) "
             f"| {r['policies']} | {e['int8']['median']:.1%} / {e['int8']['max']:.1%} | "
             f"{e['int8_curve']['median']:.1%} / {e['int8_curve']['max']:.1%} | "
             f"{e['fp32']['median']:.1%} / {e['fp32']['max']:.1%} | "
@@ -118,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--policies", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=("int8", "mixed"), default="int8")
     p.add_argument("--out", default="results/int8")
     args = p.parse_args(argv)
     out = Path(args.out)
-    result = run(args.model, args.policies, args.seed)
-    atomic.write_json(out / f"latency_{args.model}.json", result)
+    result = run(args.model, args.policies, args.seed, args.mode)
+    suffix = "-mixed" if args.mode == "mixed" else ""
+    atomic.write_json(out / f"latency_{args.model}{suffix}.json", result)
     command = "python -m benchmarks.int8_latency " + " ".join(
         sys.argv[1:] if argv is None else argv)
     write_markdown(out, command)

@@ -116,7 +116,8 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         progress: progress bars (tqdm) on stderr.
         quantize: "int8" ships an onnxruntime static INT8 model (format measured on this
             machine, calibrated on `train`); the search then sees INT8 latency and the budget
-            stays a ratio of the dense FP32 model. "none" (default) ships FP32.
+            stays a ratio of the dense FP32 model. "mixed": each layer INT8 or FP32, whichever
+            the latency model prices faster at its pruned shape. "none" (default) ships FP32.
         workers: Ray workers scoring the search's episodes in parallel (needs
             `pip install 'compressor[distributed]'`; the cluster and threads per worker are
             `config.distributed`'s); None: `config`'s, by default 1 (in-process, no Ray). The

@@ -134,9 +134,10 @@ def _probe_settings(args, input_size: int):
 
 def _add_quantize_args(p) -> None:
     q = p.add_argument_group("INT8 (onnxruntime static quantization of the shipped model)")
-    q.add_argument("--quantize", default="none", metavar="{none,int8}",
+    q.add_argument("--quantize", default="none", metavar="{none,int8,mixed}",
                    help="int8: quantize after the fine-tune; with compress the search sees INT8 "
-                        "latency (the budget stays a ratio of dense FP32)")
+                        "latency (the budget stays a ratio of dense FP32). mixed: each layer INT8 "
+                        "or FP32, whichever the latency model prices faster")
     q.add_argument("--int8-format", default=None,
                    help="qdq-u8s8, qoperator-u8s8, qdq-s8s8 or qoperator-s8s8 (default: measure "
                         "the first three here, keep the fastest)")
@@ -216,7 +217,8 @@ def cmd_compress(args) -> int:
     outcome = compress_from_config(config, resume=args.resume,
                                    argv=["compressor", *sys.argv[1:]])
     rep = outcome.report
-    precision = " in INT8" if rep["final"].get("precision") == "int8" else ""
+    precision = {"int8": " in INT8", "mixed": " in mixed INT8/FP32"}.get(
+        rep["final"].get("precision"), "")
     print(f"{config.model}: test top-1 {outcome.test_top1:.2f}%{precision} (dense "
           f"{rep['baseline']['test_top1']:.2f}%), latency ratio {outcome.latency_ratio:.3f} "
           f"measured, {rep['final']['macs'] / 1e6:.1f} MMACs; {outcome.verdict}")

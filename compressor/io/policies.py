@@ -73,3 +73,13 @@ def read_policy(path: str | Path, *, model: str | None, valid_units: list[str]
             raise UserError(f"policy file {path}: pruning ratio {ratio!r} for unit {name!r} is "
                             "outside [0, 1)")
     return {name: float(ratio) for name, ratio in policy.items()}
+
+
+def read_fp32_layers(path: str | Path) -> list[str]:
+    """The layers a `compress --quantize mixed` run kept FP32, as its policy file records them."""
+    blob = json.loads(Path(path).read_text())
+    layers = blob.get("fp32_layers")
+    if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+        raise UserError(f"policy file {path} records no FP32 layers (it was not written by "
+                        "`compressor compress --quantize mixed`); use --quantize int8")
+    return layers

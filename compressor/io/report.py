@@ -107,6 +107,9 @@ def _int8_lines(final: dict) -> list[str]:
                      f"top-1 agreement {test['top1_agreement']:.1%}.")
     if fp32_lat:
         lines.append(f"The FP32 pruned model measured {fp32_lat['ratio']:.3f} of dense FP32.")
+    if int8.get("fp32_layers"):
+        lines.append(f"Layers kept FP32 (priced faster than INT8 at their pruned shapes): "
+                     f"{', '.join(int8['fp32_layers'])}.")
     quant = int8.get("quantization") or {}
     if quant.get("attempts"):
         lines.append("Quantization attempts (search split): " + "; ".join(

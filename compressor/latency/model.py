@@ -307,6 +307,17 @@ class LatencyModel:
         """Latency of the network with these layer shapes over the dense network's latency."""
         return self.cost(self.layer_sum(shapes), self.traffic(shapes)) / self.dense_cost
 
+    def layer_ratios(self, shapes: list[LayerShape]) -> list[float]:
+        """Each layer's share of `predict_ratio(shapes)` (they sum to it): its table time plus
+        its part of the traffic term, the knee split in proportion to the layers' traffic. What
+        a mixed-precision network adds up layer by layer from two models (`pipeline.int8`)."""
+        mb = [traffic_mb([s], self.batch, self.bytes_per_value) for s in shapes]
+        total = sum(mb)
+        excess = max(0.0, total - self.knee_mb)
+        share = excess / total if total > 0 else 0.0
+        return [(self.tables[s.name](s.in_channels, s.out_channels) + self.beta * m * share)
+                / self.dense_cost for s, m in zip(shapes, mb, strict=True)]
+
     def predict_ms(self, shapes: list[LayerShape]) -> float:
         """Absolute latency at the probe settings: the ratio times the dense network's measured
         (median) latency."""

@@ -364,10 +364,11 @@ class Probe:
     """Paired ONNX Runtime measurement of pruned networks against the dense one, timed on inputs
     shaped like `example` (its batch replaced by the probe's): the example decides the shape,
     whatever `settings.input_shape` or `input_size` say. `convert` turns each pruned network's
-    ONNX bytes into what ships (INT8) before it is timed; the reference stays the dense one."""
+    ONNX bytes (and the module, whose shapes decide a mixed network's precisions) into what ships
+    (INT8) before it is timed; the reference stays the dense one."""
 
     def __init__(self, dense: nn.Module, example: torch.Tensor, settings: ProbeSettings,
-                 convert: Callable[[bytes], bytes] | None = None):
+                 convert: Callable[[bytes, nn.Module], bytes] | None = None):
         self.settings = replace(settings, input_shape=tuple(example.shape[1:]))
         self.example, self.convert = example, convert
         self.reference = make_session(onnx_bytes(dense, example), self.settings)
@@ -377,6 +378,7 @@ class Probe:
         """One paired round; with a `limit` inside its block spread, `recheck_rounds` more,
         pooled (`measure_against_limit`): a decision near the limit should not hang on one window."""
         data = onnx_bytes(model, self.example)
-        session = make_session(self.convert(data) if self.convert else data, self.settings)
+        session = make_session(self.convert(data, model) if self.convert else data,
+                               self.settings)
         return measure_against_limit(session, self.reference, self.settings, limit,
                                      recheck_rounds)[0]

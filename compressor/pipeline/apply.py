@@ -44,6 +44,9 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
     models.check_input_size(untrained, example, model_name)
     skeleton = pruning.build_skeleton(untrained, example, pruning_config)
     policy = policies.read_policy(policy_path, model=model_name, valid_units=list(skeleton.names))
+    mixed = quantize_config is not None and quantize_config.mixed
+    # A mixed run's precisions came from its latency model: apply keeps the ones it recorded.
+    fp32_layers = policies.read_fp32_layers(policy_path) if mixed else []
 
     dense, meta = baseline.load_or_pretrain(model_name, dataset, data, TrainConfig(seed=seed),
                                             models_dir, device, checkpoint, say=say)
@@ -81,8 +84,10 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
                    onnx_top1_agreement=exported.top1_agreement)
     int8 = None
     if quantize_config is not None and quantize_config.enabled:
-        int8 = _quantize(out, reference, settings, quantize_config, dataset, seed, paired.ratio)
-        metrics.update(precision="int8" if int8.get("onnx") else "fp32")
+        int8 = _quantize(out, reference, settings, quantize_config, dataset, seed, paired.ratio,
+                         [s.name for s in skeleton.dense_shapes], fp32_layers)
+        shipped = "mixed" if fp32_layers else "int8"
+        metrics.update(precision=shipped if int8.get("onnx") else "fp32")
         if int8.get("onnx"):
             metrics.update(latency_ratio_measured=int8["latency"]["ratio"],
                            fp32_latency_ratio=paired.ratio,
@@ -97,9 +102,11 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
 
 
 def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSettings,
-              config: quantize.QuantizeConfig, dataset, seed: int, fp32_ratio: float) -> dict:
+              config: quantize.QuantizeConfig, dataset, seed: int, fp32_ratio: float,
+              layers: list[str], fp32_layers: list[str]) -> dict:
     """model.int8.onnx: the format measured on this pruned model, then the compress path's steps
-    (calibrated on the train split, checked on search and test, timed against dense FP32)."""
+    (calibrated on the train split, checked on search and test, timed against dense FP32), with
+    `fp32_layers` kept float."""
     fp32 = (out / "model.onnx").read_bytes()
     choice = quantize.choose_format(fp32, reference, settings, quantize.random_calibration(
         (settings.batch_size, *reference.example_shape())), config)
@@ -108,5 +115,5 @@ def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSett
         return {"choice": choice.as_dict(), "onnx": None, "warning": choice.warning}
     shipped = quantize_winner(out / "model.onnx", out / "dense.onnx", out / "model.int8.onnx",
                               Int8Plan(config, choice, None, 0.0), dataset, seed, settings, None,
-                              fp32_ratio, 0)
-    return {"choice": choice.as_dict(), **shipped.as_dict()}
+                              fp32_ratio, 0, layers=layers, fp32_layers=fp32_layers)
+    return {"choice": choice.as_dict(), **shipped.as_dict(), "fp32_layers": fp32_layers}

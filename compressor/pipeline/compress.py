@@ -177,7 +177,7 @@ class Workspace:
     progress: bool = True
     """Progress bars (the CLI); the API turns them off unless asked."""
     int8: Int8Plan | None = None
-    """With --quantize int8: the format chosen here and the INT8 latency curve."""
+    """With --quantize int8 or mixed: the format chosen here, the INT8 tables and curve."""
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
@@ -207,7 +207,7 @@ class Plan:
         with INT8 that of the INT8 model (`Int8Plan.ratio`)."""
         shapes = self.skeleton.layer_shapes(policy)
         if self.int8 is not None and self.int8.format is not None:
-            return self.int8.ratio(shapes, self.latency_model)
+            return self.int8.ratio(shapes)
         return self.latency_model.predict_ratio(shapes)
 
 
@@ -223,8 +223,8 @@ def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_
     if config.quantize.enabled:
         say("measuring what INT8 is worth here (formats, then the INT8/FP32 curve)")
         settings = replace(config.probe, batch_size=latency_model.batch_size)
-        int8 = plan_int8(model, example, skeleton, config.quantize, settings, config.max_ratio,
-                         config.pruning)
+        int8 = replace(plan_int8(model, example, skeleton, config.quantize, settings,
+                                 config.max_ratio, config.pruning), fp32_tables=latency_model)
         if int8.format is not None:
             int8 = replace(int8, tables=latency.load_or_build(
                 Path(config.models_dir) / "latency", cache_name, model, example, settings,
@@ -293,7 +293,7 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
     p = plan_ or plan(dense, example, config, cache_name, say)
     settings = replace(config.probe, batch_size=p.latency_model.batch_size)
     # With INT8 every probe (and the final stage's candidate fit) times the INT8 model.
-    convert = p.int8.converter((settings.batch_size, *example.shape[1:])) \
+    convert = p.int8.converter((settings.batch_size, *example.shape[1:]), example) \
         if p.int8 is not None and p.int8.format else None
     probe = latency.Probe(dense, example, settings, convert=convert)
     times["latency_model"] = time.time() - t

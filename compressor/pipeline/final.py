@@ -166,7 +166,9 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
                           units=list(sk.names), budget=ws.request.as_dict(), metrics=metrics,
                           extra={"round_to": config.pruning.round_to, "seed": config.seed,
                                  "importance": importance_label(config.pruning.importance),
-                                 "method": config.method})
+                                 "method": config.method,
+                                 **({"fp32_layers": fp32_layers(ws, winner.policy)}
+                                    if ws.int8 is not None and ws.int8.mixed else {})})
     checkpoint = run_dir / "model.pt"
     checkpoints.save_pruned_checkpoint(
         tuned.model, checkpoint, {"model": config.model, **metrics}, policy=winner.policy,
@@ -205,14 +207,24 @@ def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measur
     return Measurement(onnx_path, dense_path, exported, paired, rounds, time.time() - started)
 
 
-def quantize_and_measure(ws: Workspace, measured: Measurement, run_dir: Path) -> ShippedInt8:
-    """The fine-tuned FP32 export in the format chosen before the search, calibrated on the train
-    split, checked on the search and test splits, timed against dense FP32 (`pipeline.int8`)."""
+def fp32_layers(ws: Workspace, policy: dict[str, float]) -> list[str]:
+    """The layers a mixed-precision run keeps FP32 under `policy` (`Int8Plan.fp32_layers`)."""
+    if ws.int8 is None or ws.int8.format is None:
+        return []
+    return ws.int8.fp32_layers(ws.skeleton.layer_shapes(policy))
+
+
+def quantize_and_measure(ws: Workspace, measured: Measurement, run_dir: Path,
+                         policy: dict[str, float]) -> ShippedInt8:
+    """The fine-tuned FP32 export in the format chosen before the search (mixed: `policy`'s FP32
+    layers kept float), calibrated on the train split, checked on the search and test splits,
+    timed against dense FP32 (`pipeline.int8`)."""
     fin = ws.config.final
     return quantize_winner(
         measured.onnx_path, measured.dense_onnx_path, run_dir / "model.int8.onnx", ws.int8,
         ws.dataset, ws.config.seed, replace(ws.probe.settings, blocks=fin.latency_blocks),
-        ws.request.latency, measured.paired.ratio, fin.recheck_rounds)
+        ws.request.latency, measured.paired.ratio, fin.recheck_rounds,
+        layers=[s.name for s in ws.skeleton.dense_shapes], fp32_layers=fp32_layers(ws, policy))
 
 
 def judge_run(ws: Workspace, policy: dict[str, float], latency_ratio: float | None
@@ -223,6 +235,11 @@ def judge_run(ws: Workspace, policy: dict[str, float], latency_ratio: float | No
     if latency_ratio is not None:
         measured["latency"] = latency_ratio
     return judge(ws.request, measured)
+
+
+def _precision(ws: Workspace, policy: dict[str, float]) -> str:
+    """What an INT8 model that ships is: int8, or mixed when some of its layers stay FP32."""
+    return "mixed" if fp32_layers(ws, policy) else "int8"
 
 
 def _per_episode(episodes: list[dict]) -> dict[str, float]:
@@ -269,7 +286,7 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
         measured = export_and_measure(ws, tuned.model, run_dir)
         times["export_and_measure"] = measured.seconds
         if ws.int8 is not None and ws.int8.format is not None:
-            int8 = quantize_and_measure(ws, measured, run_dir)
+            int8 = quantize_and_measure(ws, measured, run_dir, policy)
             times["quantize"] = int8.seconds
     except CompressorError as exc:
         failure = f"{type(exc).__name__}: {exc}"
@@ -293,12 +310,13 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
     base_top1 = ws.meta.get("test_top1", float("nan"))
     final: dict[str, Any] = {
         "test_top1": shipped_top1, "fp32_test_top1": tuned.test_top1,
-        "precision": "int8" if ships_int8 else "fp32",
+        "precision": _precision(ws, policy) if ships_int8 else "fp32",
         "macs": sk.macs(policy), "params": sk.params(policy),
         "checkpoint": str(saved.checkpoint_path), "policy_file": str(saved.policy_path)}
     if ws.int8 is not None:
         final["int8"] = {"plan": ws.int8.as_dict(), **(int8.as_dict() if int8 else {}),
-                         "warning": (int8.warning if int8 else ws.int8.warning)}
+                         "warning": (int8.warning if int8 else ws.int8.warning),
+                         "fp32_layers": fp32_layers(ws, policy)}
     if measured:
         ex = measured.export
         final.update(latency=(int8.paired if ships_int8 else measured.paired).as_dict(),
@@ -311,7 +329,7 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
                              "top1_agreement": ex.top1_agreement,
                              "tolerance": dict(ex.tolerance._asdict())})
     headline = (f"{shipped_top1:.2f}% top-1 ({shipped_top1 - base_top1:+.2f})" +
-                (" in INT8" if ships_int8 else "") +
+                ({"int8": " in INT8", "mixed": " in mixed INT8/FP32"}.get(final["precision"], "")) +
                 (f" at {ratio:.3f} of the dense latency" if ratio is not None else ""))
     rep = {
         "model": config.model, "dataset": config.data.dataset, "run": run_dir.name,

@@ -1,8 +1,8 @@
 """The pipeline's INT8 steps: plan what INT8 is worth before the search, quantize the winner after.
 
     int8 = plan_int8(model, example, skeleton, config, settings)   # format + curve, ~1 min
-    int8 = replace(int8, tables=<INT8 latency model>)               # per-layer INT8 tables
-    int8.ratio(shapes, fp32_latency_model)                          # what the search sees
+    int8 = replace(int8, tables=<INT8 latency model>, fp32_tables=<the FP32 one>)
+    int8.ratio(shapes)                                             # what the search sees
     shipped = quantize_winner(ws, fp32_onnx, run_dir)              # calibrated, checked, timed
 
 Before the search the format is chosen on the dense network (its speed does not depend on the
@@ -11,12 +11,20 @@ and two uniformly pruned ones (the curve, reported). The search's latency ratio 
 model's, from per-layer INT8 tables (`latency.model` with `quantize`) times the dense INT8/FP32
 ratio, so for the same budget it prunes less when INT8 carries part of it; the candidate fit and
 the final measurement time the real INT8 model. The budget stays a ratio of dense FP32.
+
+Mixed precision (`--quantize mixed`): both models price every layer, each layer runs in the
+precision priced faster and is kept FP32 otherwise (onnxruntime's `nodes_to_exclude`), so the
+choice follows the pruned shapes: a depthwise conv INT8 slows down once it is thin goes FP32, and
+the search, seeing the mixed network's latency, can reach budgets all-INT8 cannot. The layer's
+accuracy does not enter the choice (INT8 lost at most 0.1 points on these models; the final
+stage's fallbacks keep more layers FP32 when it costs more).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +34,7 @@ from torch import nn
 from compressor import latency, pruning, quantize
 from compressor.io import atomic
 from compressor.io.export import onnx_bytes
+from compressor.pruning.shapes import measure_layer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,8 @@ class Int8Plan:
     tables: latency.LatencyModel | None = None
     """Per-layer INT8 latency model in the chosen format (ratios to the dense INT8 network);
     None: the curve predicts."""
+    fp32_tables: latency.LatencyModel | None = None
+    """The FP32 latency model: what the curve scales, and the other side of a mixed choice."""
 
     @property
     def format(self) -> quantize.Int8Format | None:
@@ -60,31 +71,70 @@ class Int8Plan:
     def warning(self) -> str | None:
         return self.unreachable or self.choice.warning
 
-    def ratio(self, shapes, fp32_model: latency.LatencyModel) -> float:
-        """Predicted INT8 latency of the network with these layer shapes, as a ratio of dense
-        FP32: the INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured,
-        or without tables the curve applied to `fp32_model`'s prediction."""
-        if self.tables is not None:
-            return self.tables.predict_ratio(shapes) * self.choice.chosen_ratio
-        return self.curve.ratio(fp32_model.predict_ratio(shapes))
+    @property
+    def mixed(self) -> bool:
+        """Each layer in its faster precision (`--quantize mixed`); needs the INT8 tables."""
+        return self.config.mixed and self.tables is not None
 
-    def quantizer(self) -> latency.Quantize:
-        """(ONNX FP32 bytes, input shape) -> INT8 bytes in the chosen format, calibrated on
-        seeded noise: what latency is timed on (an INT8 graph's speed does not depend on its
-        ranges)."""
+    def _layer_ratios(self, shapes) -> tuple[list[float], list[float]]:
+        """Each layer's predicted latency in INT8 and in FP32, as ratios of dense FP32."""
+        dense_int8 = self.choice.chosen_ratio
+        return ([r * dense_int8 for r in self.tables.layer_ratios(shapes)],
+                self.fp32_tables.layer_ratios(shapes))
+
+    def int8_layers(self, shapes) -> list[bool]:
+        """Per layer, whether it runs INT8: all of them, or with `mixed` those whose INT8 time
+        the tables price below their FP32 time (mobilenet_v2's small depthwise convs are slower
+        in INT8 here, results/int8/README.md). The Quantize/DequantizeLinear pair at each switch
+        between precisions is not priced: the fit and the final measurement time it."""
+        if not self.mixed:
+            return [True] * len(shapes)
+        int8, fp32 = self._layer_ratios(shapes)
+        return [a < b for a, b in zip(int8, fp32, strict=True)]
+
+    def fp32_layers(self, shapes) -> list[str]:
+        """Names of the layers kept FP32 (empty unless `mixed`)."""
+        return [s.name for s, quantized in zip(shapes, self.int8_layers(shapes), strict=True)
+                if not quantized]
+
+    def ratio(self, shapes) -> float:
+        """Predicted latency of the network with these layer shapes, as a ratio of dense FP32: the
+        INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured (mixed: per
+        layer the faster of that and the FP32 model's share), or without tables the curve applied
+        to the FP32 model's prediction."""
+        if self.tables is None:
+            return self.curve.ratio(self.fp32_tables.predict_ratio(shapes))
+        if not self.mixed:
+            return self.tables.predict_ratio(shapes) * self.choice.chosen_ratio
+        return sum(min(a, b) for a, b in zip(*self._layer_ratios(shapes), strict=True))
+
+    def quantizer(self, layers: Sequence[str] = (),
+                  fp32_layers: Sequence[str] = ()) -> latency.Quantize:
+        """(ONNX FP32 bytes, input shape) -> INT8 bytes in the chosen format, calibrated on seeded
+        noise: what latency is timed on (an INT8 graph's speed does not depend on its ranges).
+        `fp32_layers` of the graph's `layers` (`quantize.layer_nodes`) are kept float."""
         fmt, config = self.format, self.config
         return lambda data, shape: quantize.quantize_bytes(
-            data, quantize.random_calibration(shape), fmt, config)
+            data, quantize.random_calibration(shape), fmt, config,
+            exclude=quantize.layer_nodes(data, layers, fp32_layers))
 
-    def converter(self, batch_shape: tuple[int, ...]):
-        """`quantizer` for graphs whose input is `batch_shape` (the probes')."""
-        quantizer = self.quantizer()
-        return lambda data: quantizer(data, batch_shape)
+    def converter(self, batch_shape: tuple[int, ...], example: torch.Tensor):
+        """(ONNX bytes, the module they came from) -> what ships, for graphs whose input is
+        `batch_shape` (the probes'): `quantizer` with the module's FP32 layers (read off its
+        shapes on `example`)."""
+        def convert(data: bytes, model: nn.Module) -> bytes:
+            if not self.mixed:
+                return self.quantizer()(data, batch_shape)
+            shapes = measure_layer_shapes(model, example)
+            return self.quantizer([s.name for s in shapes], self.fp32_layers(shapes))(
+                data, batch_shape)
+        return convert
 
     def as_dict(self) -> dict:
         return {"choice": self.choice.as_dict(),
                 "curve": self.curve.as_dict() if self.curve else None, "seconds": self.seconds,
-                "unreachable": self.unreachable, "per_layer_tables": self.tables is not None}
+                "unreachable": self.unreachable, "per_layer_tables": self.tables is not None,
+                "mixed": self.mixed}
 
 
 def plan_int8(model: nn.Module, example: torch.Tensor, skeleton: pruning.Skeleton,
@@ -137,11 +187,13 @@ class ShippedInt8:
 
 def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int8Plan, dataset,
                     seed: int, settings: latency.ProbeSettings, limit: float | None,
-                    fp32_ratio: float, recheck_rounds: int) -> ShippedInt8:
+                    fp32_ratio: float, recheck_rounds: int, layers: Sequence[str] = (),
+                    fp32_layers: Sequence[str] = ()) -> ShippedInt8:
     """Quantize the fine-tuned FP32 export, calibrated on `dataset`'s train split
     (`quantize.quantize_within`, scored on its search split), check it on the test split, time it
     against dense FP32 like the FP32 model (repeated when within its block spread of `limit`). If
-    it measures slower than the FP32 model, FP32 ships and the warning says so."""
+    it measures slower than the FP32 model, FP32 ships and the warning says so. `fp32_layers`:
+    modules kept float (a mixed-precision network's), among all its conv/linear `layers`."""
     started = time.time()
     config = plan.config
     # Four times the configured images: the accuracy fallbacks' "more images" attempt uses them.
@@ -149,7 +201,8 @@ def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int
         dataset.train, replace(config, calibration_batches=4 * config.calibration_batches), seed)
     fp32 = fp32_path.read_bytes()
     done = quantize.quantize_within(fp32, calibration, plan.format, config,
-                                    dataset.search.batches(250, limit=8))
+                                    dataset.search.batches(250, limit=8),
+                                    exclude=quantize.layer_nodes(fp32, layers, fp32_layers))
     test = quantize.compare(fp32, done.data, dataset.test.batches(500))
     paired, rounds = latency.measure_against_limit(
         latency.make_session(done.data, settings), latency.make_session(dense_path, settings),

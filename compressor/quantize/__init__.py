@@ -20,6 +20,7 @@ from compressor.quantize.int8 import (
     Int8Format,
     QuantizeConfig,
     calibration_batches,
+    layer_nodes,
     preprocess,
     quantize_bytes,
     random_calibration,
@@ -28,6 +29,6 @@ from compressor.quantize.int8 import (
 
 __all__ = ["CALIBRATION_METHODS", "FORMATS", "MEASURED_BY_DEFAULT", "MODES", "FormatChoice",
            "FormatTrial", "Int8Accuracy", "Int8Curve", "Int8Format", "QuantizeConfig",
-           "QuantizedModel", "calibration_batches", "choose_format", "compare", "measure_curve",
-           "preprocess", "quantize_bytes", "quantize_within", "random_calibration",
+           "QuantizedModel", "calibration_batches", "choose_format", "compare", "layer_nodes",
+           "measure_curve", "preprocess", "quantize_bytes", "quantize_within", "random_calibration",
            "weighted_nodes"]

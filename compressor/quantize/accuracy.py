@@ -99,10 +99,12 @@ def _rungs(config: QuantizeConfig, batches: int, available: int, nodes: list[str
 
 
 def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Format,
-                    config: QuantizeConfig, score_batches: Iterable) -> QuantizedModel:
+                    config: QuantizeConfig, score_batches: Iterable,
+                    exclude: Sequence[str] = ()) -> QuantizedModel:
     """The first attempt (see the module docstring) within `config.max_drop` on `score_batches`;
     if none is, the one that lost least, with a warning. `calibration` may hold more batches than
-    `config.calibration_batches`: the extra ones serve the "more images" attempt."""
+    `config.calibration_batches`: the extra ones serve the "more images" attempt. `exclude`: nodes
+    kept FP32 in every attempt (a mixed-precision network's FP32 layers)."""
     pre = preprocess(fp32)
     score_batches = list(score_batches)
     nodes = weighted_nodes(pre)
@@ -110,6 +112,7 @@ def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8For
     size = len(calibration[0]) if calibration else 0
     for label, method, count, fp32_nodes in _rungs(config, config.calibration_batches,
                                                    len(calibration), nodes):
+        fp32_nodes = [n for n in nodes if n in exclude or n in fp32_nodes]
         data = quantize_bytes(pre, calibration[:count], fmt, config, exclude=fp32_nodes,
                               method=method, preprocessed=True)
         accuracy = compare(pre, data, score_batches)

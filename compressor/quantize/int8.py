@@ -27,7 +27,7 @@ from compressor.errors import InternalError, UserError
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "int8")
+MODES = ("none", "int8", "mixed")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -57,7 +57,8 @@ class QuantizeConfig:
     """Post-training quantization of the shipped model."""
 
     mode: str = "none"
-    """none (ship FP32) or int8 (onnxruntime static quantization)."""
+    """none (ship FP32), int8 (onnxruntime static quantization of every layer) or mixed (each
+    layer in the precision the latency model prices faster, INT8 or FP32; `pipeline.int8`)."""
     format: str | None = None
     """One of FORMATS to force it; None: measure MEASURED_BY_DEFAULT on this machine, keep the
     fastest."""
@@ -85,7 +86,13 @@ class QuantizeConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.mode == "int8"
+        """Whether the shipped model is quantized at all (int8 or mixed)."""
+        return self.mode != "none"
+
+    @property
+    def mixed(self) -> bool:
+        """Whether layers INT8 would slow down are kept FP32."""
+        return self.mode == "mixed"
 
 
 def calibration_batches(split, config: QuantizeConfig, seed: int = 0) -> list[np.ndarray]:
@@ -139,6 +146,32 @@ def weighted_nodes(data: bytes) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
 
 
+def layer_nodes(data: bytes, layers: Sequence[str], wanted: Iterable[str]) -> list[str]:
+    """The weighted nodes of an exported ONNX graph that run the modules named `wanted`.
+
+    `layers`: the qualified names of every Conv2d/Linear of the exported module in call order
+    (`measure_layer_shapes`). The exporter emits their nodes in that order, so the nodes are
+    matched by position; the node's scope name must agree ("/layer1/layer1.0/conv1/Conv" ends in
+    "conv1", the last part of `layer1.0.conv1`), else the graph is not that module's. Give the
+    export itself, not `preprocess`'s output: its optimiser reorders nodes (the names survive, so
+    the result serves `quantize_bytes`'s `exclude`).
+    """
+    wanted = set(wanted)
+    if not wanted:
+        return []
+    nodes = weighted_nodes(data)
+    if len(nodes) != len(layers):
+        raise InternalError(f"the ONNX graph has {len(nodes)} Conv/Gemm/MatMul nodes for "
+                            f"{len(layers)} conv and linear layers, so the layers to keep FP32 "
+                            "cannot be found in it; use --quantize int8")
+    for node, layer in zip(nodes, layers, strict=True):
+        scope = node.split("/")[-2] if node.count("/") >= 2 else ""
+        if scope and layer != scope and not layer.endswith("." + scope):
+            raise InternalError(f"ONNX node {node} does not run layer {layer}; the layers to "
+                                "keep FP32 cannot be found in the graph; use --quantize int8")
+    return [node for node, layer in zip(nodes, layers, strict=True) if layer in wanted]
+
+
 def preprocess(fp32: bytes) -> bytes:
     """`quant_pre_process` of an FP32 graph (shape inference plus onnxruntime's optimiser)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -185,5 +218,5 @@ def quantize_bytes(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Form
 
 
 __all__ = ["CALIBRATION_METHODS", "FORMATS", "MEASURED_BY_DEFAULT", "MODES", "Int8Format",
-           "QuantizeConfig", "calibration_batches", "preprocess", "quantize_bytes",
+           "QuantizeConfig", "calibration_batches", "layer_nodes", "preprocess", "quantize_bytes",
            "random_calibration", "weighted_nodes"]

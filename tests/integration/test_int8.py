@@ -6,8 +6,12 @@ import json
 
 import onnx
 import pytest
+import torch
 
 from compressor.cli import main
+from compressor.pruning.shapes import measure_layer_shapes
+from compressor.quantize import layer_nodes
+from compressor.zoo.models import build_model
 from tests.integration.conftest import SLICE
 from tests.integration.test_cli import _compress_args
 
@@ -62,3 +66,41 @@ def test_bad_quantize_flags_give_one_line_and_exit_code_2(workdir, capsys, flag,
     code = main([*_compress_args(workdir, workdir / "bad"), flag, value])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and flag in err[-1]
+
+
+def test_compress_mixed_keeps_the_layers_it_prices_faster_in_fp32_float(workdir, capsys):
+    out = workdir / "run-mixed"
+    mixed = ["--quantize", "mixed", "--latency-batch-size", "8"]
+    code = main(_compress_args(workdir, out, mixed))
+    report = json.loads((workdir / "results" / "run-mixed" / "report.json").read_text())
+    final, policy_file = report["final"], workdir / "policies" / "run-mixed.json"
+    assert code == (0 if report["verdict"] == "within budget" else 1)
+    kept = json.loads(policy_file.read_text())["fp32_layers"]
+    assert kept == final["int8"]["fp32_layers"]
+    assert final["int8"]["plan"]["mixed"] == (final["int8"]["plan"]["choice"]["chosen"]
+                                              is not None)
+    if final["precision"] != "fp32":
+        assert final["precision"] == ("mixed" if kept else "int8")
+        onnx.checker.check_model(onnx.load(final["onnx"]))
+        chosen = final["int8"]["quantization"]["chosen"]["fp32_nodes"]
+        fp32 = (out / "model.onnx").read_bytes()
+        layers = [s.name for s in measure_layer_shapes(build_model("resnet18", 10).eval(),
+                                                       torch.zeros(1, 3, 32, 32))]
+        assert set(layer_nodes(fp32, layers, kept)) <= set(chosen)
+    capsys.readouterr()
+
+    applied = workdir / "applied-mixed"
+    assert main(["apply", "--model", "resnet18", "--models-dir", str(workdir / "models"), *SLICE,
+                 "--policy", str(policy_file), "--out", str(applied), *mixed]) == 0
+    written = json.loads((applied / "policy.json").read_text())
+    assert written["int8"]["fp32_layers"] == kept
+    if written["metrics"]["precision"] != "fp32":
+        assert written["metrics"]["precision"] == ("mixed" if kept else "int8")
+    # A policy no mixed run wrote has no precisions to apply: one line, exit 2.
+    capsys.readouterr()
+    bare = workdir / "bare-policy.json"
+    bare.write_text(json.dumps({"policy": json.loads(policy_file.read_text())["policy"]}))
+    assert main(["apply", "--model", "resnet18", "--models-dir", str(workdir / "models"), *SLICE,
+                 "--policy", str(bare), "--out", str(workdir / "applied-bare"), *mixed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--quantize int8" in err[0]

@@ -354,3 +354,14 @@ def test_int8_tables_are_cached_beside_the_fp32_ones(built_int8, resnet, tmp_pat
     assert calls == [None, "qdq-u8s8"]  # each built once, then read back
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "resnet18-3x32x32-t1-all-r8-qdq-u8s8.json", "resnet18-3x32x32-t1-all-r8.json"]
+
+
+def test_layer_ratios_add_up_to_the_predicted_ratio_with_and_without_a_knee(built, pruned):
+    shapes = measure_layer_shapes(pruned[0.3], X)
+    kneed = lm.LatencyModel(built.tables, built.beta or 1e-3, built.traffic(shapes) / 2,
+                            built.dense_ms, built.dense_shapes, built.metadata)
+    for model in (built, kneed):
+        for case in (shapes, built.dense_shapes):
+            parts = model.layer_ratios(case)
+            assert len(parts) == len(case) and all(p > 0 for p in parts)
+            assert math.isclose(sum(parts), model.predict_ratio(case), rel_tol=1e-9)

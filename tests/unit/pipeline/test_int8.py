@@ -1,15 +1,25 @@
 """The pipeline's INT8 plan: the search's latency ratio from the INT8 tables (or the curve), and
 FP32 shipped when INT8 cannot reach the budget."""
 
+import math
 from dataclasses import replace
 
+import onnx
 import torch
 
 from compressor.budgets.kinds import BudgetConfig
+from compressor.io.export import onnx_bytes
+from compressor.latency import model as lm
 from compressor.pipeline import compress as pipeline
 from compressor.pipeline.int8 import Int8Plan
 from compressor.pruning.policies import policy_vector
-from compressor.quantize import FormatChoice, FormatTrial, Int8Curve, QuantizeConfig
+from compressor.quantize import (
+    FormatChoice,
+    FormatTrial,
+    Int8Curve,
+    QuantizeConfig,
+    layer_nodes,
+)
 from tests.unit.pipeline.test_final import SHAPE, TinyNet, _config
 
 
@@ -18,7 +28,8 @@ def _plan_with(root, factor: float):
     found = pipeline.plan(TinyNet().eval(), torch.zeros(1, *SHAPE), config, "TinyNet")
     fp32 = pipeline.Plan(found.skeleton, found.latency_model, found.request, [])
     found.int8 = Int8Plan(QuantizeConfig(mode="int8"), FormatChoice("qdq-u8s8", 1.0, []),
-                          Int8Curve("qdq-u8s8", [0.01, 1.0], [factor, factor]), 0.0)
+                          Int8Curve("qdq-u8s8", [0.01, 1.0], [factor, factor]), 0.0,
+                          fp32_tables=found.latency_model)
     said = []
     pipeline.set_budgets(found, config, say=said.append)
     return found, fp32, said
@@ -74,3 +85,58 @@ def test_planning_int8_builds_and_caches_int8_tables_in_the_chosen_format(tmp_pa
     light = {name: 0.25 for name in found.skeleton.names}
     heavy = {name: 0.75 for name in found.skeleton.names}
     assert found.latency_ratio(heavy) < found.latency_ratio(light)
+
+
+def _mixed(found, int8_tables, dense_int8: float, fmt: str = "qdq-u8s8"):
+    """`found`'s plan in mixed mode, with `int8_tables` standing in for the INT8 tables."""
+    return replace(found.int8, config=QuantizeConfig(mode="mixed"), tables=int8_tables,
+                   choice=FormatChoice(fmt, 1.0, [FormatTrial(fmt, dense_int8)]))
+
+
+
+def test_mixed_keeps_fp32_exactly_the_layers_int8_would_slow_down(tmp_path):
+    found, fp32, _ = _plan_with(tmp_path, 0.5)
+    model = found.latency_model
+    policy = {name: 0.5 for name in found.skeleton.names}
+    shapes = found.skeleton.layer_shapes(policy)
+    # INT8 tables where one layer is a hundred times slower than the others (and the dense INT8
+    # network twice FP32's time): that layer is slower in INT8, every other one faster.
+    slow = shapes[1].name
+    tables = {name: lm.LayerTable(t.ins, t.outs, [[v * (100.0 if name == slow else 1.0)
+                                                   for v in row] for row in t.ms], t.depthwise)
+              for name, t in model.tables.items()}
+    int8_model = lm.LatencyModel(tables, 0.0, 0.0, model.dense_ms, model.dense_shapes,
+                                 model.metadata)
+    found.int8 = _mixed(found, int8_model, 2.0)
+    int8_parts = [r * 2.0 for r in int8_model.layer_ratios(shapes)]
+    fp32_parts = model.layer_ratios(shapes)
+    expected = [s.name for s, a, b in zip(shapes, int8_parts, fp32_parts, strict=True) if a >= b]
+    assert found.int8.fp32_layers(shapes) == expected == [slow]
+    mixed = found.latency_ratio(policy)
+    assert math.isclose(mixed, sum(map(min, int8_parts, fp32_parts)), rel_tol=1e-12)
+    all_int8 = replace(found.int8, config=QuantizeConfig(mode="int8")).ratio(shapes)
+    assert mixed < min(all_int8, fp32.latency_ratio(policy))
+    # Where INT8 is faster everywhere, mixed is all-INT8.
+    found.int8 = _mixed(found, model, 0.5)
+    assert found.int8.fp32_layers(shapes) == []
+    assert math.isclose(found.latency_ratio(policy), 0.5 * model.predict_ratio(shapes))
+
+
+def test_the_mixed_converter_keeps_the_modules_fp32_layers_float(tmp_path):
+    found, _, _ = _plan_with(tmp_path, 0.5)
+    model = found.latency_model
+    # INT8 "tables" slower than FP32 on the first conv alone.
+    first = model.dense_shapes[0].name
+    tables = {name: lm.LayerTable(t.ins, t.outs, [[v * (9.0 if name == first else 0.1)
+                                                   for v in row] for row in t.ms], t.depthwise)
+              for name, t in model.tables.items()}
+    found.int8 = _mixed(found, lm.LatencyModel(tables, 0.0, 0.0, model.dense_ms,
+                                               model.dense_shapes, model.metadata), 1.0,
+                        "qoperator-u8s8")
+    net, example = TinyNet().eval(), torch.zeros(1, *SHAPE)
+    convert = found.int8.converter((2, *SHAPE), example)
+    fp32 = onnx_bytes(net, example)
+    ops = [(n.name, n.op_type) for n in onnx.load_from_string(convert(fp32, net)).graph.node]
+    layers = [s.name for s in model.dense_shapes]
+    assert [name for name, op in ops if op == "Conv"] == layer_nodes(fp32, layers, [first])
+    assert [op for _, op in ops].count("QLinearConv") == 2

@@ -10,12 +10,14 @@ import torch
 from torch import nn
 
 from compressor import pruning
-from compressor.errors import UserError
+from compressor.errors import InternalError, UserError
 from compressor.io.export import onnx_bytes
+from compressor.pruning.shapes import measure_layer_shapes
 from compressor.quantize import (
     FORMATS,
     QuantizeConfig,
     calibration_batches,
+    layer_nodes,
     preprocess,
     quantize_bytes,
     random_calibration,
@@ -44,6 +46,8 @@ def test_config_refuses_bad_values_in_one_line():
         with pytest.raises(UserError, match=flag):
             QuantizeConfig(**kwargs)
     assert not QuantizeConfig().enabled and QuantizeConfig(mode="int8").enabled
+    mixed = QuantizeConfig(mode="mixed")
+    assert mixed.enabled and mixed.mixed and not QuantizeConfig(mode="int8").mixed
 
 
 def test_calibration_yields_the_requested_batches(fmnist):
@@ -91,3 +95,23 @@ def test_excluded_nodes_stay_float():
     float_convs = [n.name for n in graph.node if n.op_type == "Conv"]
     assert float_convs == [nodes[0]]
     assert [n.op_type for n in graph.node].count("QLinearConv") == 2
+
+
+def test_layer_nodes_finds_the_nodes_a_module_runs_by_position_and_scope():
+    model, example = build_model("resnet18", 10).eval(), torch.zeros(1, 3, 32, 32)
+    layers = [s.name for s in measure_layer_shapes(model, example)]
+    fp32 = onnx_bytes(model, example)
+    assert layer_nodes(fp32, layers, ["layer1.0.conv1", "fc"]) == [
+        "/layer1/layer1.0/conv1/Conv", "/fc/Gemm"]
+    downsample = layer_nodes(fp32, layers, ["layer2.0.downsample.0"])
+    assert downsample == ["/layer2/layer2.0/downsample/downsample.0/Conv"]
+    assert downsample[0] in weighted_nodes(preprocess(fp32))  # what `exclude` names
+    assert layer_nodes(fp32, layers, []) == []
+    with pytest.raises(InternalError, match="cannot be found"):
+        layer_nodes(fp32, layers[1:], ["fc"])  # a layer list of another network
+    with pytest.raises(InternalError, match="does not run layer"):
+        layer_nodes(fp32, list(reversed(layers)), ["fc"])
+    mobilenet = build_model("mobilenet_v2", 10).eval()
+    names = [s.name for s in measure_layer_shapes(mobilenet, example)]
+    assert layer_nodes(onnx_bytes(mobilenet, example), names, ["features.1.conv.0.0"]) == [
+        "/features/features.1/conv/conv.0/conv.0.0/Conv"]
