@@ -22,7 +22,9 @@ Observation Space:
 
 Rewards:
     0 on every step but the last; then `reward_fn(evaluation)` (default AMC's -error on the search
-    split). The agent copies the final reward to every step of the episode, as AMC does.
+    split). The agent copies the final reward to every step of the episode, as AMC does. Without
+    an evaluator (`evaluate=None`, proposal mode) the last reward is 0 too and the caller
+    evaluates `info["policy"]` itself: the search loop scores episodes a batch at a time.
 
 Episode End:
     Terminated after the last unit. Never truncated.
@@ -30,7 +32,8 @@ Episode End:
 Arguments:
     units: the `compressor.pruning.Unit`s in order; cost: `macs(ratios)` as a fraction of dense (the
     "reduced" feature); budgets: `compressor.budgets.wall.Budget`s enforced by the wall; evaluate: a
-    callable from a policy `{unit name: pruning_ratio}` to an `Evaluation`; max_ratio; reward;
+    callable from a policy `{unit name: pruning_ratio}` to an `Evaluation`, or None (proposal
+    mode, see Rewards); max_ratio; reward;
     extra_features: an array (units, k) appended to each unit's static features, or None.
 """
 
@@ -97,7 +100,8 @@ class PruningEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, units: Sequence[Any], macs_ratio: Callable[[Sequence[float]], float],
-                 budgets: Sequence[walls.Budget], evaluate: Callable[[dict[str, float]], Evaluation],
+                 budgets: Sequence[walls.Budget],
+                 evaluate: Callable[[dict[str, float]], Evaluation] | None,
                  max_ratio: float = 0.8, reward: str = "error",
                  extra_features: np.ndarray | None = None):
         super().__init__()
@@ -150,10 +154,12 @@ class PruningEnv(gym.Env):
         if len(self.ratios) < len(self.units):
             return self._observation(), 0.0, False, False, info
         policy = dict(zip(self.names, self.ratios, strict=True))
-        evaluation = self.evaluate(policy)
-        info.update(policy=policy, evaluation=evaluation)
+        info["policy"] = policy
+        reward = 0.0
+        if self.evaluate is not None:
+            info["evaluation"] = self.evaluate(policy)
+            reward = float(self.reward_fn(info["evaluation"]))
         # The terminal observation is never used by the agent (done=1); repeat the last unit's.
         last = np.concatenate([self.static[-1], [1.0 - self.macs_ratio(self.ratios), 0.0,
                                                  ratio / self.max_ratio]])
-        return (np.clip(last, 0, 1).astype(np.float32), float(self.reward_fn(evaluation)), True,
-                False, info)
+        return np.clip(last, 0, 1).astype(np.float32), reward, True, False, info

@@ -188,17 +188,9 @@ class Rollout(NamedTuple):
     policy: dict[str, float]
 
 
-class _PolicyOnly:
-    """Stands in for the env's evaluator while episodes are proposed: the env's last step hands
-    over the policy, which is evaluated later with the rest of its batch (the reward the env
-    computes from this placeholder is not used)."""
-
-    def __call__(self, policy: dict[str, float]) -> Evaluation:
-        return Evaluation(top1=0.0, flops_ratio=1.0, metrics={})
-
-
 def propose(env: PruningEnv, agent, episode: int, demo: Demonstration | None) -> Rollout:
-    """Walk the env's units with the agent's actions (or the demonstration's), evaluating nothing."""
+    """Walk the env's units with the agent's actions (or the demonstration's), evaluating nothing
+    (the env is in proposal mode)."""
     obs, _ = env.reset(seed=None)
     observations, actions, wanted = [obs], [], []
     while True:
@@ -269,7 +261,7 @@ def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, l
                         "episodes; raise --episodes")
     features = None if pre.extra_features is None else np.array(pre.extra_features)
     env = make_env(features)
-    env.evaluate = _PolicyOnly()  # episodes are evaluated a batch at a time, below
+    env.evaluate = None  # proposal mode: episodes are evaluated a batch at a time, below
     evaluate_all = evaluate_all or one_by_one(evaluator)
     agent = make_agent(loop.agent, env.observation_space.shape[0], agent_config,
                        torch.device("cpu"), episodes=episodes)

@@ -96,3 +96,22 @@ def test_extra_features_follow_the_static_ones_in_every_observation(skeleton):
     assert obs[-1] == pytest.approx(1.0)  # the previous action is still last
     with pytest.raises(ValueError, match="one row per unit"):
         _env(skeleton, extra_features=extra[:5])
+
+
+def test_proposal_mode_hands_over_the_policy_and_evaluates_nothing(skeleton):
+    scored = _env(skeleton, limit=0.4)
+    proposing = _env(skeleton, limit=0.4)
+    proposing.evaluate = None
+    check_env(proposing, skip_render_check=True)
+    actions = np.random.default_rng(1).uniform(0, 1, (len(skeleton.units), 1))
+    infos, rewards = [], []
+    for env in (scored, proposing):
+        env.reset()
+        for action in actions:
+            _, reward, terminated, _, info = env.step(action)
+        assert terminated
+        infos.append(info)
+        rewards.append(reward)
+    assert rewards[1] == 0.0 and "evaluation" not in infos[1]
+    assert rewards[0] == pytest.approx(reward_error(infos[0]["evaluation"])) != 0.0
+    assert infos[1]["policy"] == infos[0]["policy"]  # the same walk, the wall included
