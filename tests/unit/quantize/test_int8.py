@@ -97,6 +97,27 @@ def test_excluded_nodes_stay_float():
     assert [n.op_type for n in graph.node].count("QLinearConv") == 2
 
 
+def test_a_node_kept_float_gets_its_own_copy_of_a_shared_bias():
+    # Untrained BatchNorms fold to zero biases, which the exporter stores once for both convs; the
+    # quantizer then feeds the float conv a dequantized bias, keeping onnxruntime's fast kernels off.
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)).eval()
+    fp32 = preprocess(onnx_bytes(model, torch.zeros(1, 3, 16, 16)))
+    graph = onnx.load_from_string(fp32).graph
+    biases = [n.input[2] for n in graph.node if n.op_type == "Conv"]
+    assert len(set(biases)) < len(biases)  # the premise: the export shares a bias
+    last = weighted_nodes(fp32)[-1]
+    kept = quantize_bytes(fp32, random_calibration((2, 3, 16, 16)), FORMATS["qdq-u8s8"],
+                          QuantizeConfig(mode="mixed"), exclude=[last], preprocessed=True)
+    graph = onnx.load_from_string(kept).graph
+    initializers = {i.name: i for i in graph.initializer}
+    node = next(n for n in graph.node if n.name == last)
+    assert all(initializers[name].data_type == onnx.TensorProto.FLOAT for name in node.input[1:])
+    session = ort.InferenceSession(kept, providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((2, 3, 16, 16), np.float32)})[0].shape[0] == 2
+
+
 def test_layer_nodes_finds_the_nodes_a_module_runs_by_position_and_scope():
     model, example = build_model("resnet18", 10).eval(), torch.zeros(1, 3, 32, 32)
     layers = [s.name for s in measure_layer_shapes(model, example)]
