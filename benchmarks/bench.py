@@ -89,7 +89,8 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
         return {**row, "error": report.get("failure") or "export or measurement failed"}
     return {**row, "test_top1": final["test_top1"],
             "precision": final.get("precision", "fp32"),
-            "fp32_layers": (final.get("int8") or {}).get("fp32_layers") or [],
+            "fp32_layers": ((final.get("int8") or {}).get("fp32_layers") or []
+                            if final.get("precision") == "mixed" else []),  # of what shipped
             "fp32_top1": final.get("fp32_test_top1", final["test_top1"]),
             "fp32_latency_ratio": (final.get("fp32_latency") or final["latency"])["ratio"],
             "baseline_top1": report["baseline"]["test_top1"],

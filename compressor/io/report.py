@@ -108,8 +108,8 @@ def _int8_lines(final: dict) -> list[str]:
     if fp32_lat:
         lines.append(f"The FP32 pruned model measured {fp32_lat['ratio']:.3f} of dense FP32.")
     if int8.get("fp32_layers"):
-        lines.append(f"Layers kept FP32 (priced faster than INT8 at their pruned shapes): "
-                     f"{', '.join(int8['fp32_layers'])}.")
+        lines.append("Layers the mixed INT8 model keeps FP32 (priced faster than INT8 at their "
+                     f"pruned shapes): {', '.join(int8['fp32_layers'])}.")
     quant = int8.get("quantization") or {}
     if quant.get("attempts"):
         lines.append("Quantization attempts (search split): " + "; ".join(
