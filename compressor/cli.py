@@ -76,6 +76,7 @@ def cmd_pretrain(args) -> int:
     models.check_model_name(args.model)
     data_config = _data_config(args)
     dataset = load_dataset(data_config)
+    _check_compressible(args.model, dataset.num_classes, data_config.input_size)
     path = models.baseline_path(args.models_dir, args.model, dataset.name)
     if args.out:
         path = Path(args.out)
@@ -89,6 +90,20 @@ def cmd_pretrain(args) -> int:
     if meta.get("warning"):
         print(f"warning: {meta['warning']}", file=sys.stderr)
     return 0
+
+
+def _check_compressible(model_name: str, num_classes: int, input_size: int) -> None:
+    """A baseline is pretrained to be compressed: an untrained instance that refuses the input
+    size or that torch-pruning cannot trace is refused in seconds, before the epochs are spent."""
+    import torch
+
+    from compressor.pruning.skeleton import PruningConfig, trace
+    from compressor.zoo import models
+
+    untrained = models.build_model(model_name, num_classes).eval()
+    example = torch.zeros(1, 3, input_size, input_size)
+    models.check_input_size(untrained, example, model_name)
+    trace(untrained, example, PruningConfig())
 
 
 def cmd_evaluate(args) -> int:

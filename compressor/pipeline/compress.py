@@ -287,6 +287,7 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
     t = time.time()
     # The dense reference is exported and verified first: a model that cannot be exported is
     # refused in seconds, not after the search.
+    models.check_finite_outputs(dense, real_batch(dataset, example), f"the {config.model} baseline")
     with tempfile.TemporaryDirectory() as scratch:
         dense_export = export.export_onnx(dense, real_batch(dataset, example),
                                           Path(scratch) / "dense.onnx")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressor.errors import UserError
 from compressor.pipeline.train import TrainConfig, evaluate_top1, pretraining_warning, train
 from compressor.provenance import provenance, seed_everything
 from compressor.zoo import models
@@ -41,6 +42,12 @@ def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_c
     started = time.time()
     result = train(model, dataset.train, dataset.test, train_config, device,
                    resume_path=partial, progress=progress)
+    for images, _ in dataset.test.batches(16, limit=1):
+        try:
+            models.check_finite_outputs(model, images, f"the {model_name} baseline")
+        except UserError:
+            partial.unlink(missing_ok=True)  # a rerun must not resume the diverged weights
+            raise
     top1 = result.history[-1].test_top1
     metadata = {
         **expected_metadata(data_config, dataset),

@@ -140,6 +140,25 @@ def check_input_size(model: nn.Module, example_input: torch.Tensor, name: str) -
         model.train(was_training)
 
 
+def check_finite_outputs(model: nn.Module, images: torch.Tensor, what: str) -> None:
+    """One eval-mode forward pass on real `images`; NaN or infinite outputs are a UserError.
+
+    A diverged network can keep finite weights and a finite training loss and still overflow in
+    eval mode (BatchNorm's running statistics): its accuracy is chance and every later stage
+    (the search's rewards, export parity) would fail on NaNs, so it is refused here, naming the fix.
+    """
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            outputs = model.eval()(images.to(device))
+    finally:
+        model.train(was_training)
+    if not torch.isfinite(outputs).all():
+        raise UserError(f"{what} gives NaN or infinite outputs on test images (its training "
+                        "diverged); pretrain it again with a lower --lr, e.g. --lr 0.05")
+
+
 def load_full_module(path: str | Path, *, trusted: bool) -> nn.Module:
     """A whole module a user saved with `torch.save(model)`, in eval mode.
 

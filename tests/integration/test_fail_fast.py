@@ -87,6 +87,13 @@ def test_an_untraceable_model_is_refused_before_pretraining(tmp_path, capsys, tr
     assert not list((tmp_path / "models").glob("*.pt"))
 
 
+def test_pretrain_refuses_an_untraceable_model_before_training(tmp_path, capsys, training_calls):
+    err = _refused(["pretrain", "--model", "shufflenet_v2_x0_5", "--models-dir",
+                    str(tmp_path / "models"), *SLICE], capsys, training_calls)
+    assert "torch-pruning cannot trace ShuffleNetV2" in err
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("*.pt"))
+
+
 def test_a_fixed_size_model_is_refused_naming_its_input_size(tmp_path, capsys, training_calls):
     err = _refused(_compress(tmp_path / "models", "vit_b_16", "--latency-budget", "0.5"),
                    capsys, training_calls)

@@ -54,3 +54,47 @@ def test_pretrain_saves_a_reloadable_baseline_and_warns_when_it_learned_little(
     with torch.no_grad():
         assert torch.equal(model.eval()(x), loaded.eval()(x))
     assert loaded_meta["test_top1"] == meta["test_top1"]
+
+
+OVERFLOWS_IN_EVAL = '''
+import torch
+from torch import nn
+
+
+class OverflowsInEval(nn.Module):
+    """Trains like a linear classifier; in eval mode its activations overflow to inf (as a
+    diverged network's do through BatchNorm's running statistics)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.conv(x).mean((2, 3))
+        if not self.training:
+            x = x * 1e30 * 1e30
+        return self.head(x)
+
+
+def make(num_classes=10):
+    return OverflowsInEval(num_classes)
+'''
+
+
+def test_a_baseline_with_non_finite_eval_outputs_is_refused_and_not_saved(tiny_dataset, tmp_path):
+    factory = tmp_path / "overflow.py"
+    factory.write_text(OVERFLOWS_IN_EVAL)
+    path = tmp_path / "models" / "overflow.pt"
+    path.parent.mkdir()
+    with pytest.raises(UserError, match="NaN or infinite outputs .* lower --lr"):
+        baselines.pretrain(f"{factory}:make", tiny_dataset, DataConfig(),
+                           TrainConfig(epochs=1, batch_size=32, max_lr=0.05), path,
+                           torch.device("cpu"), progress=False)
+    assert list(path.parent.iterdir()) == []  # neither the baseline nor a partial to resume
+
+
+def test_finite_outputs_pass_the_check(fmnist_batch):
+    model = models.build_model("resnet18", 10)
+    models.check_finite_outputs(model.train(), fmnist_batch[0], "resnet18")
+    assert model.training  # the caller's mode is restored
