@@ -374,7 +374,7 @@ def render_markdown(doc: dict) -> str:
         "# Coverage: every torchvision CNN under "
         f"{config['max_params'] / 1e6:.0f} M parameters on a tiny baseline",
         "",
-        f"Command: `{doc['command']}`  ",
+        *(f"Command: `{c}`  " for c in doc.get("commands") or [doc["command"]]),
         f"Date: {doc['date']}; CPU: {doc.get('cpu')}; budget: latency ratio {config['budget']}; "
         f"pretrain {config['pretrain_epochs']} epoch, compress {config['episodes']} episodes, "
         f"{config['train_size']} train / {config['test_size']} test images, "
@@ -485,7 +485,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {r["model"]: r for r in previous.get("rows", [])}
     prov = provenance()
-    doc = {"command": "python -m benchmarks.coverage " + shlex.join(argv),
+    command = "python -m benchmarks.coverage " + shlex.join(argv)
+    # A resumed or extended run keeps the commands that made the earlier rows.
+    commands = previous.get("commands") or ([previous["command"]] if "command" in previous else [])
+    doc = {"command": command, "commands": [c for c in commands if c != command] + [command],
            "config": asdict(config), "settings": config.run_settings(),
            "cpu": prov["machine"]["cpu"], "provenance": prov, "skipped": skipped}
 

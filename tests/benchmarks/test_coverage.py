@@ -165,3 +165,9 @@ def test_last_line_skips_blank_lines(text, expected):
     from benchmarks.coverage import last_line
 
     assert last_line(text) == expected
+
+
+def test_every_command_that_made_rows_is_listed():
+    doc = {**_doc([_row("a", "ok")]), "commands": ["python -m x --models a", "python -m x --rerun"]}
+    md = render_markdown(doc)
+    assert "Command: `python -m x --models a`" in md and "Command: `python -m x --rerun`" in md
