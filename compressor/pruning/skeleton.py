@@ -22,8 +22,11 @@ import difflib
 import logging
 import math
 import re
+import signal
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -263,12 +266,41 @@ def _pass_on(caught: list[warnings.WarningMessage]) -> None:
         warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
 
 
-def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig) -> _Traced:
-    """torch-pruning's graph and coupled groups of `model` (which the tracer puts in eval mode)."""
+TRACE_SECONDS = 90.0
+"""Longest the tracer may take. On windowed attention (swin_t, torch-pruning issues 430 and 527)
+its grouping loop never ends and grows by ~85 MB/s until the OOM killer stops it (24 GiB in
+282 s); the slowest CNN traced here, densenet201, takes 7 s on a 2-core Xeon (3-5x that on AVX2)."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the block after `seconds` (SIGALRM: main thread only; elsewhere,
+    e.g. in a worker thread, the block runs unbounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"grouping did not finish in {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
+          time_limit: float = TRACE_SECONDS) -> _Traced:
+    """torch-pruning's graph and coupled groups of `model` (which the tracer puts in eval mode);
+    a tracer that fails, or runs past `time_limit` seconds, is a UserError."""
     ignored = _ignored_modules(model, config)
     try:
         # The tracer follows autograd; its warnings are recorded and handed to `_pass_on`.
-        with torch.enable_grad(), warnings.catch_warnings(record=True) as caught:
+        with torch.enable_grad(), warnings.catch_warnings(record=True) as caught, \
+                _time_limit(time_limit):
             for prefix in _ONCE_PREFIXES:  # dedup is ours, whatever the caller's filters say
                 warnings.filterwarnings("always", message=prefix)
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
@@ -277,8 +309,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig) 
     except Exception as exc:  # the tracer fails deep inside on unsupported ops
         reason = " ".join(str(exc).split()) or "no message"
         raise UserError(f"torch-pruning cannot trace {type(model).__name__} "
-                        f"({type(exc).__name__}: {reason[:200]}); channel shuffles and channel "
-                        "reshapes are unsupported, choose another model") from None
+                        f"({type(exc).__name__}: {reason[:200]}); channel shuffles, channel reshapes "
+                        "and attention are unsupported, choose another model") from None
     _pass_on(caught)
     by_root = {graph._module2name[g[0].dep.target.module]: g for g in groups}
     return _Traced(graph, by_root, {n: _channel_groups(graph, g) for n, g in by_root.items()})

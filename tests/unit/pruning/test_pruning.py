@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import signal
 import time
 
 import pytest
@@ -28,6 +29,7 @@ from compressor.pruning import (
 )
 from compressor.pruning.importance import importance_label, needs_gradients
 from compressor.pruning.shapes import measure_layer_shapes
+from compressor.pruning.skeleton import trace
 
 # resnet18: residual streams; mobilenet_v2: depthwise + residual; squeezenet1_0: concatenation and a
 # conv classifier; regnet_x_400mf: grouped convs; efficientnet_b0: squeeze-excitation (a product).
@@ -251,6 +253,22 @@ def test_untraceable_model_is_a_user_error_naming_it():
         with pytest.raises(UserError, match="ShuffleNetV2") as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_a_tracer_that_never_finishes_is_stopped_and_named():
+    """torch-pruning's grouping loop never ends on swin_t (and grows memory until the OOM
+    killer): the time limit turns it into a one-line refusal."""
+    model = torchvision.models.get_model("swin_t", num_classes=10).eval()
+    started = time.monotonic()
+    with pytest.raises(UserError, match="cannot trace SwinTransformer .*did not finish in 2 s"):
+        trace(model, X, CONFIG, time_limit=2)
+    assert time.monotonic() - started < 30
+
+
+def test_the_time_limit_is_lifted_after_a_trace_that_finished():
+    trace(model_of("resnet18"), X, CONFIG, time_limit=30)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left armed
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
 
 
 def test_taylor_without_data_is_a_user_error():
