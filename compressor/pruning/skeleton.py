@@ -292,10 +292,22 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _refuse_endless_tracing(model: nn.Module) -> None:
+    """Architectures known to send the tracer into its endless loop, refused without waiting for
+    the time limit: torchvision's shifted-window attention (every swin_*, seen here)."""
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    if any(isinstance(m, ShiftedWindowAttention) for m in model.modules()):
+        raise UserError(f"torch-pruning cannot trace {type(model).__name__} (its shifted-window "
+                        "attention sends torch-pruning's grouping into an endless loop); choose "
+                        "another model")
+
+
 def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
           time_limit: float = TRACE_SECONDS) -> _Traced:
     """torch-pruning's graph and coupled groups of `model` (which the tracer puts in eval mode);
     a tracer that fails, or runs past `time_limit` seconds, is a UserError."""
+    _refuse_endless_tracing(model)
     ignored = _ignored_modules(model, config)
     try:
         # The tracer follows autograd; its warnings are recorded and handed to `_pass_on`.
