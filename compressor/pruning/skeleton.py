@@ -274,8 +274,10 @@ its grouping loop never ends and grows by ~85 MB/s until the OOM killer stops it
 
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the block after `seconds` (SIGALRM: main thread only; elsewhere,
-    e.g. in a worker thread, the block runs unbounded)."""
+    """Raise TimeoutError in the block after `seconds`, and again every second until it leaves:
+    torch-pruning's tracer runs the model inside a bare `except:`, which would swallow a single
+    alarm and let the endless loop go on (SIGALRM: main thread only; elsewhere, e.g. in a worker
+    thread, the block runs unbounded)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -284,7 +286,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
         raise TimeoutError(f"grouping did not finish in {seconds:.0f} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
         yield
     finally:
