@@ -204,9 +204,8 @@ def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int
                                     dataset.search.batches(250, limit=8),
                                     exclude=quantize.layer_nodes(fp32, layers, fp32_layers))
     test = quantize.compare(fp32, done.data, dataset.test.batches(500))
-    paired, rounds = latency.measure_against_limit(
-        latency.make_session(done.data, settings), latency.make_session(dense_path, settings),
-        settings, limit, recheck_rounds)
+    paired, rounds = latency.measure_against_limit(done.data, dense_path, settings, limit,
+                                                   recheck_rounds)
     if paired.ratio >= fp32_ratio:
         warning = (f"the INT8 model measured {paired.ratio:.3f} of dense FP32, slower than the "
                    f"FP32 model ({fp32_ratio:.3f}): shipping FP32")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from compressor import pruning
 from compressor.latency import fit
-from compressor.latency.probe import Probe, ProbeSettings
+from compressor.latency.probe import PairedLatency, Probe, ProbeSettings
 from compressor.zoo.models import build_model
 
 UNITS = ["a", "b", "c", "d"]
@@ -104,3 +104,33 @@ def test_fits_a_real_pruned_network_to_a_measured_budget():
     assert result.measured <= limit and result.steps
     assert all(result.policy[n] >= start[n] for n in names)
     assert skeleton.macs(result.policy) < skeleton.macs(start)
+
+
+def _paired(ratio: float, half_spread: float) -> PairedLatency:
+    """A measurement of `ratio` whose blocks spread `half_spread` (relative) either side."""
+    blocks = [ratio * (1 - half_spread), ratio, ratio, ratio * (1 + half_spread)]
+    return PairedLatency(ratio, ratio, 1.0, blocks, {})
+
+
+def test_the_margin_widens_to_half_a_noisy_measurements_spread():
+    assert fit.needed_margin(0.45, 0.04) == 0.04  # a bare ratio: the configured margin
+    assert fit.needed_margin(_paired(0.45, 0.01), 0.04) == 0.04
+    assert fit.needed_margin(_paired(0.45, 0.13), 0.04) == pytest.approx(0.13)
+
+
+def test_a_noisy_measurement_just_under_the_budget_is_not_trusted():
+    # 0.47 for a 0.5 budget would pass a 4% margin, but its own blocks spread 13% either side.
+    quiet = fit.fit_to_latency({"a": 0.2}, UNITS, true_ratio, lambda p: _paired(0.47, 0.01),
+                               limit=0.5, max_ratio=0.8)
+    assert quiet.ok and not quiet.steps and quiet.margin == 0.04
+
+    def noisy(policy):
+        return _paired(true_ratio(policy), 0.13)
+
+    start = {"a": 0.2}
+    result = fit.fit_to_latency(start, UNITS, true_ratio, noisy, limit=0.5, max_ratio=0.8,
+                                measured=_paired(0.47, 0.13))
+    assert result.ok and result.steps
+    assert result.margin == pytest.approx(0.13)
+    assert 0.5 * (1 - 0.12 - 0.09) <= result.measured <= 0.5 * (1 - 0.13)
+    assert result.steps[-1].margin == pytest.approx(0.13)

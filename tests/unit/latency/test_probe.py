@@ -257,3 +257,13 @@ def test_the_probe_remeasures_only_a_network_whose_spread_holds_the_limit(resnet
     lo, hi = near.spread
     assert (len(near.block_ratios) == 3 * QUICK.blocks
             or (len(near.block_ratios) == QUICK.blocks and not lo <= 1.0 <= hi))
+
+
+def test_a_measurement_near_the_limit_is_repeated_on_fresh_sessions(dense_bytes):
+    # Against itself the ratio is ~1: a limit of 1.5 is outside its spread, but within `near`.
+    far, rounds = latency.measure_against_limit(dense_bytes, dense_bytes, QUICK, 1.5, 2)
+    assert rounds == 1 and len(far.block_ratios) == QUICK.blocks
+    near, rounds = latency.measure_against_limit(dense_bytes, dense_bytes, QUICK, 1.5, 2, near=0.5)
+    assert rounds == 3 and len(near.block_ratios) == 3 * QUICK.blocks
+    over, rounds = latency.measure_against_limit(dense_bytes, dense_bytes, QUICK, 0.2, 2, near=0.5)
+    assert rounds == 1  # clearly over the limit: nothing to decide
