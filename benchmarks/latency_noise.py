@@ -27,6 +27,7 @@ import torch
 from compressor import latency, pruning
 from compressor.io import atomic
 from compressor.io.export import onnx_bytes
+from compressor.latency import fit
 from compressor.pipeline.compress import CompressConfig
 from compressor.provenance import cpu_name, library_versions
 from compressor.zoo.models import build_model
@@ -34,7 +35,7 @@ from compressor.zoo.models import build_model
 RULES = {
     "fixed 4%": lambda p: 0.04,
     "max(4%, upper spread)": lambda p: max(0.04, p.spread[1] / p.ratio - 1),
-    "max(4%, half range)": lambda p: max(0.04, (p.spread[1] - p.spread[0]) / 2 / p.ratio),
+    "max(4%, half range)": lambda p: fit.needed_margin(p, 0.04),  # the fit's own rule
     "max(4%, IQR)": lambda p: max(0.04, (p.iqr[1] - p.iqr[0]) / p.ratio),
 }
 """Margin rules: the fraction under the budget a measurement must land to be accepted."""
