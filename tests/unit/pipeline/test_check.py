@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from compressor import latency
 from compressor.errors import UserError
 from compressor.io.export import export_onnx
 from compressor.latency.probe import ProbeSettings
@@ -48,3 +49,26 @@ def test_check_refuses_an_input_shape_the_files_do_not_take(odd_files):
     with pytest.raises(UserError, match=r"\[1, 28, 40\]"):
         check(str(pruned), str(dense), ProbeSettings(batch_size=2, input_shape=(3, 28, 40)),
               max_latency_ratio=0.9, rounds=1)
+
+
+def test_check_times_every_round_on_fresh_sessions(odd_files, monkeypatch):
+    # A session's own speed moves a ratio more than rounds on one pair of sessions disagree, so
+    # each round must build its own pair of real sessions.
+    pruned, dense = odd_files
+    made = []
+
+    def make_and_count(model, settings):
+        made.append(real_make_session(model, settings))
+        return made[-1]
+
+    real_make_session = latency.make_session
+    monkeypatch.setattr(latency, "make_session", make_and_count)
+    report = check(str(pruned), str(dense), QUICK, max_latency_ratio=0.9, rounds=3)
+    assert len(report["latency"]["rounds"]) == 3
+    assert len(made) == 6 and len({id(s.inner) for s in made}) == 6
+
+
+def test_check_refuses_zero_rounds(odd_files):
+    pruned, dense = odd_files
+    with pytest.raises(UserError, match="--rounds 0"):
+        check(str(pruned), str(dense), QUICK, max_latency_ratio=0.9, rounds=0)
