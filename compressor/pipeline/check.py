@@ -10,8 +10,8 @@ Exit codes: 0 within every budget, 1 a budget missed, 2 bad input. The JSON repo
 
 A verdict must not flip between runs on the same machine: the paired measurement is repeated in
 `rounds` (each alternating blocks of the two models, each on fresh sessions of both), the ratio is
-the median over all blocks, and its spread (min and max of the round medians) is reported. A model within budget by less than that
-spread passes with a warning.
+the median over all blocks, and its spread (min and max of the round medians) is reported. A model
+within budget by less than that spread passes with a warning.
 """
 
 from __future__ import annotations
