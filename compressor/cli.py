@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-size", type=int, default=5000)
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--test-size", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=3, 
+    p.add_argument("--rounds", type=int, default=3,
                    help="repeated paired measurements, each on fresh sessions")
     p.add_argument("--json", default=None, help="write the machine-readable report here")
     _add_probe_args(p)
