@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 
 log = logging.getLogger(__name__)
 
-FORMAT = "compressor-latency-model-v5"  # v5: layer shapes per axis, keyed by the input shape
+FORMAT = "compressor-latency-model-v6"  # v6: the tables time the layers' edge nodes too
 
 EDGE_OPS = ("Reorder", "QuantizeLinear", "DequantizeLinear", "Transpose")
 """Nodes a lone layer's graph runs at its edges but the layer does not run inside the network
@@ -110,31 +110,49 @@ class LayerTable:
     """Latency (ms) of one layer over a grid of (in, out) channel counts, bilinear in between.
 
     Depthwise convs have one axis (in = out = groups): `ins` is then a single placeholder row.
+    `entry_ms` and `exit_ms` (same grid, zero when not given) time the lone graph's `EDGE_OPS`
+    before and after the layer: what the layer pays where the network switches precision at its
+    input or output (`edges`).
     """
 
-    def __init__(self, ins: list[int], outs: list[int], ms, depthwise: bool):
+    def __init__(self, ins: list[int], outs: list[int], ms, depthwise: bool,
+                 entry_ms=None, exit_ms=None):
         self.ins, self.outs = [float(v) for v in ins], [float(v) for v in outs]
-        self.ms = [[float(v) for v in row] for row in np.asarray(ms, float).reshape(
-            len(self.ins), len(self.outs))]
+
+        def grid(values) -> list[list[float]]:
+            if values is None:
+                return [[0.0] * len(self.outs) for _ in self.ins]
+            shaped = np.asarray(values, float).reshape(len(self.ins), len(self.outs))
+            return [[float(v) for v in row] for row in shaped]
+
+        self.ms, self.entry_ms, self.exit_ms = grid(ms), grid(entry_ms), grid(exit_ms)
         self.depthwise = depthwise
 
-    def __call__(self, cin: int, cout: int) -> float:
+    def _lookup(self, grid: list[list[float]], cin: int, cout: int) -> float:
         if len(self.ins) == 1:
-            return _interp(cout, self.outs, self.ms[0])
+            return _interp(cout, self.outs, grid[0])
         i = bisect.bisect_right(self.ins, cin)
         if i == 0 or cin >= self.ins[-1]:  # clamped: one row
-            return _interp(cout, self.outs, self.ms[0 if i == 0 else -1])
+            return _interp(cout, self.outs, grid[0 if i == 0 else -1])
         x0, x1 = self.ins[i - 1], self.ins[i]
-        lo = _interp(cout, self.outs, self.ms[i - 1])
-        hi = _interp(cout, self.outs, self.ms[i])
+        lo = _interp(cout, self.outs, grid[i - 1])
+        hi = _interp(cout, self.outs, grid[i])
         return lo + (hi - lo) * (cin - x0) / (x1 - x0)
 
+    def __call__(self, cin: int, cout: int) -> float:
+        return self._lookup(self.ms, cin, cout)
+
+    def edges(self, cin: int, cout: int) -> tuple[float, float]:
+        """(entry, exit) ms of the layer's edge nodes at these channel counts."""
+        return self._lookup(self.entry_ms, cin, cout), self._lookup(self.exit_ms, cin, cout)
+
     def to_json(self) -> dict:
-        return {"ins": self.ins, "outs": self.outs, "ms": self.ms, "depthwise": self.depthwise}
+        return {"ins": self.ins, "outs": self.outs, "ms": self.ms, "depthwise": self.depthwise,
+                "entry_ms": self.entry_ms, "exit_ms": self.exit_ms}
 
     @classmethod
     def from_json(cls, d: dict) -> LayerTable:
-        return cls(d["ins"], d["outs"], d["ms"], d["depthwise"])
+        return cls(d["ins"], d["outs"], d["ms"], d["depthwise"], d["entry_ms"], d["exit_ms"])
 
 
 def _padding(shape: LayerShape) -> tuple[int, int]:
@@ -177,15 +195,26 @@ def _layer_graph(shape: LayerShape, cin: int, cout: int, batch: int) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+class GraphTime(NamedTuple):
+    """A lone layer graph's kernel time (ms): the layer's, and its edge nodes' before and after."""
+
+    layer_ms: float
+    entry_ms: float
+    exit_ms: float
+
+
 def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettings,
-                target_ms: float, profile_dir: str) -> float:
+                target_ms: float, profile_dir: str) -> GraphTime:
     """Kernel time (ms) of the layer in a lone graph: the fastest run of each node, summed over
-    the nodes other than layout reorders, from onnxruntime's profiler.
+    the nodes other than `EDGE_OPS`, from onnxruntime's profiler; the edge nodes' apart, split
+    into those run before the first layer node (entry) and after it (exit).
 
     Kernel time, not wall time: a lone graph also pays ~25 us of per-run overhead and two
     NCHW <-> NCHWc reorders that the layer does not pay inside the exported network (where
     onnxruntime keeps the whole chain in NCHWc); on small layers that is as much as the layer.
-    The minimum: on this machine noise only ever adds time. `EDGE_OPS` are left out.
+    They are paid where a mixed-precision network switches between FP32 and INT8 (a lone INT8
+    conv of 64 channels at 8x8, batch 32: 272 us, entry 55 us, exit 33 us, on the Xeon).
+    The minimum: on this machine noise only ever adds time.
     """
     import onnxruntime as ort
 
@@ -203,12 +232,19 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
     path = Path(session.end_profiling())
     events = json.loads(path.read_text())
     path.unlink()
-    kernels: dict[str, list[float]] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and \
-                not event["args"]["op_name"].startswith(EDGE_OPS):
+    kernels: dict[str, list[float]] = {}  # node -> its runs' times; nodes in execution order
+    edge: dict[str, bool] = {}
+    for event in sorted(events, key=lambda e: e.get("ts", 0)):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             kernels.setdefault(event["name"], []).append(event["dur"] / 1000.0)
-    return sum(min(times[2:]) for times in kernels.values())
+            edge[event["name"]] = event["args"]["op_name"].startswith(EDGE_OPS)
+    fastest = {name: min(times[2:]) for name, times in kernels.items()}
+    layer_nodes = [i for i, name in enumerate(fastest) if not edge[name]]
+    first = layer_nodes[0] if layer_nodes else len(fastest)
+    parts = [0.0, 0.0, 0.0]  # layer, entry, exit
+    for i, (name, ms) in enumerate(fastest.items()):
+        parts[0 if not edge[name] else 1 if i < first else 2] += ms
+    return GraphTime(*parts)
 
 
 def _signature(shape: LayerShape, first: bool) -> tuple:
@@ -243,7 +279,9 @@ def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, b
                 graph = quantize(graph, dims)
             row.append(_time_graph(graph, dims, settings, target_ms, profile_dir))
         rows.append(row)
-    return LayerTable(ins, outs, rows, shape.depthwise)
+    return LayerTable(ins, outs, [[t.layer_ms for t in row] for row in rows], shape.depthwise,
+                      [[t.entry_ms for t in row] for row in rows],
+                      [[t.exit_ms for t in row] for row in rows])
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -317,6 +355,12 @@ class LatencyModel:
         share = excess / total if total > 0 else 0.0
         return [(self.tables[s.name](s.in_channels, s.out_channels) + self.beta * m * share)
                 / self.dense_cost for s, m in zip(shapes, mb, strict=True)]
+
+    def layer_edges(self, shapes: list[LayerShape]) -> list[tuple[float, float]]:
+        """Each layer's (entry, exit) edge time as ratios of the dense network's modelled cost:
+        what a switch of precision at its input or output adds (`pipeline.int8`)."""
+        return [tuple(ms / self.dense_cost for ms in self.tables[s.name].edges(
+            s.in_channels, s.out_channels)) for s in shapes]
 
     def predict_ms(self, shapes: list[LayerShape]) -> float:
         """Absolute latency at the probe settings: the ratio times the dense network's measured

@@ -12,10 +12,11 @@ model's, from per-layer INT8 tables (`latency.model` with `quantize`) times the 
 ratio, so for the same budget it prunes less when INT8 carries part of it; the candidate fit and
 the final measurement time the real INT8 model. The budget stays a ratio of dense FP32.
 
-Mixed precision (`--quantize mixed`): both models price every layer, each layer runs in the
-precision priced faster and is kept FP32 otherwise (onnxruntime's `nodes_to_exclude`), so the
-choice follows the pruned shapes: a depthwise conv INT8 slows down once it is thin goes FP32, and
-the search, seeing the mixed network's latency, can reach budgets all-INT8 cannot. The layer's
+Mixed precision (`--quantize mixed`): both models price every layer and the edge nodes a switch
+of precision adds at its input or output; the cheapest assignment runs (the FP32 layers are
+onnxruntime's `nodes_to_exclude`), so the choice follows the pruned shapes: a depthwise conv
+INT8 slows down once it is thin goes FP32 if that saves more than its switches cost, and the
+search, seeing the mixed network's latency, can reach budgets all-INT8 cannot. The layer's
 accuracy does not enter the choice (INT8 lost at most 0.1 points on these models; the final
 stage's fallbacks keep more layers FP32 when it costs more).
 """
@@ -40,6 +41,39 @@ log = logging.getLogger(__name__)
 
 CURVE_RATIOS = (0.5, None)
 """Uniform pruning ratios of the curve's pruned networks (None: the search's maximum ratio)."""
+
+
+def cheapest_precisions(int8: Sequence[float], fp32: Sequence[float],
+                        int8_edges: Sequence[tuple[float, float]],
+                        fp32_edges: Sequence[tuple[float, float]]) -> tuple[list[bool], float]:
+    """Per layer whether it runs INT8, and the network's cost, for the cheapest assignment: each
+    layer's cost in its precision plus, where consecutive layers differ, the exit edge of the one
+    before and the entry edge of the one after, each in its own precision (DequantizeLinear and
+    layout reorders one way, reorders and QuantizeLinear the other; edges are (entry, exit)).
+
+    Layers follow call order: the chain along which switches are priced (a skip connection's
+    switch is priced as if it ran in that order). Dynamic programming over the two precisions:
+    exact for the chain, linear in the layers. Ties go to INT8.
+    """
+    if not int8:
+        return [], 0.0
+    costs, edges = (int8, fp32), (int8_edges, fp32_edges)
+    best = [int8[0], fp32[0]]  # cheapest cost of the layers so far, the last in INT8 / FP32
+    came_from: list[tuple[int, int]] = []
+    for i in range(1, len(int8)):
+        step, cost = [], []
+        for now in (0, 1):
+            before = 1 - now
+            switch = best[before] + edges[before][i - 1][1] + edges[now][i][0]
+            step.append(now if best[now] <= switch else before)
+            cost.append(min(best[now], switch) + costs[now][i])
+        came_from.append((step[0], step[1]))
+        best = cost
+    last = 0 if best[0] <= best[1] else 1
+    total, path = best[last], [last]
+    for step in reversed(came_from):
+        path.append(step[path[-1]])
+    return [p == 0 for p in reversed(path)], total
 
 
 @dataclass(frozen=True)
@@ -76,21 +110,24 @@ class Int8Plan:
         """Each layer in its faster precision (`--quantize mixed`); needs the INT8 tables."""
         return self.config.mixed and self.tables is not None
 
-    def _layer_ratios(self, shapes) -> tuple[list[float], list[float]]:
-        """Each layer's predicted latency in INT8 and in FP32, as ratios of dense FP32."""
+    def _mixed_choice(self, shapes) -> tuple[list[bool], float]:
+        """`cheapest_precisions` over the two models' layer and edge prices (ratios of dense
+        FP32; the INT8 tables' scaled by the dense INT8/FP32 ratio)."""
         dense_int8 = self.choice.chosen_ratio
-        return ([r * dense_int8 for r in self.tables.layer_ratios(shapes)],
-                self.fp32_tables.layer_ratios(shapes))
+        return cheapest_precisions(
+            [r * dense_int8 for r in self.tables.layer_ratios(shapes)],
+            self.fp32_tables.layer_ratios(shapes),
+            [(a * dense_int8, b * dense_int8) for a, b in self.tables.layer_edges(shapes)],
+            self.fp32_tables.layer_edges(shapes))
 
     def int8_layers(self, shapes) -> list[bool]:
-        """Per layer, whether it runs INT8: all of them, or with `mixed` those whose INT8 time
-        the tables price below their FP32 time (mobilenet_v2's small depthwise convs are slower
-        in INT8 here, results/int8/README.md). The Quantize/DequantizeLinear pair at each switch
-        between precisions is not priced: the fit and the final measurement time it."""
+        """Per layer, whether it runs INT8: all of them, or with `mixed` the cheapest assignment
+        once each switch between precisions pays its Quantize/DequantizeLinear and layout nodes
+        (mobilenet_v2's small depthwise convs are slower in INT8 here, results/int8/README.md,
+        but a lone one kept FP32 pays two switches)."""
         if not self.mixed:
             return [True] * len(shapes)
-        int8, fp32 = self._layer_ratios(shapes)
-        return [a < b for a, b in zip(int8, fp32, strict=True)]
+        return self._mixed_choice(shapes)[0]
 
     def fp32_layers(self, shapes) -> list[str]:
         """Names of the layers kept FP32 (empty unless `mixed`)."""
@@ -99,14 +136,14 @@ class Int8Plan:
 
     def ratio(self, shapes) -> float:
         """Predicted latency of the network with these layer shapes, as a ratio of dense FP32: the
-        INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured (mixed: per
-        layer the faster of that and the FP32 model's share), or without tables the curve applied
+        INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured (mixed: the
+        cheapest assignment of precisions, switches priced), or without tables the curve applied
         to the FP32 model's prediction."""
         if self.tables is None:
             return self.curve.ratio(self.fp32_tables.predict_ratio(shapes))
         if not self.mixed:
             return self.tables.predict_ratio(shapes) * self.choice.chosen_ratio
-        return sum(min(a, b) for a, b in zip(*self._layer_ratios(shapes), strict=True))
+        return self._mixed_choice(shapes)[1]
 
     def quantizer(self, layers: Sequence[str] = (),
                   fp32_layers: Sequence[str] = ()) -> latency.Quantize:

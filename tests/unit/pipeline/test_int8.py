@@ -1,17 +1,21 @@
 """The pipeline's INT8 plan: the search's latency ratio from the INT8 tables (or the curve), and
 FP32 shipped when INT8 cannot reach the budget."""
 
+import itertools
 import math
 from dataclasses import replace
 
 import onnx
+import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from compressor.budgets.kinds import BudgetConfig
 from compressor.io.export import onnx_bytes
 from compressor.latency import model as lm
 from compressor.pipeline import compress as pipeline
-from compressor.pipeline.int8 import Int8Plan
+from compressor.pipeline.int8 import Int8Plan, cheapest_precisions
 from compressor.pruning.policies import policy_vector
 from compressor.quantize import (
     FormatChoice,
@@ -113,7 +117,10 @@ def test_mixed_keeps_fp32_exactly_the_layers_int8_would_slow_down(tmp_path):
     expected = [s.name for s, a, b in zip(shapes, int8_parts, fp32_parts, strict=True) if a >= b]
     assert found.int8.fp32_layers(shapes) == expected == [slow]
     mixed = found.latency_ratio(policy)
-    assert math.isclose(mixed, sum(map(min, int8_parts, fp32_parts)), rel_tol=1e-12)
+    # These INT8 tables time no edges, so the switches cost the FP32 layer's own reorders.
+    entry, exit_ = model.layer_edges(shapes)[1]
+    assert math.isclose(mixed, sum(map(min, int8_parts, fp32_parts)) + entry + exit_,
+                        rel_tol=1e-12)
     all_int8 = replace(found.int8, config=QuantizeConfig(mode="int8")).ratio(shapes)
     assert mixed < min(all_int8, fp32.latency_ratio(policy))
     # Where INT8 is faster everywhere, mixed is all-INT8.
@@ -140,3 +147,34 @@ def test_the_mixed_converter_keeps_the_modules_fp32_layers_float(tmp_path):
     layers = [s.name for s in model.dense_shapes]
     assert [name for name, op in ops if op == "Conv"] == layer_nodes(fp32, layers, [first])
     assert [op for _, op in ops].count("QLinearConv") == 2
+
+
+def _priced(int8, fp32, int8_edges, fp32_edges, assignment) -> float:
+    """A chain's cost with these precisions (True: INT8), switches priced by hand."""
+    total = sum(a if q else b for a, b, q in zip(int8, fp32, assignment, strict=True))
+    for i in range(1, len(assignment)):
+        if assignment[i] != assignment[i - 1]:
+            before, now = (int8_edges, fp32_edges) if assignment[i - 1] else (fp32_edges,
+                                                                               int8_edges)
+            total += before[i - 1][1] + now[i][0]
+    return total
+
+
+@given(st.lists(st.tuples(*[st.floats(0.0, 1.0)] * 6), min_size=1, max_size=7))
+def test_cheapest_precisions_is_the_cheapest_assignment_of_the_chain(layers):
+    int8, fp32 = [v[0] for v in layers], [v[1] for v in layers]
+    int8_edges, fp32_edges = [v[2:4] for v in layers], [v[4:6] for v in layers]
+    chosen, cost = cheapest_precisions(int8, fp32, int8_edges, fp32_edges)
+    assert cost == pytest.approx(_priced(int8, fp32, int8_edges, fp32_edges, chosen))
+    every = [_priced(int8, fp32, int8_edges, fp32_edges, a)
+             for a in itertools.product((True, False), repeat=len(layers))]
+    assert cost <= min(every) + 1e-9
+
+
+def test_a_layer_slower_in_int8_stays_int8_when_its_switches_cost_more():
+    int8, fp32 = [1.0, 1.1, 1.0], [2.0, 1.0, 2.0]  # the middle layer: 0.1 slower in INT8
+    for edge, middle_fp32 in ((0.1, False), (0.01, True)):
+        edges = [(edge, edge)] * 3
+        chosen, cost = cheapest_precisions(int8, fp32, edges, edges)
+        assert chosen == [True, not middle_fp32, True]
+        assert cost == pytest.approx(3.1 if not middle_fp32 else 3.0 + 4 * edge)
