@@ -53,11 +53,7 @@ def measure_rounds(model_name: str, ratio: float, rounds: int) -> dict:
     settings = replace(config.probe, input_shape=(3, 32, 32))
     batch = latency.auto_batch_size(latency.make_session(dense_bytes, settings))
     settings = replace(settings, batch_size=batch)
-    measured = []
-    for _ in range(rounds):
-        paired = latency.measure_pair(latency.make_session(pruned_bytes, settings),
-                                      latency.make_session(dense_bytes, settings), settings)
-        measured.append(paired)
+    measured = latency.fresh_rounds(pruned_bytes, dense_bytes, settings, rounds)
     return {"model": model_name, "ratio_pruned": ratio, "batch_size": batch,
             "dense_ms": statistics.median(p.reference_ms for p in measured),
             "rounds": [p.as_dict() for p in measured],

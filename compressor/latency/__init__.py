@@ -17,6 +17,7 @@ from compressor.latency.probe import (
     Session,
     auto_batch_size,
     check_same_input,
+    fresh_rounds,
     make_session,
     measure_against_limit,
     measure_ms,
@@ -25,6 +26,6 @@ from compressor.latency.probe import (
 )
 
 __all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
-           "Quantize", "Session", "auto_batch_size", "check_same_input", "fit_to_latency", "load_or_build",
-           "make_session", "measure_against_limit", "measure_ms", "measure_pair",
-           "pool_rounds"]
+           "Quantize", "Session", "auto_batch_size", "check_same_input", "fit_to_latency",
+           "fresh_rounds", "load_or_build", "make_session", "measure_against_limit", "measure_ms",
+           "measure_pair", "pool_rounds"]

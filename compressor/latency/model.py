@@ -239,8 +239,7 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
             kernels.setdefault(event["name"], []).append(event["dur"] / 1000.0)
             edge[event["name"]] = event["args"]["op_name"].startswith(EDGE_OPS)
     fastest = {name: min(times[2:]) for name, times in kernels.items()}
-    layer_nodes = [i for i, name in enumerate(fastest) if not edge[name]]
-    first = layer_nodes[0] if layer_nodes else len(fastest)
+    first = next((i for i, name in enumerate(fastest) if not edge[name]), len(fastest))
     parts = [0.0, 0.0, 0.0]  # layer, entry, exit
     for i, (name, ms) in enumerate(fastest.items()):
         parts[0 if not edge[name] else 1 if i < first else 2] += ms

@@ -323,6 +323,15 @@ def pool_rounds(results: list[PairedLatency]) -> PairedLatency:
                                reference_ms=statistics.median(r.reference_ms for r in results))
 
 
+def fresh_rounds(candidate: bytes | str | Path, reference: bytes | str | Path,
+                 settings: ProbeSettings, count: int) -> list[PairedLatency]:
+    """`count` paired rounds of the two ONNX models, each on fresh sessions of both (prepared at
+    `settings`' batch and input shape): a session's own speed moved mobilenet_v2's ratio ~4% here
+    while rounds within one pair of sessions agreed to 1% (results/latency-noise-xeon)."""
+    return [measure_pair(make_session(candidate, settings), make_session(reference, settings),
+                         settings) for _ in range(count)]
+
+
 def measure_against_limit(candidate: bytes | str | Path, reference: bytes | str | Path,
                           settings: ProbeSettings, limit: float | None, recheck_rounds: int,
                           near: float = 0.0, reference_session: Session | None = None
@@ -330,17 +339,13 @@ def measure_against_limit(candidate: bytes | str | Path, reference: bytes | str 
     """One paired round of the two ONNX models, repeated `recheck_rounds` more times when `limit`
     lies within its block spread, or its spread reaches within `near` (a fraction) under the
     limit, pooled; and how many rounds ran. A verdict should not hang on one window, nor on one
-    session: every recheck times fresh sessions of both models, since a session's own speed
-    moved mobilenet_v2's ratio ~4% here while rounds within one pair of sessions agreed to 1%
-    (results/latency-noise-xeon). `reference_session` (the probe's, kept warm) is timed in the
-    first round instead of a new one."""
+    session: every recheck is a `fresh_rounds` round. `reference_session` (the probe's, kept
+    warm) is timed in the first round instead of a new one."""
     first_reference = reference_session or make_session(reference, settings)
     results = [measure_pair(make_session(candidate, settings), first_reference, settings)]
     lo, hi = results[0].spread
     if limit is not None and lo <= limit and hi >= limit * (1 - near):
-        results += [measure_pair(make_session(candidate, settings),
-                                 make_session(reference, settings), settings)
-                    for _ in range(recheck_rounds)]
+        results += fresh_rounds(candidate, reference, settings, recheck_rounds)
     return pool_rounds(results), len(results)
 
 

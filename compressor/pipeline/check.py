@@ -60,19 +60,13 @@ def check(model_path: str, reference_path: str, settings: latency.ProbeSettings,
     if settings.batch_size is None:
         settings = replace(settings, batch_size=latency.auto_batch_size(
             reference, settings.input_shape))
+    candidate.prepare(settings.batch_size, settings.input_shape)
+    reference.prepare(settings.batch_size, settings.input_shape)
 
-    def prepared(session: latency.Session) -> latency.Session:
-        session.prepare(settings.batch_size, settings.input_shape)
-        return session
-
-    # Every round after the first times fresh sessions of both files: a session's own speed moved
-    # mobilenet_v2's ratio ~4% while rounds on one pair of sessions agreed to 1%
-    # (results/latency-noise-xeon), so repeating rounds on one pair would not show that spread.
-    measured = [latency.measure_pair(prepared(candidate), prepared(reference), settings)]
-    measured += [latency.measure_pair(
-        prepared(latency.make_session(model_path, settings)),
-        prepared(latency.make_session(reference_path, settings)), settings)
-        for _ in range(rounds - 1)]
+    # Every round after the first on fresh sessions of both files (`latency.fresh_rounds`), so
+    # the spread reported shows a session's own speed too.
+    measured = [latency.measure_pair(candidate, reference, settings)]
+    measured += latency.fresh_rounds(model_path, reference_path, settings, rounds - 1)
     pooled = latency.pool_rounds(measured)
     ratio, candidate_ms, reference_ms = pooled.ratio, pooled.candidate_ms, pooled.reference_ms
     medians = [m.ratio for m in measured]

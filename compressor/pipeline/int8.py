@@ -67,7 +67,7 @@ def cheapest_precisions(int8: Sequence[float], fp32: Sequence[float],
             switch = best[before] + edges[before][i - 1][1] + edges[now][i][0]
             step.append(now if best[now] <= switch else before)
             cost.append(min(best[now], switch) + costs[now][i])
-        came_from.append((step[0], step[1]))
+        came_from.append(tuple(step))
         best = cost
     last = 0 if best[0] <= best[1] else 1
     total, path = best[last], [last]

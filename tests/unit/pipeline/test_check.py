@@ -7,6 +7,7 @@ import pytest
 from compressor import latency
 from compressor.errors import UserError
 from compressor.io.export import export_onnx
+from compressor.latency import probe
 from compressor.latency.probe import ProbeSettings
 from compressor.pipeline.check import check
 from compressor.pruning import PruningConfig, apply_policy, build_skeleton, uniform_policy
@@ -63,6 +64,7 @@ def test_check_times_every_round_on_fresh_sessions(odd_files, monkeypatch):
 
     real_make_session = latency.make_session
     monkeypatch.setattr(latency, "make_session", make_and_count)
+    monkeypatch.setattr(probe, "make_session", make_and_count)  # what `fresh_rounds` calls
     report = check(str(pruned), str(dense), QUICK, max_latency_ratio=0.9, rounds=3)
     assert len(report["latency"]["rounds"]) == 3
     assert len(made) == 6 and len({id(s.inner) for s in made}) == 6
