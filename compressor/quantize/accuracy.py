@@ -7,9 +7,12 @@ models on the same images, both run by onnxruntime, and the largest logit differ
 `quantize_within` tries what the literature does when post-training quantization costs accuracy,
 in order, and stops at the first that loses at most `max_drop` points on the *search* split (the
 test split only reports): the configured calibration; percentile and entropy calibration (they
-clip outlier activations that stretch a minmax range); four times the calibration images; the
-first and last weighted layers kept FP32 (the layers most sensitive to quantization, as in most
-PTQ recipes). Each attempt is reported.
+clip outlier activations that stretch a minmax range); four times the calibration images; then
+the layers that measure most sensitive kept FP32. PTQ recipes keep the first and last layers FP32
+by rule; here each weighted layer is quantized alone and scored (`layer_drops`), and the fewest
+layers, largest drop first, are kept FP32 for the rest to lose at most `max_drop`
+(`most_sensitive`), so a sensitive layer in the middle of the network is found and an insensitive
+first layer stays INT8. Each attempt is reported.
 """
 
 from __future__ import annotations
@@ -54,14 +57,54 @@ def _logits(session, batches: Sequence) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x.numpy()})[0] for x, _ in batches])
 
 
+class _Scorer:
+    """INT8 graphs against one FP32 model on fixed batches (the FP32 logits computed once)."""
+
+    def __init__(self, fp32: bytes, batches: Iterable):
+        self.batches = list(batches)
+        self.labels = np.concatenate([y.numpy() for _, y in self.batches])
+        self.reference = _logits(_session(fp32), self.batches)
+
+    def __call__(self, int8: bytes) -> Int8Accuracy:
+        ref, out = self.reference, _logits(_session(int8), self.batches)
+        top1 = [100.0 * float((a.argmax(1) == self.labels).mean()) for a in (ref, out)]
+        return Int8Accuracy(top1[0], top1[1], top1[0] - top1[1],
+                            float(np.max(np.abs(ref - out))),
+                            float((ref.argmax(1) == out.argmax(1)).mean()), len(self.labels))
+
+
 def compare(fp32: bytes, int8: bytes, batches: Iterable) -> Int8Accuracy:
     """Top-1 of both ONNX models on `batches` (image, label) and how far their logits differ."""
-    batches = list(batches)
-    labels = np.concatenate([y.numpy() for _, y in batches])
-    ref, out = _logits(_session(fp32), batches), _logits(_session(int8), batches)
-    top1 = [100.0 * float((a.argmax(1) == labels).mean()) for a in (ref, out)]
-    return Int8Accuracy(top1[0], top1[1], top1[0] - top1[1], float(np.max(np.abs(ref - out))),
-                        float((ref.argmax(1) == out.argmax(1)).mean()), len(labels))
+    return _Scorer(fp32, batches)(int8)
+
+
+def layer_drops(pre: bytes, calibration: Sequence[np.ndarray], fmt: Int8Format,
+                config: QuantizeConfig, score, nodes: Sequence[str],
+                exclude: Sequence[str] = (), method: str | None = None) -> dict[str, float]:
+    """Top-1 points lost when only that weighted node of the preprocessed graph `pre` is INT8
+    (every other node of `nodes` kept FP32), per node not in `exclude`; `score` maps an INT8
+    graph to its `Int8Accuracy` against `pre`; `method` the calibration (None: the config's)."""
+    return {node: score(quantize_bytes(pre, calibration, fmt, config, method=method,
+                                       preprocessed=True,
+                                       exclude=[n for n in nodes if n != node])).drop
+            for node in nodes if node not in exclude}
+
+
+def most_sensitive(drops: dict[str, float], total_drop: float, max_drop: float) -> list[str]:
+    """The fewest nodes to keep FP32, largest drop first, for the rest in INT8 to lose at most
+    `max_drop`: the measured all-INT8 `total_drop` is shared out over the nodes in proportion to
+    their lone drops (losses below zero are noise and count as none). Empty when no node loses
+    anything alone (the loss is then in no one layer)."""
+    losses = {node: max(0.0, d) for node, d in drops.items()}
+    lost = sum(losses.values())
+    kept: list[str] = []
+    left = total_drop
+    for node in sorted(losses, key=lambda n: -losses[n]):
+        if left <= max_drop or losses[node] == 0.0:
+            break
+        kept.append(node)
+        left -= total_drop * losses[node] / lost
+    return kept
 
 
 @dataclass(frozen=True)
@@ -86,16 +129,14 @@ class QuantizedModel:
                 "attempts": [asdict(a) for a in self.attempts], "warning": self.warning}
 
 
-def _rungs(config: QuantizeConfig, batches: int, available: int, nodes: list[str]):
-    """(label, method, calibration batches, FP32 nodes) in the order they are tried."""
-    ends = [nodes[0], nodes[-1]] if len(nodes) >= 2 else list(nodes)
-    yield "as configured", config.calibration, batches, []
+def _rungs(config: QuantizeConfig, batches: int, available: int):
+    """(label, method, calibration batches) of the attempts tried before any layer is kept FP32."""
+    yield "as configured", config.calibration, batches
     for method in ("percentile", "entropy"):
         if method != config.calibration:
-            yield f"{method} calibration", method, batches, []
+            yield f"{method} calibration", method, batches
     if available > batches:
-        yield f"{available // batches}x calibration images", config.calibration, available, []
-    yield "first and last layers FP32", config.calibration, batches, ends
+        yield f"{available // batches}x calibration images", config.calibration, available
 
 
 def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Format,
@@ -106,29 +147,43 @@ def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8For
     `config.calibration_batches`: the extra ones serve the "more images" attempt. `exclude`: nodes
     kept FP32 in every attempt (a mixed-precision network's FP32 layers)."""
     pre = preprocess(fp32)
-    score_batches = list(score_batches)
+    score = _Scorer(pre, score_batches)
     nodes = weighted_nodes(pre)
-    attempts, best = [], None
+    excluded = [n for n in nodes if n in exclude]
+    base = config.calibration_batches
     size = len(calibration[0]) if calibration else 0
-    for label, method, count, fp32_nodes in _rungs(config, config.calibration_batches,
-                                                   len(calibration), nodes):
-        fp32_nodes = [n for n in nodes if n in exclude or n in fp32_nodes]
+    attempts: list[tuple[Attempt, bytes]] = []
+
+    def attempt(label: str, method: str, count: int, fp32_nodes: list[str]) -> Attempt:
         data = quantize_bytes(pre, calibration[:count], fmt, config, exclude=fp32_nodes,
                               method=method, preprocessed=True)
-        accuracy = compare(pre, data, score_batches)
-        attempt = Attempt(label, method, count * size, fp32_nodes, accuracy)
-        attempts.append(attempt)
+        accuracy = score(data)
+        attempts.append((Attempt(label, method, count * size, fp32_nodes, accuracy), data))
         log.info("INT8 (%s): %.2f%% vs FP32 %.2f%% (drop %.2f)", label, accuracy.int8_top1,
                  accuracy.fp32_top1, accuracy.drop)
-        if accuracy.drop <= config.max_drop:
-            return QuantizedModel(data, fmt.name, attempt, attempts)
-        if best is None or accuracy.drop < best[0].accuracy.drop:
-            best = (attempt, data)
-    chosen, data = best
+        return attempts[-1][0]
+
+    for label, method, count in _rungs(config, base, len(calibration)):
+        if attempt(label, method, count, excluded).accuracy.drop <= config.max_drop:
+            return QuantizedModel(attempts[-1][1], fmt.name, attempts[-1][0],
+                                  [a for a, _ in attempts])
+    # The layers kept FP32 add to the attempt that lost least so far, with its calibration.
+    best = min((a for a, _ in attempts), key=lambda a: a.accuracy.drop)
+    count = best.calibration_images // size if size else base
+    drops = layer_drops(pre, calibration[:count], fmt, config, score, nodes, excluded,
+                        method=best.calibration)
+    sensitive = most_sensitive(drops, best.accuracy.drop, config.max_drop)
+    if sensitive:
+        done = attempt(f"the {len(sensitive)} most sensitive of {len(drops)} layers FP32",
+                       best.calibration, count, excluded + sensitive)
+        if done.accuracy.drop <= config.max_drop:
+            return QuantizedModel(attempts[-1][1], fmt.name, done, [a for a, _ in attempts])
+    chosen, data = min(attempts, key=lambda a: a[0].accuracy.drop)
     warning = (f"INT8 loses {chosen.accuracy.drop:.2f} points on the search split even after "
                f"{len(attempts)} attempts (best: {chosen.label}); over the {config.max_drop} "
                "point limit")
-    return QuantizedModel(data, fmt.name, chosen, attempts, warning)
+    return QuantizedModel(data, fmt.name, chosen, [a for a, _ in attempts], warning)
 
 
-__all__ = ["Attempt", "Int8Accuracy", "QuantizedModel", "compare", "quantize_within"]
+__all__ = ["Attempt", "Int8Accuracy", "QuantizedModel", "compare", "layer_drops", "most_sensitive",
+           "quantize_within"]

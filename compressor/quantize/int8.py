@@ -71,7 +71,7 @@ class QuantizeConfig:
     """Per-output-channel weight scales (per-tensor loses accuracy on pruned, uneven layers)."""
     max_drop: float = 0.5
     """Accepted top-1 loss (points, on the search split) against the FP32 model before the
-    fallbacks run (another calibration, first and last layers kept FP32)."""
+    fallbacks run (another calibration, the most sensitive layers kept FP32)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
