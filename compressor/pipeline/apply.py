@@ -108,8 +108,9 @@ def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSett
     (calibrated on the train split, checked on search and test, timed against dense FP32), with
     `fp32_layers` kept float."""
     fp32 = (out / "model.onnx").read_bytes()
+    # No fresh rounds: the choice only ranks formats here, `quantize_winner` times what ships.
     choice = quantize.choose_format(fp32, reference, settings, quantize.random_calibration(
-        (settings.batch_size, *reference.example_shape())), config)
+        (settings.batch_size, *reference.example_shape())), config, rounds=0)
     if choice.chosen is None:
         log.warning(choice.warning)
         return {"choice": choice.as_dict(), "onnx": None, "warning": choice.warning}

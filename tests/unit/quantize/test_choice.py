@@ -43,12 +43,15 @@ def test_the_choice_keeps_the_fastest_measured_format():
     fastest = min(ratios, key=ratios.get)
     if ratios[fastest] < choice.fp32_ratio:
         assert choice.chosen == fastest and choice.warning is None
+        # The chosen format's ratio pools its first round and two on fresh sessions.
+        assert {t.format: t.rounds for t in choice.trials} == {
+            fastest: 3, ({"qdq-u8s8", "qoperator-s8s8"} - {fastest}).pop(): 1}
     else:  # a CPU where INT8 does not pay: FP32 ships, and the report says why
         assert choice.chosen is None and "slower than FP32" in choice.warning
     assert 0.8 < choice.fp32_ratio < 1.25  # dense against itself
     forced = choose_format(dense, reference, SETTINGS, calibration,
-                           QuantizeConfig(mode="int8", format="qdq-u8s8"))
-    assert [t.format for t in forced.trials] == ["qdq-u8s8"]
+                           QuantizeConfig(mode="int8", format="qdq-u8s8"), rounds=0)
+    assert [(t.format, t.rounds) for t in forced.trials] == [("qdq-u8s8", 1)]
 
 
 def test_curve_ranks_a_heavily_pruned_int8_model_faster_than_a_lightly_pruned_one():
