@@ -152,37 +152,40 @@ def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8For
     excluded = [n for n in nodes if n in exclude]
     base = config.calibration_batches
     size = len(calibration[0]) if calibration else 0
-    attempts: list[tuple[Attempt, bytes]] = []
+    attempts: list[Attempt] = []
+    graphs: list[bytes] = []  # each attempt's INT8 graph
 
     def attempt(label: str, method: str, count: int, fp32_nodes: list[str]) -> Attempt:
-        data = quantize_bytes(pre, calibration[:count], fmt, config, exclude=fp32_nodes,
-                              method=method, preprocessed=True)
-        accuracy = score(data)
-        attempts.append((Attempt(label, method, count * size, fp32_nodes, accuracy), data))
+        graphs.append(quantize_bytes(pre, calibration[:count], fmt, config, exclude=fp32_nodes,
+                                     method=method, preprocessed=True))
+        accuracy = score(graphs[-1])
+        attempts.append(Attempt(label, method, count * size, fp32_nodes, accuracy))
         log.info("INT8 (%s): %.2f%% vs FP32 %.2f%% (drop %.2f)", label, accuracy.int8_top1,
                  accuracy.fp32_top1, accuracy.drop)
-        return attempts[-1][0]
+        return attempts[-1]
+
+    def result(i: int, warning: str | None = None) -> QuantizedModel:
+        return QuantizedModel(graphs[i], fmt.name, attempts[i], attempts, warning)
 
     for label, method, count in _rungs(config, base, len(calibration)):
         if attempt(label, method, count, excluded).accuracy.drop <= config.max_drop:
-            return QuantizedModel(attempts[-1][1], fmt.name, attempts[-1][0],
-                                  [a for a, _ in attempts])
+            return result(-1)
     # The layers kept FP32 add to the attempt that lost least so far, with its calibration.
-    best = min((a for a, _ in attempts), key=lambda a: a.accuracy.drop)
+    best = min(attempts, key=lambda a: a.accuracy.drop)
     count = best.calibration_images // size if size else base
     drops = layer_drops(pre, calibration[:count], fmt, config, score, nodes, excluded,
                         method=best.calibration)
     sensitive = most_sensitive(drops, best.accuracy.drop, config.max_drop)
     if sensitive:
-        done = attempt(f"the {len(sensitive)} most sensitive of {len(drops)} layers FP32",
-                       best.calibration, count, excluded + sensitive)
+        label = f"the {len(sensitive)} most sensitive of {len(drops)} layers FP32"
+        done = attempt(label, best.calibration, count, excluded + sensitive)
         if done.accuracy.drop <= config.max_drop:
-            return QuantizedModel(attempts[-1][1], fmt.name, done, [a for a, _ in attempts])
-    chosen, data = min(attempts, key=lambda a: a[0].accuracy.drop)
-    warning = (f"INT8 loses {chosen.accuracy.drop:.2f} points on the search split even after "
-               f"{len(attempts)} attempts (best: {chosen.label}); over the {config.max_drop} "
-               "point limit")
-    return QuantizedModel(data, fmt.name, chosen, [a for a, _ in attempts], warning)
+            return result(-1)
+    least = min(range(len(attempts)), key=lambda i: attempts[i].accuracy.drop)
+    chosen = attempts[least]
+    return result(least, f"INT8 loses {chosen.accuracy.drop:.2f} points on the search split even "
+                         f"after {len(attempts)} attempts (best: {chosen.label}); over the "
+                         f"{config.max_drop} point limit")
 
 
 __all__ = ["Attempt", "Int8Accuracy", "QuantizedModel", "compare", "layer_drops", "most_sensitive",

@@ -99,10 +99,10 @@ def choose_format(fp32: bytes, reference: Session, settings: ProbeSettings,
         except InternalError as exc:
             trials.append(FormatTrial(name, None, error=str(exc)))
             continue
-        measured[name] = (data, _paired(data, reference, settings))
-        trials.append(FormatTrial(name, measured[name][1].ratio, measured[name][1].spread))
-        log.info("INT8 %s: %.3f of dense FP32 (FP32 network %.3f)", name, trials[-1].ratio,
-                 fp32_ratio)
+        paired = _paired(data, reference, settings)
+        measured[name] = (data, paired)
+        trials.append(FormatTrial(name, paired.ratio, paired.spread))
+        log.info("INT8 %s: %.3f of dense FP32 (FP32 network %.3f)", name, paired.ratio, fp32_ratio)
     timed = [t for t in trials if t.ratio is not None]
     if not timed:
         raise InternalError("onnxruntime could not quantize the model in any INT8 format ("
