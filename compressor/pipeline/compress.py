@@ -23,7 +23,7 @@ from compressor.budgets.kinds import BudgetConfig, BudgetRequest, check_reachabl
 from compressor.budgets.wall import Budget
 from compressor.errors import UserError
 from compressor.io import export
-from compressor.pipeline.int8 import Int8Plan, plan_int8
+from compressor.pipeline.int8 import Int8Plan, find_sensitive_layers, plan_int8
 from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
@@ -292,6 +292,15 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
         dense_export = export.export_onnx(dense, real_batch(dataset, example),
                                           Path(scratch) / "dense.onnx")
     p = plan_ or plan(dense, example, config, cache_name, say)
+    if p.int8 is not None and p.int8.format is not None:
+        say("quantizing the dense network to find the layers INT8 costs accuracy on")
+        p.int8 = find_sensitive_layers(
+            p.int8, export.onnx_bytes(dense, real_batch(dataset, example)),
+            [s.name for s in p.skeleton.dense_shapes], dataset, config.seed)
+        if p.int8.sensitive:
+            say(f"kept FP32 in every policy (INT8 costs accuracy there): "
+                f"{', '.join(p.int8.sensitive)}")
+            set_budgets(p, config, say)  # the search's ratios now price them FP32
     settings = replace(config.probe, batch_size=p.latency_model.batch_size)
     # With INT8 every probe (and the final stage's candidate fit) times the INT8 model.
     convert = p.int8.converter((settings.batch_size, *example.shape[1:]), example) \

@@ -174,7 +174,7 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
                                  "importance": importance_label(config.pruning.importance),
                                  "method": config.method,
                                  **({"fp32_layers": fp32_layers(ws, winner.policy)}
-                                    if ws.int8 is not None and ws.int8.mixed else {})})
+                                    if ws.int8 is not None and ws.int8.priced_per_layer else {})})
     checkpoint = run_dir / "model.pt"
     checkpoints.save_pruned_checkpoint(
         tuned.model, checkpoint, {"model": config.model, **metrics}, policy=winner.policy,

@@ -2,6 +2,7 @@
 
     int8 = plan_int8(model, example, skeleton, config, settings)   # format + curve, ~1 min
     int8 = replace(int8, tables=<INT8 latency model>, fp32_tables=<the FP32 one>)
+    int8 = find_sensitive_layers(int8, trained_dense_onnx, layers, dataset, seed)
     int8.ratio(shapes)                                             # what the search sees
     shipped = quantize_winner(ws, fp32_onnx, run_dir)              # calibrated, checked, timed
 
@@ -16,14 +17,21 @@ Mixed precision (`--quantize mixed`): both models price every layer and the edge
 of precision adds at its input or output; the cheapest assignment runs (the FP32 layers are
 onnxruntime's `nodes_to_exclude`), so the choice follows the pruned shapes: a depthwise conv
 INT8 slows down once it is thin goes FP32 if that saves more than its switches cost, and the
-search, seeing the mixed network's latency, can reach budgets all-INT8 cannot. The layer's
-accuracy does not enter the choice (INT8 lost at most 0.1 points on these models; the final
-stage's fallbacks keep more layers FP32 when it costs more).
+search, seeing the mixed network's latency, can reach budgets all-INT8 cannot.
+
+Accuracy enters before the search too (`find_sensitive_layers`): the trained dense network is
+quantized as the winner will be (`quantize.quantize_within`); the layers it had to keep FP32 to
+lose at most `max_drop` points stay FP32 in every policy the search prices, in both modes, so the
+search pays for them instead of learning their cost from the final stage. On resnet18 and
+mobilenet_v2 INT8 loses at most 0.1 points and none is kept; a layer behind an outlier activation
+loses ~38 points and is (tests/unit/pipeline/test_int8.py). Pruning moves ranges, so the final
+stage checks the winner again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -93,6 +101,10 @@ class Int8Plan:
     None: the curve predicts."""
     fp32_tables: latency.LatencyModel | None = None
     """The FP32 latency model: what the curve scales, and the other side of a mixed choice."""
+    sensitive: tuple[str, ...] = ()
+    """Layers kept FP32 whatever their price: INT8 costs accuracy on them (`find_sensitive_layers`)."""
+    dense_check: dict | None = None
+    """The dense network's quantization that found them (`QuantizedModel.as_dict`, no bytes)."""
 
     @property
     def format(self) -> quantize.Int8Format | None:
@@ -110,40 +122,52 @@ class Int8Plan:
         """Each layer in its faster precision (`--quantize mixed`); needs the INT8 tables."""
         return self.config.mixed and self.tables is not None
 
-    def _mixed_choice(self, shapes) -> tuple[list[bool], float]:
+    @property
+    def priced_per_layer(self) -> bool:
+        """Whether precisions are chosen layer by layer: `mixed`, or sensitive layers kept FP32
+        (with the INT8 tables; the curve prices whole networks)."""
+        return self.tables is not None and (self.config.mixed or bool(self.sensitive))
+
+    def _precision_choice(self, shapes) -> tuple[list[bool], float]:
         """`cheapest_precisions` over the two models' layer and edge prices (ratios of dense
-        FP32; the INT8 tables' scaled by the dense INT8/FP32 ratio)."""
-        dense_int8 = self.choice.chosen_ratio
+        FP32; the INT8 tables' scaled by the dense INT8/FP32 ratio), a sensitive layer's INT8
+        and, outside `mixed`, every other layer's FP32 priced out of reach."""
+        dense_int8, never = self.choice.chosen_ratio, math.inf
+        int8 = [r * dense_int8 for r in self.tables.layer_ratios(shapes)]
+        fp32 = self.fp32_tables.layer_ratios(shapes)
+        for i, shape in enumerate(shapes):
+            if shape.name in self.sensitive:
+                int8[i] = never
+            elif not self.config.mixed:
+                fp32[i] = never
         return cheapest_precisions(
-            [r * dense_int8 for r in self.tables.layer_ratios(shapes)],
-            self.fp32_tables.layer_ratios(shapes),
-            [(a * dense_int8, b * dense_int8) for a, b in self.tables.layer_edges(shapes)],
+            int8, fp32, [(a * dense_int8, b * dense_int8) for a, b in self.tables.layer_edges(shapes)],
             self.fp32_tables.layer_edges(shapes))
 
     def int8_layers(self, shapes) -> list[bool]:
-        """Per layer, whether it runs INT8: all of them, or with `mixed` the cheapest assignment
-        once each switch between precisions pays its Quantize/DequantizeLinear and layout nodes
-        (mobilenet_v2's small depthwise convs are slower in INT8 here, results/int8/README.md,
-        but a lone one kept FP32 pays two switches)."""
-        if not self.mixed:
+        """Per layer, whether it runs INT8: all of them but the sensitive, or with `mixed` the
+        cheapest assignment once each switch between precisions pays its Quantize/DequantizeLinear
+        and layout nodes (mobilenet_v2's small depthwise convs are slower in INT8 here,
+        results/int8/README.md, but a lone one kept FP32 pays two switches)."""
+        if not self.priced_per_layer:
             return [True] * len(shapes)
-        return self._mixed_choice(shapes)[0]
+        return self._precision_choice(shapes)[0]
 
     def fp32_layers(self, shapes) -> list[str]:
-        """Names of the layers kept FP32 (empty unless `mixed`)."""
+        """Names of the layers kept FP32 (empty unless `mixed` or some are sensitive)."""
         return [s.name for s, quantized in zip(shapes, self.int8_layers(shapes), strict=True)
                 if not quantized]
 
     def ratio(self, shapes) -> float:
         """Predicted latency of the network with these layer shapes, as a ratio of dense FP32: the
-        INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured (mixed: the
-        cheapest assignment of precisions, switches priced), or without tables the curve applied
-        to the FP32 model's prediction."""
+        INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured (mixed or
+        with sensitive layers: the assignment of precisions, switches priced), or without tables
+        the curve applied to the FP32 model's prediction."""
         if self.tables is None:
             return self.curve.ratio(self.fp32_tables.predict_ratio(shapes))
-        if not self.mixed:
+        if not self.priced_per_layer:
             return self.tables.predict_ratio(shapes) * self.choice.chosen_ratio
-        return self._mixed_choice(shapes)[1]
+        return self._precision_choice(shapes)[1]
 
     def quantizer(self, layers: Sequence[str] = (),
                   fp32_layers: Sequence[str] = ()) -> latency.Quantize:
@@ -160,7 +184,7 @@ class Int8Plan:
         `batch_shape` (the probes'): `quantizer` with the module's FP32 layers (read off its
         shapes on `example`)."""
         def convert(data: bytes, model: nn.Module) -> bytes:
-            if not self.mixed:
+            if not self.priced_per_layer:
                 return self.quantizer()(data, batch_shape)
             shapes = measure_layer_shapes(model, example)
             return self.quantizer([s.name for s in shapes], self.fp32_layers(shapes))(
@@ -171,7 +195,8 @@ class Int8Plan:
         return {"choice": self.choice.as_dict(),
                 "curve": self.curve.as_dict() if self.curve else None, "seconds": self.seconds,
                 "unreachable": self.unreachable, "per_layer_tables": self.tables is not None,
-                "mixed": self.mixed}
+                "mixed": self.mixed, "sensitive_layers": list(self.sensitive),
+                "dense_check": self.dense_check}
 
 
 def plan_int8(model: nn.Module, example: torch.Tensor, skeleton: pruning.Skeleton,
@@ -198,6 +223,28 @@ def plan_int8(model: nn.Module, example: torch.Tensor, skeleton: pruning.Skeleto
     log.info("INT8 %s: %s of FP32 at FP32 ratios %s", fmt.name,
              [round(f, 3) for f in curve.factors], [round(r, 3) for r in curve.fp32_ratios])
     return Int8Plan(config, choice, curve, time.time() - started)
+
+
+def find_sensitive_layers(plan: Int8Plan, dense_onnx: bytes, layers: Sequence[str], dataset,
+                          seed: int) -> Int8Plan:
+    """`plan` with the layers INT8 costs accuracy on (module docstring): the trained dense export
+    `dense_onnx` quantized by `quantize.quantize_within` as `quantize_winner` quantizes the winner
+    (calibrated on the train split, scored on the search split), its chosen attempt's FP32 nodes
+    mapped back to `layers` (every conv/linear module in call order). A plan shipping FP32 is
+    returned as it is."""
+    if plan.format is None:
+        return plan
+    started, config = time.time(), plan.config
+    calibration = quantize.calibration_batches(
+        dataset.train, replace(config, calibration_batches=4 * config.calibration_batches), seed)
+    done = quantize.quantize_within(dense_onnx, calibration, plan.format, config,
+                                    dataset.search.batches(250, limit=8))
+    sensitive = quantize.node_layers(dense_onnx, layers, done.chosen.fp32_nodes)
+    if sensitive:
+        log.info("INT8 loses accuracy on %s of the dense network: kept FP32 in every policy",
+                 ", ".join(sensitive))
+    return replace(plan, sensitive=tuple(sensitive), dense_check=done.as_dict(),
+                   seconds=plan.seconds + time.time() - started)
 
 
 @dataclass
@@ -252,4 +299,5 @@ def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int
     return ShippedInt8(out_path, done, test, paired, rounds, done.warning, time.time() - started)
 
 
-__all__ = ["CURVE_RATIOS", "Int8Plan", "ShippedInt8", "plan_int8", "quantize_winner"]
+__all__ = ["CURVE_RATIOS", "Int8Plan", "ShippedInt8", "find_sensitive_layers", "plan_int8",
+           "quantize_winner"]

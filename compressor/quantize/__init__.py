@@ -21,6 +21,7 @@ from compressor.quantize.int8 import (
     QuantizeConfig,
     calibration_batches,
     layer_nodes,
+    node_layers,
     preprocess,
     quantize_bytes,
     random_calibration,
@@ -30,5 +31,5 @@ from compressor.quantize.int8 import (
 __all__ = ["CALIBRATION_METHODS", "FORMATS", "MEASURED_BY_DEFAULT", "MODES", "FormatChoice",
            "FormatTrial", "Int8Accuracy", "Int8Curve", "Int8Format", "QuantizeConfig",
            "QuantizedModel", "calibration_batches", "choose_format", "compare", "layer_nodes",
-           "measure_curve", "preprocess", "quantize_bytes", "quantize_within", "random_calibration",
-           "weighted_nodes"]
+           "measure_curve", "node_layers", "preprocess", "quantize_bytes", "quantize_within",
+           "random_calibration", "weighted_nodes"]

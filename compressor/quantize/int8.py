@@ -146,6 +146,21 @@ def weighted_nodes(data: bytes) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
 
 
+def _matched(data: bytes, layers: Sequence[str]) -> list[tuple[str, str]]:
+    """(weighted node, module name) pairs of an exported graph (see `layer_nodes`)."""
+    nodes = weighted_nodes(data)
+    if len(nodes) != len(layers):
+        raise InternalError(f"the ONNX graph has {len(nodes)} Conv/Gemm/MatMul nodes for "
+                            f"{len(layers)} conv and linear layers, so the layers to keep FP32 "
+                            "cannot be found in it; use --quantize int8")
+    for node, layer in zip(nodes, layers, strict=True):
+        scope = node.split("/")[-2] if node.count("/") >= 2 else ""
+        if scope and layer != scope and not layer.endswith("." + scope):
+            raise InternalError(f"ONNX node {node} does not run layer {layer}; the layers to "
+                                "keep FP32 cannot be found in the graph; use --quantize int8")
+    return list(zip(nodes, layers, strict=True))
+
+
 def layer_nodes(data: bytes, layers: Sequence[str], wanted: Iterable[str]) -> list[str]:
     """The weighted nodes of an exported ONNX graph that run the modules named `wanted`.
 
@@ -159,17 +174,16 @@ def layer_nodes(data: bytes, layers: Sequence[str], wanted: Iterable[str]) -> li
     wanted = set(wanted)
     if not wanted:
         return []
-    nodes = weighted_nodes(data)
-    if len(nodes) != len(layers):
-        raise InternalError(f"the ONNX graph has {len(nodes)} Conv/Gemm/MatMul nodes for "
-                            f"{len(layers)} conv and linear layers, so the layers to keep FP32 "
-                            "cannot be found in it; use --quantize int8")
-    for node, layer in zip(nodes, layers, strict=True):
-        scope = node.split("/")[-2] if node.count("/") >= 2 else ""
-        if scope and layer != scope and not layer.endswith("." + scope):
-            raise InternalError(f"ONNX node {node} does not run layer {layer}; the layers to "
-                                "keep FP32 cannot be found in the graph; use --quantize int8")
-    return [node for node, layer in zip(nodes, layers, strict=True) if layer in wanted]
+    return [node for node, layer in _matched(data, layers) if layer in wanted]
+
+
+def node_layers(data: bytes, layers: Sequence[str], nodes: Iterable[str]) -> list[str]:
+    """The modules (of `layers`, in call order) that the weighted `nodes` of an exported graph
+    run: `layer_nodes` the other way."""
+    nodes = set(nodes)
+    if not nodes:
+        return []
+    return [layer for node, layer in _matched(data, layers) if node in nodes]
 
 
 def preprocess(fp32: bytes) -> bytes:
@@ -252,5 +266,5 @@ def quantize_bytes(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Form
 
 
 __all__ = ["CALIBRATION_METHODS", "FORMATS", "MEASURED_BY_DEFAULT", "MODES", "Int8Format",
-           "QuantizeConfig", "calibration_batches", "layer_nodes", "preprocess", "quantize_bytes",
-           "random_calibration", "unshare_initializers", "weighted_nodes"]
+           "QuantizeConfig", "calibration_batches", "layer_nodes", "node_layers", "preprocess",
+           "quantize_bytes", "random_calibration", "unshare_initializers", "weighted_nodes"]

@@ -15,7 +15,7 @@ from compressor.budgets.kinds import BudgetConfig
 from compressor.io.export import onnx_bytes
 from compressor.latency import model as lm
 from compressor.pipeline import compress as pipeline
-from compressor.pipeline.int8 import Int8Plan, cheapest_precisions
+from compressor.pipeline.int8 import Int8Plan, cheapest_precisions, find_sensitive_layers
 from compressor.pruning.policies import policy_vector
 from compressor.quantize import (
     FormatChoice,
@@ -23,8 +23,10 @@ from compressor.quantize import (
     Int8Curve,
     QuantizeConfig,
     layer_nodes,
+    node_layers,
 )
 from tests.unit.pipeline.test_final import SHAPE, TinyNet, _config
+from tests.unit.quantize.test_accuracy import trained_cnn, with_an_outlier_channel
 
 
 def _plan_with(root, factor: float):
@@ -147,6 +149,60 @@ def test_the_mixed_converter_keeps_the_modules_fp32_layers_float(tmp_path):
     layers = [s.name for s in model.dense_shapes]
     assert [name for name, op in ops if op == "Conv"] == layer_nodes(fp32, layers, [first])
     assert [op for _, op in ops].count("QLinearConv") == 2
+
+
+def test_a_sensitive_layer_is_priced_fp32_in_both_modes_and_kept_float(tmp_path):
+    found, _, _ = _plan_with(tmp_path, 0.5)
+    model = found.latency_model
+    policy = {name: 0.5 for name in found.skeleton.names}
+    shapes = found.skeleton.layer_shapes(policy)
+    first = shapes[0].name
+    # INT8 twice as fast as FP32 on every layer, and no switch timed by the INT8 tables.
+    tables = {name: lm.LayerTable(t.ins, t.outs, [[v * 0.5 for v in row] for row in t.ms],
+                                  t.depthwise) for name, t in model.tables.items()}
+    int8_model = lm.LatencyModel(tables, 0.0, 0.0, model.dense_ms, model.dense_shapes,
+                                 model.metadata)
+    # QOperator: a quantized conv is a QLinearConv, so the one left a Conv is the one kept float.
+    plain = replace(_mixed(found, int8_model, 1.0, "qoperator-u8s8"),
+                    config=QuantizeConfig(mode="int8"))
+    assert plain.fp32_layers(shapes) == [] and not plain.priced_per_layer
+    int8_parts, fp32_parts = int8_model.layer_ratios(shapes), model.layer_ratios(shapes)
+    # The first layer FP32, the rest INT8: one switch, at the first layer's exit (FP32 edges).
+    expected = fp32_parts[0] + sum(int8_parts[1:]) + model.layer_edges(shapes)[0][1]
+    kept = replace(plain, sensitive=(first,))
+    assert kept.priced_per_layer and kept.fp32_layers(shapes) == [first]
+    assert math.isclose(kept.ratio(shapes), expected, rel_tol=1e-12)
+    assert kept.ratio(shapes) > plain.ratio(shapes)  # the search pays for the FP32 layer
+    # Mixed keeps it FP32 too, and may keep more where the switch back costs more than INT8 saves.
+    mixed = replace(kept, config=QuantizeConfig(mode="mixed"))
+    free = replace(mixed, sensitive=())
+    assert first in mixed.fp32_layers(shapes) and first not in free.fp32_layers(shapes)
+    assert free.ratio(shapes) <= mixed.ratio(shapes) <= kept.ratio(shapes)
+    net, example = TinyNet().eval(), torch.zeros(1, *SHAPE)
+    fp32 = onnx_bytes(net, example)
+    convert = replace(plain, sensitive=(first,)).converter((2, *SHAPE), example)
+    ops = [(n.name, n.op_type) for n in onnx.load_from_string(convert(fp32, net)).graph.node]
+    layers = [s.name for s in model.dense_shapes]
+    assert [name for name, op in ops if op == "Conv"] == layer_nodes(fp32, layers, [first])
+    assert node_layers(fp32, layers, layer_nodes(fp32, layers, [first])) == [first]
+
+
+def test_the_layer_behind_an_outlier_activation_is_found_sensitive_before_the_search(fmnist):
+    model = with_an_outlier_channel(trained_cnn(fmnist))
+    dense = onnx_bytes(model, torch.zeros(1, 3, 32, 32))
+    config = QuantizeConfig(mode="int8", calibration_batches=2, calibration_batch_size=32)
+    plan = Int8Plan(config, FormatChoice("qdq-u8s8", 1.0, [FormatTrial("qdq-u8s8", 0.6)]), None,
+                    0.0)
+    layers = ["0", "3", "6", "11"]  # the Sequential's convs and its linear layer
+    found = find_sensitive_layers(plan, dense, layers, fmnist, seed=0)
+    assert found.sensitive and set(found.sensitive) <= {"3", "6"}, found.dense_check
+    assert found.dense_check["chosen"]["accuracy"]["drop"] <= config.max_drop
+    assert found.as_dict()["sensitive_layers"] == list(found.sensitive)
+    # The plain network loses nothing to INT8: no layer is kept.
+    plain = onnx_bytes(trained_cnn(fmnist), torch.zeros(1, 3, 32, 32))
+    assert find_sensitive_layers(plan, plain, layers, fmnist, seed=0).sensitive == ()
+    shipping_fp32 = replace(plan, unreachable="out of reach")
+    assert find_sensitive_layers(shipping_fp32, dense, layers, fmnist, 0) is shipping_fp32
 
 
 def _priced(int8, fp32, int8_edges, fp32_edges, assignment) -> float:

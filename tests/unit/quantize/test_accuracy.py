@@ -15,7 +15,7 @@ from tests.unit.quantize.test_int8 import small_cnn
 
 def trained_cnn(fmnist) -> nn.Module:
     model = small_cnn().train()
-    train(model, fmnist.train.subset(2000), None, TrainConfig(epochs=2, max_lr=0.05,
+    train(model, fmnist.train.subset(6000), None, TrainConfig(epochs=2, max_lr=0.05,
                                                               batch_size=64), torch.device("cpu"),
           progress=False)
     return model.eval()
