@@ -100,6 +100,14 @@ def _mixed(found, int8_tables, dense_int8: float, fmt: str = "qdq-u8s8"):
 
 
 
+def _scaled(model, factor) -> lm.LatencyModel:
+    """`model` with each layer's times multiplied by `factor(name)`: INT8 tables by hand (they
+    time no edges, so a switch costs the FP32 layer's own reorders)."""
+    tables = {name: lm.LayerTable(t.ins, t.outs, [[v * factor(name) for v in row] for row in t.ms],
+                                  t.depthwise) for name, t in model.tables.items()}
+    return lm.LatencyModel(tables, 0.0, 0.0, model.dense_ms, model.dense_shapes, model.metadata)
+
+
 def test_mixed_keeps_fp32_exactly_the_layers_int8_would_slow_down(tmp_path):
     found, fp32, _ = _plan_with(tmp_path, 0.5)
     model = found.latency_model
@@ -108,11 +116,7 @@ def test_mixed_keeps_fp32_exactly_the_layers_int8_would_slow_down(tmp_path):
     # INT8 tables where one layer is a hundred times slower than the others (and the dense INT8
     # network twice FP32's time): that layer is slower in INT8, every other one faster.
     slow = shapes[1].name
-    tables = {name: lm.LayerTable(t.ins, t.outs, [[v * (100.0 if name == slow else 1.0)
-                                                   for v in row] for row in t.ms], t.depthwise)
-              for name, t in model.tables.items()}
-    int8_model = lm.LatencyModel(tables, 0.0, 0.0, model.dense_ms, model.dense_shapes,
-                                 model.metadata)
+    int8_model = _scaled(model, lambda name: 100.0 if name == slow else 1.0)
     found.int8 = _mixed(found, int8_model, 2.0)
     int8_parts = [r * 2.0 for r in int8_model.layer_ratios(shapes)]
     fp32_parts = model.layer_ratios(shapes)
@@ -136,11 +140,7 @@ def test_the_mixed_converter_keeps_the_modules_fp32_layers_float(tmp_path):
     model = found.latency_model
     # INT8 "tables" slower than FP32 on the first conv alone.
     first = model.dense_shapes[0].name
-    tables = {name: lm.LayerTable(t.ins, t.outs, [[v * (9.0 if name == first else 0.1)
-                                                   for v in row] for row in t.ms], t.depthwise)
-              for name, t in model.tables.items()}
-    found.int8 = _mixed(found, lm.LatencyModel(tables, 0.0, 0.0, model.dense_ms,
-                                               model.dense_shapes, model.metadata), 1.0,
+    found.int8 = _mixed(found, _scaled(model, lambda name: 9.0 if name == first else 0.1), 1.0,
                         "qoperator-u8s8")
     net, example = TinyNet().eval(), torch.zeros(1, *SHAPE)
     convert = found.int8.converter((2, *SHAPE), example)
@@ -158,10 +158,7 @@ def test_a_sensitive_layer_is_priced_fp32_in_both_modes_and_kept_float(tmp_path)
     shapes = found.skeleton.layer_shapes(policy)
     first = shapes[0].name
     # INT8 twice as fast as FP32 on every layer, and no switch timed by the INT8 tables.
-    tables = {name: lm.LayerTable(t.ins, t.outs, [[v * 0.5 for v in row] for row in t.ms],
-                                  t.depthwise) for name, t in model.tables.items()}
-    int8_model = lm.LatencyModel(tables, 0.0, 0.0, model.dense_ms, model.dense_shapes,
-                                 model.metadata)
+    int8_model = _scaled(model, lambda name: 0.5)
     # QOperator: a quantized conv is a QLinearConv, so the one left a Conv is the one kept float.
     plain = replace(_mixed(found, int8_model, 1.0, "qoperator-u8s8"),
                     config=QuantizeConfig(mode="int8"))
