@@ -291,12 +291,12 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
     with tempfile.TemporaryDirectory() as scratch:
         dense_export = export.export_onnx(dense, real_batch(dataset, example),
                                           Path(scratch) / "dense.onnx")
+        dense_onnx = Path(dense_export.path).read_bytes()  # INT8's accuracy check quantizes it
     p = plan_ or plan(dense, example, config, cache_name, say)
     if p.int8 is not None and p.int8.format is not None:
         say("quantizing the dense network to find the layers INT8 costs accuracy on")
         p.int8 = find_sensitive_layers(
-            p.int8, export.onnx_bytes(dense, real_batch(dataset, example)),
-            [s.name for s in p.skeleton.dense_shapes], dataset, config.seed)
+            p.int8, dense_onnx, [s.name for s in p.skeleton.dense_shapes], dataset, config.seed)
         if p.int8.sensitive:
             say(f"kept FP32 in every policy (INT8 costs accuracy there): "
                 f"{', '.join(p.int8.sensitive)}")
