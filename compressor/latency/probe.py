@@ -379,21 +379,24 @@ class Probe:
     """Paired ONNX Runtime measurement of pruned networks against the dense one, timed on inputs
     shaped like `example` (its batch replaced by the probe's): the example decides the shape,
     whatever `settings.input_shape` or `input_size` say. `convert` turns each pruned network's
-    ONNX bytes (and the module, whose shapes decide a mixed network's precisions) into what ships
-    (INT8) before it is timed; the reference stays the dense one."""
+    ONNX bytes (and the module, whose shapes decide a mixed network's precisions, and the layers a
+    searched policy keeps FP32, or None) into what ships (INT8) before it is timed; the reference
+    stays the dense one."""
 
     def __init__(self, dense: nn.Module, example: torch.Tensor, settings: ProbeSettings,
-                 convert: Callable[[bytes, nn.Module], bytes] | None = None):
+                 convert: Callable[[bytes, nn.Module, Sequence[str] | None], bytes] | None = None):
         self.settings = replace(settings, input_shape=tuple(example.shape[1:]))
         self.example, self.convert = example, convert
         self.dense_onnx = onnx_bytes(dense, example)
         self.reference = make_session(self.dense_onnx, self.settings)
 
     def measure(self, model: nn.Module, limit: float | None = None,
-                recheck_rounds: int = 0, near: float = 0.0) -> PairedLatency:
+                recheck_rounds: int = 0, near: float = 0.0,
+                fp32_layers: Sequence[str] | None = None) -> PairedLatency:
         """One paired round; near `limit`, `recheck_rounds` more on fresh sessions, pooled
-        (`measure_against_limit`): a decision near the limit should not hang on one window."""
+        (`measure_against_limit`): a decision near the limit should not hang on one window.
+        `fp32_layers`: what `convert` keeps float (None: its own choice)."""
         data = onnx_bytes(model, self.example)
-        candidate = self.convert(data, model) if self.convert else data
+        candidate = self.convert(data, model, fp32_layers) if self.convert else data
         return measure_against_limit(candidate, self.dense_onnx, self.settings, limit,
                                      recheck_rounds, near, reference_session=self.reference)[0]

@@ -18,12 +18,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor import latency, pruning
+from compressor import latency, pruning, quantize
 from compressor.budgets.kinds import BudgetConfig, BudgetRequest, check_reachable, wall_budgets
 from compressor.budgets.wall import Budget
 from compressor.errors import UserError
 from compressor.io import export
-from compressor.pipeline.int8 import Int8Plan, find_sensitive_layers, plan_int8
+from compressor.pipeline.int8 import (
+    Int8Plan,
+    SearchedPrecision,
+    chosen_precisions,
+    find_sensitive_layers,
+    plan_int8,
+)
 from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
@@ -204,10 +210,10 @@ class Plan:
 
     def latency_ratio(self, policy: dict[str, float]) -> float:
         """The predicted ratio of the dense FP32 latency for `policy`: the latency model's, and
-        with INT8 that of the INT8 model (`Int8Plan.ratio`)."""
+        with INT8 that of the INT8 model (`Int8Plan.ratio`, the policy's chosen precisions)."""
         shapes = self.skeleton.layer_shapes(policy)
         if self.int8 is not None and self.int8.format is not None:
-            return self.int8.ratio(shapes)
+            return self.int8.ratio(shapes, chosen_precisions(self.skeleton, policy))
         return self.latency_model.predict_ratio(shapes)
 
 
@@ -309,12 +315,19 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
     times["latency_model"] = time.time() - t
     latency_ratio = p.latency_ratio
     source_probe = config.budget.latency_source == "probe"
+    searched = None
+    if p.int8 is not None and p.int8.format is not None and p.int8.config.searched \
+            and p.int8.tables is not None:
+        searched = SearchedPrecision(
+            p.int8, p.skeleton, example,
+            quantize.calibration_batches(dataset.train, p.int8.config, config.seed),
+            dataset.search.subset(config.evaluator.search_images).batches(250))
     evaluator = EpisodeEvaluator(
         dense, p.skeleton, example, config.pruning, config.evaluator, dataset, device,
         latency_ratio=latency_ratio, probe=probe,
         probe_every=1 if source_probe else config.budget.probe_every,
         latency_limit=p.request.latency if source_probe else None, score=score,
-        finetune=finetune)
+        finetune=finetune, int8=searched)
     return Workspace(config, dataset, dense, meta, example, p.skeleton, latency_ratio, probe,
                      p.request, p.budgets, evaluator, device, dense_export, times,
                      test_score=test_score, finetune=finetune, model_spec=model_spec,
@@ -360,7 +373,17 @@ def make_env(ws: Workspace, extra_features=None) -> PruningEnv:
     dense_macs = sk.macs({})
     return PruningEnv(sk.units, lambda v: sk.macs(sk.policy_from_vector(v)) / dense_macs,
                       ws.budgets, ws.evaluator, ws.config.max_ratio, ws.config.reward,
-                      extra_features=extra_features)
+                      extra_features=extra_features,
+                      precision_budgets=precision_budgets(ws) if ws.evaluator.int8 else None)
+
+
+def precision_budgets(ws: Workspace) -> Callable[[dict[str, bool]], list[Budget]]:
+    """Decided unit precisions -> the wall's budgets with them priced (`--quantize searched`)."""
+    def budgets(decided: dict[str, bool]) -> list[Budget]:
+        keys = {pruning.precision_key(unit): float(int8) for unit, int8 in decided.items()}
+        return wall_budgets(ws.request, _costs(ws.skeleton, lambda policy: ws.latency_ratio(
+            {**policy, **keys})), ws.config.budget.margin)
+    return budgets
 
 
 def check_method(name: str) -> None:

@@ -30,10 +30,11 @@ stage checks the winner again.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -84,6 +85,15 @@ def cheapest_precisions(int8: Sequence[float], fp32: Sequence[float],
     return [p == 0 for p in reversed(path)], total
 
 
+def chosen_precisions(skeleton: pruning.Skeleton, policy: dict[str, float]) -> dict[str, bool]:
+    """Layer name -> runs INT8, for the layers whose output unit `policy` gives a precision
+    (`pruning.unit_precisions`; `searched`); the others are left to the latency model."""
+    units = pruning.unit_precisions(policy)
+    return {shape.name: units[unit]
+            for shape, unit in zip(skeleton.dense_shapes, skeleton.layer_units(), strict=True)
+            if unit in units}
+
+
 @dataclass(frozen=True)
 class Int8Plan:
     """What INT8 is worth on this machine for one architecture."""
@@ -128,46 +138,50 @@ class Int8Plan:
         (with the INT8 tables; the curve prices whole networks)."""
         return self.tables is not None and (self.config.mixed or bool(self.sensitive))
 
-    def _precision_choice(self, shapes) -> tuple[list[bool], float]:
+    def _precision_choice(self, shapes, fixed: Mapping[str, bool] | None = None
+                          ) -> tuple[list[bool], float]:
         """`cheapest_precisions` over the two models' layer and edge prices (ratios of dense
-        FP32; the INT8 tables' scaled by the dense INT8/FP32 ratio), a sensitive layer's INT8
-        and, outside `mixed`, every other layer's FP32 priced out of reach."""
-        dense_int8, never = self.choice.chosen_ratio, math.inf
+        FP32; the INT8 tables' scaled by the dense INT8/FP32 ratio), a sensitive layer's INT8,
+        the other precision of each layer `fixed` names (layer -> runs INT8) and, outside
+        `mixed`, every other layer's FP32 priced out of reach."""
+        dense_int8, never, fixed = self.choice.chosen_ratio, math.inf, fixed or {}
         int8 = [r * dense_int8 for r in self.tables.layer_ratios(shapes)]
         fp32 = self.fp32_tables.layer_ratios(shapes)
         for i, shape in enumerate(shapes):
-            if shape.name in self.sensitive:
+            if shape.name in self.sensitive or fixed.get(shape.name) is False:
                 int8[i] = never
-            elif not self.config.mixed:
+            elif fixed.get(shape.name) or not self.config.mixed:
                 fp32[i] = never
         return cheapest_precisions(
             int8, fp32, [(a * dense_int8, b * dense_int8) for a, b in self.tables.layer_edges(shapes)],
             self.fp32_tables.layer_edges(shapes))
 
-    def int8_layers(self, shapes) -> list[bool]:
+    def int8_layers(self, shapes, fixed: Mapping[str, bool] | None = None) -> list[bool]:
         """Per layer, whether it runs INT8: all of them but the sensitive, or with `mixed` the
         cheapest assignment once each switch between precisions pays its Quantize/DequantizeLinear
         and layout nodes (mobilenet_v2's small depthwise convs are slower in INT8 here,
-        results/int8/README.md, but a lone one kept FP32 pays two switches)."""
+        results/int8/README.md, but a lone one kept FP32 pays two switches); `fixed` layers
+        (layer -> INT8, `searched`: the agent's choice) in their given precision."""
         if not self.priced_per_layer:
             return [True] * len(shapes)
-        return self._precision_choice(shapes)[0]
+        return self._precision_choice(shapes, fixed)[0]
 
-    def fp32_layers(self, shapes) -> list[str]:
+    def fp32_layers(self, shapes, fixed: Mapping[str, bool] | None = None) -> list[str]:
         """Names of the layers kept FP32 (empty unless `mixed` or some are sensitive)."""
-        return [s.name for s, quantized in zip(shapes, self.int8_layers(shapes), strict=True)
-                if not quantized]
+        return [s.name for s, quantized in zip(shapes, self.int8_layers(shapes, fixed),
+                                               strict=True) if not quantized]
 
-    def ratio(self, shapes) -> float:
+    def ratio(self, shapes, fixed: Mapping[str, bool] | None = None) -> float:
         """Predicted latency of the network with these layer shapes, as a ratio of dense FP32: the
         INT8 tables' ratio times the dense INT8/FP32 ratio the format choice measured (mixed or
-        with sensitive layers: the assignment of precisions, switches priced), or without tables
-        the curve applied to the FP32 model's prediction."""
+        with sensitive layers: the assignment of precisions, switches priced, `fixed` layers in
+        their given precision), or without tables the curve applied to the FP32 model's
+        prediction."""
         if self.tables is None:
             return self.curve.ratio(self.fp32_tables.predict_ratio(shapes))
         if not self.priced_per_layer:
             return self.tables.predict_ratio(shapes) * self.choice.chosen_ratio
-        return self._precision_choice(shapes)[1]
+        return self._precision_choice(shapes, fixed)[1]
 
     def quantizer(self, layers: Sequence[str] = (),
                   fp32_layers: Sequence[str] = ()) -> latency.Quantize:
@@ -180,15 +194,17 @@ class Int8Plan:
             exclude=quantize.layer_nodes(data, layers, fp32_layers))
 
     def converter(self, batch_shape: tuple[int, ...], example: torch.Tensor):
-        """(ONNX bytes, the module they came from) -> what ships, for graphs whose input is
-        `batch_shape` (the probes'): `quantizer` with the module's FP32 layers (read off its
-        shapes on `example`)."""
-        def convert(data: bytes, model: nn.Module) -> bytes:
+        """(ONNX bytes, the module they came from, its FP32 layers or None) -> what ships, for
+        graphs whose input is `batch_shape` (the probes'): `quantizer` with the FP32 layers given
+        (a searched policy's) or else the module's (read off its shapes on `example`)."""
+        def convert(data: bytes, model: nn.Module, fp32_layers: Sequence[str] | None = None
+                    ) -> bytes:
             if not self.priced_per_layer:
                 return self.quantizer()(data, batch_shape)
             shapes = measure_layer_shapes(model, example)
-            return self.quantizer([s.name for s in shapes], self.fp32_layers(shapes))(
-                data, batch_shape)
+            if fp32_layers is None:
+                fp32_layers = self.fp32_layers(shapes)
+            return self.quantizer([s.name for s in shapes], fp32_layers)(data, batch_shape)
         return convert
 
     def as_dict(self) -> dict:
@@ -247,6 +263,30 @@ def find_sensitive_layers(plan: Int8Plan, dense_onnx: bytes, layers: Sequence[st
                    seconds=plan.seconds + time.time() - started)
 
 
+class SearchedPrecision:
+    """What an episode of `--quantize searched` needs of INT8: the layers its policy keeps FP32
+    (the agent's units, the rest priced) and its INT8 network's top-1, calibrated on real train
+    images and scored by onnxruntime on the search images (~2 s more per episode for resnet18 at
+    32 px here; the evaluator's cache and workers carry it like the rest)."""
+
+    def __init__(self, plan: Int8Plan, skeleton: pruning.Skeleton, example: torch.Tensor,
+                 calibration: Sequence, batches: Sequence):
+        self.plan, self.skeleton, self.example = plan, skeleton, example
+        self.calibration, self.batches = list(calibration), list(batches)
+        self.layers = [s.name for s in skeleton.dense_shapes]
+
+    def fp32_layers(self, policy: dict[str, float]) -> list[str]:
+        return self.plan.fp32_layers(self.skeleton.layer_shapes(policy),
+                                     chosen_precisions(self.skeleton, policy))
+
+    def top1(self, model: nn.Module, policy: dict[str, float]) -> float:
+        data = onnx_bytes(copy.deepcopy(model).cpu().eval(), self.example)
+        int8 = quantize.quantize_bytes(
+            data, self.calibration, self.plan.format, self.plan.config,
+            exclude=quantize.layer_nodes(data, self.layers, self.fp32_layers(policy)))
+        return quantize.onnx_top1(int8, self.batches)
+
+
 @dataclass
 class ShippedInt8:
     """The quantized winner as shipped, or why FP32 shipped instead."""
@@ -299,5 +339,5 @@ def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int
     return ShippedInt8(out_path, done, test, paired, rounds, done.warning, time.time() - started)
 
 
-__all__ = ["CURVE_RATIOS", "Int8Plan", "ShippedInt8", "find_sensitive_layers", "plan_int8",
-           "quantize_winner"]
+__all__ = ["CURVE_RATIOS", "Int8Plan", "SearchedPrecision", "ShippedInt8", "chosen_precisions",
+           "find_sensitive_layers", "plan_int8", "quantize_winner"]

@@ -17,9 +17,13 @@ from compressor.pruning.skeleton import (
     check_policy,
     kept_count,
     kernel_channel_block,
+    precision_entries,
+    precision_key,
+    pruning_ratios,
+    unit_precisions,
 )
 
 __all__ = ["IMPORTANCES", "LayerShape", "PruningConfig", "Skeleton", "Unit", "apply_policy",
            "build_skeleton", "check_policy", "global_ranking_policy", "kept_count",
-           "kernel_channel_block", "measure_layer_shapes", "uniform_policy",
-           "uniform_policy_for_budget"]
+           "kernel_channel_block", "measure_layer_shapes", "precision_entries", "precision_key",
+           "pruning_ratios", "uniform_policy", "uniform_policy_for_budget", "unit_precisions"]

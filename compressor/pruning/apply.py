@@ -30,10 +30,10 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
     example_input = example_input.to(device)
     work = copy.deepcopy(model)
     traced = trace(work, example_input, config)
-    check_policy(policy, traced.groups)
+    ratios = check_policy(policy, traced.groups)  # precision entries do not prune
     criterion = criterion_for(config)
     plans = []
-    for name, ratio in policy.items():
+    for name, ratio in ratios.items():
         group, groups = traced.groups[name], traced.channel_groups[name]
         channels = len(group[0].idxs)
         kept = kept_count(channels, channel_step(channels, groups, config.round_to), ratio)

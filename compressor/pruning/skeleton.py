@@ -152,6 +152,11 @@ class Skeleton:
             kept[i] = kept_count(kept[i], self._steps[i], ratio)
         return kept
 
+    def layer_units(self) -> list[str | None]:
+        """Per layer (`dense_shapes` order), the unit setting its output channels (None: none)."""
+        return [self.names[layer.out_unit] if layer.out_unit >= 0 else None
+                for layer in self._layers]
+
     def kept_channels(self, policy: dict[str, float]) -> dict[str, int]:
         """Kept channels per unit name (every unit, pruned or not)."""
         return dict(zip(self.names, self.kept_vector(policy), strict=True))
@@ -194,14 +199,43 @@ class Skeleton:
         return dict(zip(self.names, (float(r) for r in ratios), strict=True))
 
 
+PRECISION = "int8:"
+"""Prefix of a policy's precision entries: `{"int8:" + unit: 1.0}` runs the layers whose output
+channels the unit sets in INT8, 0.0 keeps them FP32 (`--quantize searched`, where the agent chooses
+them). A policy without them leaves precisions to the latency model."""
+
+
+def precision_key(unit: str) -> str:
+    return PRECISION + unit
+
+
+def unit_precisions(policy: dict[str, float]) -> dict[str, bool]:
+    """The policy's precision entries: unit name -> whether its layers run INT8."""
+    return {name[len(PRECISION):]: value >= 0.5 for name, value in policy.items()
+            if name.startswith(PRECISION)}
+
+
+def precision_entries(policy: dict[str, float]) -> dict[str, float]:
+    """The policy's precision entries as they are stored (`precision_key(unit)` -> 1.0 or 0.0)."""
+    return {name: value for name, value in policy.items() if name.startswith(PRECISION)}
+
+
+def pruning_ratios(policy: dict[str, float]) -> dict[str, float]:
+    """The policy without its precision entries: unit name -> pruning ratio."""
+    return {name: ratio for name, ratio in policy.items() if not name.startswith(PRECISION)}
+
+
 def check_policy(policy: dict[str, float], valid: Iterable[str]) -> dict[str, float]:
-    """The policy itself, or a one-line UserError naming the unknown unit or bad ratio."""
-    for name, ratio in policy.items():
-        if name not in valid:
-            raise UserError(f"unknown unit {name!r} in policy; valid units: {', '.join(valid)}")
-        if not 0.0 <= ratio < 1.0:
-            raise UserError(f"pruning ratio {ratio} for unit {name!r} is outside [0, 1)")
-    return policy
+    """The policy's pruning ratios, or a one-line UserError naming the unknown unit or bad value."""
+    for name, value in policy.items():
+        unit = name[len(PRECISION):] if name.startswith(PRECISION) else name
+        if unit not in valid:
+            raise UserError(f"unknown unit {unit!r} in policy; valid units: {', '.join(valid)}")
+        if unit != name and value not in (0.0, 1.0):
+            raise UserError(f"precision {value} for unit {unit!r} must be 1 (INT8) or 0 (FP32)")
+        if unit == name and not 0.0 <= value < 1.0:
+            raise UserError(f"pruning ratio {value} for unit {name!r} is outside [0, 1)")
+    return pruning_ratios(policy)
 
 
 # --- tracing -------------------------------------------------------------------------------------

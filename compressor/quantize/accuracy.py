@@ -57,6 +57,12 @@ def _logits(session, batches: Sequence) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x.numpy()})[0] for x, _ in batches])
 
 
+def onnx_top1(data: bytes, batches: Sequence) -> float:
+    """Top-1 (%) of the ONNX model `data` on `batches` of (image, label), run by onnxruntime."""
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    return 100.0 * float((_logits(_session(data), batches).argmax(1) == labels).mean())
+
+
 class _Scorer:
     """INT8 graphs against one FP32 model on fixed batches (the FP32 logits computed once)."""
 
@@ -189,4 +195,4 @@ def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8For
 
 
 __all__ = ["Attempt", "Int8Accuracy", "QuantizedModel", "compare", "layer_drops", "most_sensitive",
-           "quantize_within"]
+           "onnx_top1", "quantize_within"]

@@ -27,7 +27,7 @@ from compressor.errors import InternalError, UserError
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "int8", "mixed")
+MODES = ("none", "int8", "mixed", "searched")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -57,8 +57,10 @@ class QuantizeConfig:
     """Post-training quantization of the shipped model."""
 
     mode: str = "none"
-    """none (ship FP32), int8 (onnxruntime static quantization of every layer) or mixed (each
-    layer in the precision the latency model prices faster, INT8 or FP32; `pipeline.int8`)."""
+    """none (ship FP32), int8 (onnxruntime static quantization of every layer), mixed (each
+    layer in the precision the latency model prices faster, INT8 or FP32; `pipeline.int8`) or
+    searched (the agent chooses each unit's precision, rewarded on the INT8 network's accuracy;
+    layers no unit sets are priced as in mixed)."""
     format: str | None = None
     """One of FORMATS to force it; None: measure MEASURED_BY_DEFAULT on this machine, keep the
     fastest."""
@@ -86,13 +88,18 @@ class QuantizeConfig:
 
     @property
     def enabled(self) -> bool:
-        """Whether the shipped model is quantized at all (int8 or mixed)."""
+        """Whether the shipped model is quantized at all (int8, mixed or searched)."""
         return self.mode != "none"
 
     @property
     def mixed(self) -> bool:
-        """Whether layers INT8 would slow down are kept FP32."""
-        return self.mode == "mixed"
+        """Whether layers may be kept FP32 for speed (mixed, and searched's unit-less layers)."""
+        return self.mode in ("mixed", "searched")
+
+    @property
+    def searched(self) -> bool:
+        """Whether the agent chooses each unit's precision."""
+        return self.mode == "searched"
 
 
 def calibration_batches(split, config: QuantizeConfig, seed: int = 0) -> list[np.ndarray]:

@@ -266,7 +266,10 @@ class EvaluatorPool:
         # (recovery changes weights only).
         metrics = ev.latency_metrics(policy, None, must_probe)
         seconds["latency"] = time.perf_counter() - started
-        return Evaluation(scored.top1, scored.flops_ratio, {**metrics, "cached": False}), seconds
+        # A searched-precision score (INT8) keeps the FP32 top-1 beside it.
+        fp32 = {k: v for k, v in scored.metrics.items() if k == "fp32_top1"}
+        return Evaluation(scored.top1, scored.flops_ratio,
+                          {**metrics, **fp32, "cached": False}), seconds
 
     def _score_all(self, policies: list[dict[str, float]]) -> list[Evaluation]:
         """Each policy scored by some worker, one in flight per worker; a policy whose worker

@@ -11,6 +11,12 @@ Action Space:
     Box(0, 1, (1,), float32), mapped linearly to a pruning ratio in [0, max_ratio]. Ratios near 1
     are silently skipped by torch-pruning, hence the cap (default 0.8, as in AMC's code).
 
+    With `precision_budgets` (`--quantize searched`, HAQ-style) each unit takes a second step
+    after its ratio: the unit's precision, INT8 for actions >= 0.5, else FP32. The precision wall
+    flips a choice that would leave the budget out of reach even with every later unit at the
+    maximum ratio in its cheapest precision; the other choice always reaches it (the invariant
+    below, with the undecided units in their cheapest precisions).
+
 Observation Space:
     Box(0, 1, (11,), float32): unit index, kind, output channels, input channels, kernel, stride,
     MACs and params the unit controls, MACs already removed by earlier choices, MACs of the units
@@ -18,7 +24,9 @@ Observation Space:
     units (AMC scales every feature to [0, 1] over the episode's layers); the MACs features by the
     dense network's total. With `extra_features` (one row of k values in [0, 1] per unit, e.g.
     `search.sensitivity`'s score drops) it is Box(0, 1, (11 + k,)): the k columns follow the static
-    ones, so the last three are always reduced, rest and the previous action.
+    ones, so the last three are always reduced, rest and the previous action. With
+    `precision_budgets` one more column before those three is 1 on precision steps, 0 on ratio
+    steps; the previous action is the last pruning ratio either way.
 
 Rewards:
     0 on every step but the last; then `reward_fn(evaluation)` (default AMC's -error on the search
@@ -34,7 +42,10 @@ Arguments:
     "reduced" feature); budgets: `compressor.budgets.wall.Budget`s enforced by the wall; evaluate: a
     callable from a policy `{unit name: pruning_ratio}` to an `Evaluation`, or None (proposal
     mode, see Rewards); max_ratio; reward;
-    extra_features: an array (units, k) appended to each unit's static features, or None.
+    extra_features: an array (units, k) appended to each unit's static features, or None;
+    precision_budgets: the decided precisions `{unit name: INT8?}` -> the budgets pricing them
+    (the undecided units in their cheapest precisions), or None: precisions are not searched.
+    With it the policy also holds `pruning.precision_key(unit)`: 1.0 (INT8) or 0.0 (FP32).
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ import gymnasium as gym
 import numpy as np
 
 from compressor.budgets import wall as walls
+from compressor.pruning.skeleton import precision_key
 
 KINDS = ("conv", "linear", "depthwise", "residual")
 OBS_DIM = 11
@@ -103,7 +115,9 @@ class PruningEnv(gym.Env):
                  budgets: Sequence[walls.Budget],
                  evaluate: Callable[[dict[str, float]], Evaluation] | None,
                  max_ratio: float = 0.8, reward: str = "error",
-                 extra_features: np.ndarray | None = None):
+                 extra_features: np.ndarray | None = None,
+                 precision_budgets: Callable[[dict[str, bool]], Sequence[walls.Budget]] | None
+                 = None):
         super().__init__()
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; choose from {sorted(REWARDS)}")
@@ -120,40 +134,89 @@ class PruningEnv(gym.Env):
         if extra.ndim != 2 or len(extra) != len(self.units):
             raise ValueError(f"extra_features needs one row per unit ({len(self.units)}), got "
                              f"shape {extra.shape}")
+        self.precision_budgets = precision_budgets
         self.static = np.hstack([unit_features(self.units), extra])
+        if precision_budgets is not None:  # the step flag's column, set on precision steps
+            self.static = np.hstack([self.static, np.zeros((len(self.units), 1))])
         total = sum(u.macs for u in self.units) or 1
         # MACs of the units after t, as a fraction of all units' MACs ("rest" in AMC).
         self.rest = np.array([sum(u.macs for u in self.units[t + 1:]) / total
                               for t in range(len(self.units))])
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (OBS_DIM + extra.shape[1],), np.float32)
+        # The static columns, then reduced, rest and the previous action.
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.static.shape[1] + 3,), np.float32)
         self.action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
         self.ratios: list[float] = []
+        self.precisions: list[bool] = []  # INT8 per unit decided (`precision_budgets`)
+
+    @property
+    def unit(self) -> int:
+        """Index of the unit the next step decides for."""
+        return len(self.precisions) if self.deciding_precision else len(self.ratios)
+
+    @property
+    def deciding_precision(self) -> bool:
+        """Whether the next step chooses the current unit's precision (else its ratio)."""
+        return self.precision_budgets is not None and len(self.precisions) < len(self.ratios)
 
     def _observation(self) -> np.ndarray:
-        t = len(self.ratios)
-        reduced = 1.0 - self.macs_ratio(self.ratios + [0.0] * (len(self.units) - t))
+        t = self.unit
+        reduced = 1.0 - self.macs_ratio(self.ratios + [0.0] * (len(self.units) - len(self.ratios)))
         previous = self.ratios[-1] / self.max_ratio if self.ratios else 0.0
-        obs = np.concatenate([self.static[t], [reduced, self.rest[t], previous]])
+        static = self.static[t].copy()
+        if self.deciding_precision:
+            static[-1] = 1.0
+        obs = np.concatenate([static, [reduced, self.rest[t], previous]])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.ratios = []
+        self.ratios, self.precisions = [], []
         return self._observation(), {}
+
+    def _decided(self, precisions: Sequence[bool]) -> Sequence[walls.Budget]:
+        """The budgets with these units' precisions (all budgets' when precisions are fixed)."""
+        if self.precision_budgets is None:
+            return self.budgets
+        return self.precision_budgets(dict(zip(self.names[:len(precisions)], precisions, strict=True)))
 
     def wall(self) -> float:
         """The least pruning ratio the current unit may take (0 when the budget is loose)."""
-        return walls.wall(self.ratios, self.budgets, len(self.units), self.max_ratio)
+        return walls.wall(self.ratios, self._decided(self.precisions), len(self.units),
+                          self.max_ratio)
+
+    def _decide_precision(self, wanted: float) -> dict[str, Any]:
+        """The current unit's precision: the agent's, unless it leaves the budget out of reach
+        (then the other, which reaches it by the invariant). Applied as the agent's action, or
+        mirrored to the other side of 0.5 when flipped."""
+        int8 = wanted >= 0.5
+        rest = [self.max_ratio] * (len(self.units) - len(self.ratios))
+        if not walls.meets(self.ratios + rest, self._decided(self.precisions + [int8])):
+            int8 = not int8
+        self.precisions.append(int8)
+        return {"int8": int8, "applied_action": wanted if int8 == (wanted >= 0.5) else 1 - wanted}
 
     def step(self, action):
         wanted = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
-        ratio = walls.clip_action(self.ratios, wanted * self.max_ratio, self.budgets,
-                                  len(self.units), self.max_ratio)
+        if self.deciding_precision:
+            info = self._decide_precision(wanted)
+            if len(self.precisions) < len(self.units):
+                return self._observation(), 0.0, False, False, info
+            return self._finish(info)
+        ratio = walls.clip_action(self.ratios, wanted * self.max_ratio,
+                                  self._decided(self.precisions), len(self.units), self.max_ratio)
         self.ratios.append(ratio)
         info: dict[str, Any] = {"ratio": ratio, "applied_action": ratio / self.max_ratio}
-        if len(self.ratios) < len(self.units):
+        if len(self.ratios) < len(self.units) or self.precision_budgets is not None:
             return self._observation(), 0.0, False, False, info
+        return self._finish(info)
+
+    def _finish(self, info: dict[str, Any]):
+        """The last step's result: the policy, evaluated unless in proposal mode."""
+        ratio = self.ratios[-1]
         policy = dict(zip(self.names, self.ratios, strict=True))
+        if self.precision_budgets is not None:
+            policy.update({precision_key(name): float(int8)
+                           for name, int8 in zip(self.names, self.precisions, strict=True)})
         info["policy"] = policy
         reward = 0.0
         if self.evaluate is not None:

@@ -69,7 +69,7 @@ class EpisodeEvaluator:
                  device: torch.device, latency_ratio=None, probe: latency.Probe | None = None,
                  probe_every: int = 0, latency_limit: float | None = None,
                  score: Callable[[nn.Module], float] | None = None,
-                 finetune: Callable[[nn.Module, int], None] | None = None):
+                 finetune: Callable[[nn.Module, int], None] | None = None, int8=None):
         self.dense, self.skeleton, self.example = dense, skeleton, example
         self.pruning_config, self.config, self.device = pruning_config, config, device
         self.latency_ratio = latency_ratio  # policy -> predicted ratio, or None without a model
@@ -80,6 +80,10 @@ class EpisodeEvaluator:
         # replace top-1 on the search split and the cross-entropy fine-tune.
         self.score = checked_score(score) if score is not None else None
         self.user_finetune = finetune
+        # `--quantize searched`: an object whose `top1(model, policy)` scores the policy's INT8
+        # network and `fp32_layers(policy)` names what it keeps float (`pipeline.int8`), so the
+        # reward sees what INT8 costs on the layers the agent quantized.
+        self.int8 = int8
         self.recovery_config = recovery.RecoveryConfig(
             bn_batches=config.bn_batches, finetune_steps=config.finetune_steps,
             lr=config.finetune_lr)
@@ -95,7 +99,9 @@ class EpisodeEvaluator:
 
     def key(self, policy: dict[str, float]) -> tuple[int, ...]:
         kept = self.skeleton.kept_channels(policy)
-        return tuple(kept[name] for name in sorted(kept))
+        int8 = pruning.unit_precisions(policy)
+        return tuple(kept[name] for name in sorted(kept)) + tuple(
+            int(int8[name]) for name in sorted(int8))
 
     def prune(self, policy: dict[str, float]) -> nn.Module:
         calibration = self.train_batches[:self.pruning_config.taylor_batches] \
@@ -116,8 +122,15 @@ class EpisodeEvaluator:
             self.user_finetune(model, steps)
         model.eval()
 
-    def evaluate(self, model: nn.Module) -> float:
-        """The search score: the user's `evaluate`, else top-1 (%) on the search images."""
+    def quantized(self, policy: dict[str, float]) -> bool:
+        """Whether `policy`'s score is its INT8 network's (precisions searched)."""
+        return self.int8 is not None and bool(pruning.unit_precisions(policy))
+
+    def evaluate(self, model: nn.Module, policy: dict[str, float] | None = None) -> float:
+        """The search score: the user's `evaluate`, else top-1 (%) on the search images; of the
+        INT8 network when `policy` has searched precisions."""
+        if policy is not None and self.quantized(policy):
+            return self.int8.top1(model, policy)
         if self.score is not None:
             return self.score(model)
         return evaluate_top1(model, self.search_batches, self.device)
@@ -137,7 +150,9 @@ class EpisodeEvaluator:
         if self.latency_ratio is not None:
             metrics["latency_predicted"] = self.latency_ratio(policy)
         if must_probe:
-            paired = self.probe.measure((model if model is not None else self.prune(policy)).cpu())
+            fp32_layers = self.int8.fp32_layers(policy) if self.quantized(policy) else None
+            paired = self.probe.measure((model if model is not None else self.prune(policy)).cpu(),
+                                        fp32_layers=fp32_layers)
             metrics["latency_measured"] = paired.ratio
             metrics["latency_measured_spread"] = list(paired.spread)
             if self.latency_limit is not None:
@@ -164,12 +179,19 @@ class EpisodeEvaluator:
         started = time.perf_counter()
         top1 = self.evaluate(model)
         seconds["evaluate"] = time.perf_counter() - started
+        int8_metrics = {}
+        if self.quantized(policy):
+            started = time.perf_counter()
+            int8_metrics = {"fp32_top1": top1}
+            top1 = self.evaluate(model, policy)
+            seconds["quantize"] = time.perf_counter() - started
 
         started = time.perf_counter()
         metrics = self.latency_metrics(policy, model, must_probe)
         seconds["latency"] = time.perf_counter() - started
 
         evaluation = Evaluation(top1=top1, flops_ratio=self.skeleton.macs(policy)
-                                / self.skeleton.macs({}), metrics={**metrics, "cached": False})
+                                / self.skeleton.macs({}),
+                                metrics={**metrics, **int8_metrics, "cached": False})
         self.cache[key] = evaluation
         return evaluation._replace(metrics={**evaluation.metrics, "seconds": seconds})

@@ -34,6 +34,7 @@ import torch
 
 from compressor.errors import UserError
 from compressor.io import atomic
+from compressor.pruning.skeleton import precision_key
 from compressor.search.agent import AgentConfig, make_agent, warmup_for
 from compressor.search.env import Evaluation, PruningEnv
 
@@ -182,7 +183,8 @@ class Rollout(NamedTuple):
 
     observations: list[np.ndarray]
     actions: list[float]
-    """The actions applied (after the budget wall), one per unit."""
+    """The actions applied (after the budget wall), one per step: per unit, or two per unit
+    (ratio, precision) when precisions are searched."""
     wanted: list[float]
     """The actions the agent (or the demonstration) chose."""
     policy: dict[str, float]
@@ -194,8 +196,7 @@ def propose(env: PruningEnv, agent, episode: int, demo: Demonstration | None) ->
     obs, _ = env.reset(seed=None)
     observations, actions, wanted = [obs], [], []
     while True:
-        action = agent.act(obs, episode) if demo is None else \
-            demo.policy.get(env.names[len(actions)], 0.0) / env.max_ratio
+        action = agent.act(obs, episode) if demo is None else _demonstrated(env, demo.policy)
         # float64, not the space's float32: a demonstration sits on the budget's edge,
         # where float32 rounding of its ratio would let the wall raise it.
         obs, _, terminated, _, info = env.step(np.array([action]))
@@ -204,6 +205,15 @@ def propose(env: PruningEnv, agent, episode: int, demo: Demonstration | None) ->
         if terminated:
             return Rollout(observations, actions, wanted, info["policy"])
         observations.append(obs)
+
+
+def _demonstrated(env: PruningEnv, policy: dict[str, float]) -> float:
+    """The demonstration's action for the env's next step: its ratio for the unit, or on a
+    precision step its precision for it (INT8 if it has none: the wall flips it when needed)."""
+    name = env.names[env.unit]
+    if env.deciding_precision:
+        return policy.get(precision_key(name), 1.0)
+    return policy.get(name, 0.0) / env.max_ratio
 
 
 def one_by_one(evaluator: Callable[[dict[str, float]], Evaluation]

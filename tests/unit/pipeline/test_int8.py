@@ -15,7 +15,13 @@ from compressor.budgets.kinds import BudgetConfig
 from compressor.io.export import onnx_bytes
 from compressor.latency import model as lm
 from compressor.pipeline import compress as pipeline
-from compressor.pipeline.int8 import Int8Plan, cheapest_precisions, find_sensitive_layers
+from compressor.pipeline.int8 import (
+    Int8Plan,
+    cheapest_precisions,
+    chosen_precisions,
+    find_sensitive_layers,
+)
+from compressor.pruning import precision_key
 from compressor.pruning.policies import policy_vector
 from compressor.quantize import (
     FormatChoice,
@@ -231,3 +237,28 @@ def test_a_layer_slower_in_int8_stays_int8_when_its_switches_cost_more():
         chosen, cost = cheapest_precisions(int8, fp32, edges, edges)
         assert chosen == [True, not middle_fp32, True]
         assert cost == pytest.approx(3.1 if not middle_fp32 else 3.0 + 4 * edge)
+
+
+def test_a_searched_policy_runs_its_units_in_the_precisions_it_names(tmp_path):
+    found, _, _ = _plan_with(tmp_path, 0.5)
+    model, sk = found.latency_model, found.skeleton
+    # INT8 twice as fast as FP32 on every layer: the latency model alone would keep none FP32.
+    found.int8 = replace(_mixed(found, _scaled(model, lambda name: 0.5), 1.0),
+                         config=QuantizeConfig(mode="searched"))
+    policy = {name: 0.5 for name in sk.names}
+    shapes = sk.layer_shapes(policy)
+    names, units = [s.name for s in shapes], sk.layer_units()
+    unit = sk.names[0]
+    chosen = {**policy, precision_key(unit): 0.0, **{precision_key(u): 1.0 for u in sk.names[1:]}}
+    layers = chosen_precisions(sk, chosen)
+    fp32 = [name for name, unit_of in zip(names, units, strict=True) if unit_of == unit]
+    free = {name for name, unit_of in zip(names, units, strict=True) if unit_of is None}
+    assert fp32 and free and set(layers) == set(names) - free
+    # The unit's layers FP32 as chosen; the layers no unit sets (the head) priced as in mixed.
+    kept = found.int8.fp32_layers(shapes, layers)
+    assert set(fp32) <= set(kept) <= set(fp32) | free
+    assert not set(fp32) & set(found.int8.fp32_layers(shapes))
+    # The agent's FP32 unit costs latency the latency model's own choice does not pay.
+    int8 = {**chosen, precision_key(unit): 1.0}
+    assert found.latency_ratio(chosen) > found.latency_ratio(int8)
+    assert found.latency_ratio(int8) == pytest.approx(found.latency_ratio(policy))

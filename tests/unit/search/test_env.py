@@ -115,3 +115,70 @@ def test_proposal_mode_hands_over_the_policy_and_evaluates_nothing(skeleton):
     assert rewards[1] == 0.0 and "evaluation" not in infos[1]
     assert rewards[0] == pytest.approx(reward_error(infos[0]["evaluation"])) != 0.0
     assert infos[1]["policy"] == infos[0]["policy"]  # the same walk, the wall included
+
+
+def _precision_env(skeleton, limit):
+    """Precisions searched: a unit kept FP32 doubles the cost of its share of the network."""
+    dense = skeleton.macs({})
+    n = len(skeleton.units)
+
+    def macs_ratio(vector):
+        return skeleton.macs(skeleton.policy_from_vector(vector)) / dense
+
+    def budgets(decided):  # the undecided units in their cheapest precision, INT8
+        fp32 = sum(not int8 for int8 in decided.values())
+        return [Budget("latency", lambda v: macs_ratio(v) * (0.5 + 0.5 * fp32 / n), limit)]
+
+    def evaluate(policy):
+        ratio = skeleton.macs(policy) / dense
+        return Evaluation(top1=50 + 40 * ratio, flops_ratio=ratio, metrics={"policy": policy})
+
+    return PruningEnv(skeleton.units, macs_ratio, budgets({}), evaluate, max_ratio=0.8,
+                      precision_budgets=budgets), budgets
+
+
+def test_check_env_passes_with_precision_steps(skeleton):
+    check_env(_precision_env(skeleton, 0.4)[0], skip_render_check=True)
+
+
+def test_precision_steps_follow_each_ratio_and_the_policy_meets_the_budget_they_price(skeleton):
+    env, budgets = _precision_env(skeleton, 0.2)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        obs, _ = env.reset()
+        assert obs.shape == (OBS_DIM + 1,) and obs[-4] == 0.0  # a ratio step
+        steps, terminated = 0, False
+        while not terminated:
+            deciding = env.deciding_precision
+            obs, _, terminated, _, info = env.step(rng.uniform(0, 1, 1))
+            assert ("int8" in info) == deciding and deciding == (steps % 2 == 1)
+            if not terminated:
+                assert obs[-4] == float(env.deciding_precision)
+            steps += 1
+        assert steps == 2 * len(skeleton.units)
+        policy = info["policy"]
+        precisions = {u: v == 1.0 for u, v in policy.items() if u.startswith("int8:")}
+        assert len(precisions) == len(skeleton.units)
+        ratios = [policy[name] for name in skeleton.names]
+        decided = {u[len("int8:"):]: int8 for u, int8 in precisions.items()}
+        assert budgets(decided)[0].cost(ratios) <= 0.2
+
+
+def test_the_precision_wall_flips_only_a_choice_that_breaks_the_budget(skeleton):
+    loose, _ = _precision_env(skeleton, 0.95)
+    loose.reset()
+    while True:  # wants the most pruning and FP32 everywhere: affordable under 0.95
+        _, _, done, _, info = loose.step(np.zeros(1) if loose.deciding_precision else np.ones(1))
+        if done:
+            break
+    assert not any(v for k, v in info["policy"].items() if k.startswith("int8:"))
+    env, _ = _precision_env(skeleton, 0.2)
+    minimum = env.budgets[0].cost([0.8] * len(skeleton.units))  # all INT8 at the maximum ratio
+    tight, _ = _precision_env(skeleton, minimum * 1.0001)
+    tight.reset()
+    while True:  # FP32 anywhere is out of reach: every choice is flipped to INT8
+        _, _, done, _, info = tight.step(np.zeros(1))
+        if "int8" in info:
+            assert info["int8"] and info["applied_action"] == 1.0
+        if done:
+            break
