@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a DDPG setting of the agent rows (AgentConfig; repeatable), e.g. "
                         "warm_start=true, sensitivity=true, noise_floor=0, noise_schedule=decay")
-    p.add_argument("--quantize", default="none", choices=["none", "int8", "mixed"],
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "mixed", "searched"],
                    help="int8: every row ships INT8 (the search sees INT8 latency); mixed: "
                         "each layer INT8 or FP32 as the latency model prices them; one "
                         "precision per --out")

@@ -117,7 +117,9 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         quantize: "int8" ships an onnxruntime static INT8 model (format measured on this
             machine, calibrated on `train`); the search then sees INT8 latency and the budget
             stays a ratio of the dense FP32 model. "mixed": each layer INT8 or FP32, whichever
-            the latency model prices faster at its pruned shape. "none" (default) ships FP32.
+            the latency model prices faster at its pruned shape. "searched": the agent chooses
+            each unit's precision (HAQ-style) and scores episodes on the INT8 network, about
+            twice the search time. "none" (default) ships FP32.
         workers: Ray workers scoring the search's episodes in parallel (needs
             `pip install 'compressor[distributed]'`; the cluster and threads per worker are
             `config.distributed`'s); None: `config`'s, by default 1 (in-process, no Ray). The

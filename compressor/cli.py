@@ -149,10 +149,11 @@ def _probe_settings(args, input_size: int):
 
 def _add_quantize_args(p) -> None:
     q = p.add_argument_group("INT8 (onnxruntime static quantization of the shipped model)")
-    q.add_argument("--quantize", default="none", metavar="{none,int8,mixed}",
+    q.add_argument("--quantize", default="none", metavar="{none,int8,mixed,searched}",
                    help="int8: quantize after the fine-tune; with compress the search sees INT8 "
                         "latency (the budget stays a ratio of dense FP32). mixed: each layer INT8 "
-                        "or FP32, whichever the latency model prices faster")
+                        "or FP32, whichever the latency model prices faster. searched: the agent "
+                        "picks each unit's precision and episodes are scored on the INT8 network")
     q.add_argument("--int8-format", default=None,
                    help="qdq-u8s8, qoperator-u8s8, qdq-s8s8 or qoperator-s8s8 (default: measure "
                         "the first three here, keep the fastest)")

@@ -29,7 +29,7 @@ from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import atomic, checkpoints, export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
-from compressor.pipeline.int8 import ShippedInt8, quantize_winner
+from compressor.pipeline.int8 import ShippedInt8, chosen_precisions, quantize_winner
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
 from compressor.pruning.importance import importance_label
@@ -74,7 +74,9 @@ def _measure(ws: Workspace, policy: dict[str, float]) -> latency.PairedLatency:
     # "Near" reaches twice the margin under the limit: a session's own speed moves a ratio ~4%
     # without widening its blocks' spread (results/latency-noise-xeon).
     return ws.probe.measure(ws.evaluator.prune(policy), ws.request.latency,
-                            ws.config.final.recheck_rounds, near=2 * ws.config.budget.margin)
+                            ws.config.final.recheck_rounds, near=2 * ws.config.budget.margin,
+                            fp32_layers=fp32_layers(ws, policy) if pruning.unit_precisions(policy)
+                            else None)
 
 
 def _fit(ws: Workspace, row: CandidateRow) -> None:
@@ -86,9 +88,12 @@ def _fit(ws: Workspace, row: CandidateRow) -> None:
             row.rejected = f"measured {row.latency_measured:.3f} > budget {limit:.3f}"
         return
     first = _measure(ws, row.policy)
-    fitted = latency.fit_to_latency(row.policy, ws.skeleton.names, ws.latency_ratio,
-                                    lambda p: _measure(ws, p), limit, ws.config.max_ratio,
-                                    ws.config.budget.margin, measured=first)
+    # The fit rescales the ratios only: every policy it tries keeps the searched precisions.
+    precisions = pruning.precision_entries(row.policy)
+    fitted = latency.fit_to_latency(row.policy, ws.skeleton.names,
+                                    lambda p: ws.latency_ratio({**p, **precisions}),
+                                    lambda p: _measure(ws, {**p, **precisions}), limit,
+                                    ws.config.max_ratio, ws.config.budget.margin, measured=first)
     row.latency_measured_as_searched, row.latency_measured = first.ratio, fitted.measured
     row.fit_margin = fitted.margin
     row.fitted = [asdict(step) for step in fitted.steps]
@@ -98,8 +103,8 @@ def _fit(ws: Workspace, row: CandidateRow) -> None:
                  first.ratio, limit, fitted.measured, 100 * fitted.margin, len(fitted.steps))
     if not fitted.ok:
         row.rejected = f"measured {fitted.measured:.3f} > budget {limit:.3f}"
-    else:
-        row.policy = fitted.policy
+    else:  # rescaled ratios; the searched precisions stay as the search chose them
+        row.policy = {**fitted.policy, **precisions}
 
 
 def choose_candidates(ws: Workspace, best: list[Candidate]) -> CandidateStage:
@@ -114,7 +119,7 @@ def choose_candidates(ws: Workspace, best: list[Candidate]) -> CandidateStage:
             continue
         model = ws.evaluator.prune(row.policy)
         ws.evaluator.recover(model, fin.candidate_steps)
-        row.finetuned_top1 = ws.evaluator.evaluate(model)
+        row.finetuned_top1 = ws.evaluator.evaluate(model, row.policy)  # INT8's when searched
         scored.append((row, model))
     if not scored:
         measured = ", ".join(f"{r.latency_measured:.3f}" for r in rows)
@@ -165,10 +170,11 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
                 policy_path: Path) -> SavedWinner:
     """The policy file and the fine-tuned checkpoint, written before anything can fail in export."""
     config, sk = ws.config, ws.skeleton
+    ratios = pruning.pruning_ratios(winner.policy)  # its precisions are in fp32_layers
     metrics = {"test_top1": tuned.test_top1, "baseline_test_top1": ws.meta.get("test_top1"),
                "macs": sk.macs(winner.policy), "params": sk.params(winner.policy)}
     policies.write_policy(policy_path, model=config.model, dataset=config.data.dataset,
-                          input_size=config.data.input_size, policy=winner.policy,
+                          input_size=config.data.input_size, policy=ratios,
                           units=list(sk.names), budget=ws.request.as_dict(), metrics=metrics,
                           extra={"round_to": config.pruning.round_to, "seed": config.seed,
                                  "importance": importance_label(config.pruning.importance),
@@ -177,7 +183,7 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
                                     if ws.int8 is not None and ws.int8.priced_per_layer else {})})
     checkpoint = run_dir / "model.pt"
     checkpoints.save_pruned_checkpoint(
-        tuned.model, checkpoint, {"model": config.model, **metrics}, policy=winner.policy,
+        tuned.model, checkpoint, {"model": config.model, **metrics}, policy=ratios,
         base_name=ws.model_spec, num_classes=ws.dataset.num_classes,
         example_shape=tuple(ws.example.shape), round_to=config.pruning.round_to)
     return SavedWinner(policy_path, checkpoint)
@@ -213,10 +219,12 @@ def export_and_measure(ws: Workspace, model: nn.Module, run_dir: Path) -> Measur
 
 
 def fp32_layers(ws: Workspace, policy: dict[str, float]) -> list[str]:
-    """The layers a mixed-precision run keeps FP32 under `policy` (`Int8Plan.fp32_layers`)."""
+    """The layers a mixed-precision run keeps FP32 under `policy` (`Int8Plan.fp32_layers`, the
+    policy's searched precisions kept)."""
     if ws.int8 is None or ws.int8.format is None:
         return []
-    return ws.int8.fp32_layers(ws.skeleton.layer_shapes(policy))
+    return ws.int8.fp32_layers(ws.skeleton.layer_shapes(policy),
+                               chosen_precisions(ws.skeleton, policy))
 
 
 def quantize_and_measure(ws: Workspace, measured: Measurement, run_dir: Path,
@@ -356,7 +364,10 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
         "baseline": {"test_top1": base_top1, "macs": sk.macs({}), "params": sk.params({}),
                      "parity": {"max_abs_diff": ws.dense_export.max_abs_diff,
                                 "relative_diff": ws.dense_export.relative_diff}},
-        "final": final, "policy": policy, "uniform_policy": uniform,
+        "final": final, "policy": pruning.pruning_ratios(policy), "uniform_policy": uniform,
+        **({"unit_precisions": {unit: "int8" if int8 else "fp32" for unit, int8 in
+                                pruning.unit_precisions(policy).items()}}
+           if pruning.unit_precisions(policy) else {}),
         "candidates": [asdict(r) for r in stage.rows], "search": search_info or {},
         "episodes": len(episodes), "cache_hits": sum(bool(e.get("cached")) for e in episodes),
         "per_episode_seconds": _per_episode(episodes), "time": dict(times),
@@ -364,7 +375,8 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
     }
     plots = report.plot_search(episodes, results_dir, f"{config.model}: {run_dir.name}") \
         if episodes else []
-    plots.append(report.plot_policy(policy, uniform, results_dir, "pruning ratio per unit"))
+    plots.append(report.plot_policy(pruning.pruning_ratios(policy), uniform, results_dir,
+                                    "pruning ratio per unit"))
     rep["plots"] = plots
     report.write_report(results_dir, rep)
     if episodes:

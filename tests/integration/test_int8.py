@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from compressor.cli import main
+from compressor.pruning import PruningConfig, build_skeleton
 from compressor.pruning.shapes import measure_layer_shapes
 from compressor.quantize import layer_nodes
 from compressor.zoo.models import build_model
@@ -107,3 +108,37 @@ def test_compress_mixed_keeps_the_layers_it_prices_faster_in_fp32_float(workdir,
                  "--policy", str(bare), "--out", str(workdir / "applied-bare"), *mixed]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--quantize int8" in err[0]
+
+
+def test_compress_searched_ships_the_precisions_its_agent_chose(workdir, capsys):
+    out = workdir / "run-searched"
+    searched = ["--quantize", "searched", "--latency-batch-size", "8"]
+    code = main(_compress_args(workdir, out, searched))
+    report = json.loads((workdir / "results" / "run-searched" / "report.json").read_text())
+    final, policy_file = report["final"], workdir / "policies" / "run-searched.json"
+    assert code == (0 if report["verdict"] == "within budget" else 1)
+    precisions = report["unit_precisions"]
+    assert precisions and set(precisions.values()) <= {"int8", "fp32"}
+    assert set(precisions) <= set(report["policy"])
+    # The winner's fit rescales its ratios and keeps the precisions the agent searched.
+    chosen = next(row for row in report["candidates"] if row["chosen"])
+    assert {k.removeprefix("int8:"): "int8" if v else "fp32" for k, v in chosen["policy"].items()
+            if k.startswith("int8:")} == precisions
+    written = json.loads(policy_file.read_text())
+    assert not any(key.startswith("int8:") for key in written["policy"])
+    kept = written["fp32_layers"]
+    assert kept == final["int8"]["fp32_layers"]
+    # A unit the agent kept FP32 keeps its layers FP32 in the shipped graph.
+    if final["precision"] != "fp32":
+        onnx.checker.check_model(onnx.load(final["onnx"]))
+        skeleton = build_skeleton(build_model("resnet18", 10).eval(), torch.zeros(1, 3, 32, 32),
+                                  PruningConfig())
+        for shape, unit in zip(skeleton.dense_shapes, skeleton.layer_units(), strict=True):
+            if unit in precisions and shape.name not in final["int8"]["plan"]["sensitive_layers"]:
+                assert (shape.name in kept) == (precisions[unit] == "fp32"), shape.name
+    capsys.readouterr()
+
+    applied = workdir / "applied-searched"
+    assert main(["apply", "--model", "resnet18", "--models-dir", str(workdir / "models"), *SLICE,
+                 "--policy", str(policy_file), "--out", str(applied), *searched]) == 0
+    assert json.loads((applied / "policy.json").read_text())["int8"]["fp32_layers"] == kept
