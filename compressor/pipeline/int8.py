@@ -266,8 +266,8 @@ def find_sensitive_layers(plan: Int8Plan, dense_onnx: bytes, layers: Sequence[st
 class SearchedPrecision:
     """What an episode of `--quantize searched` needs of INT8: the layers its policy keeps FP32
     (the agent's units, the rest priced) and its INT8 network's top-1, calibrated on real train
-    images and scored by onnxruntime on the search images (~2 s more per episode for resnet18 at
-    32 px here; the evaluator's cache and workers carry it like the rest)."""
+    images and scored by onnxruntime on the search images (0.5-2.9 s more per episode for
+    resnet18 at 32 px on these machines; the evaluator's cache and workers carry it like the rest)."""
 
     def __init__(self, plan: Int8Plan, skeleton: pruning.Skeleton, example: torch.Tensor,
                  calibration: Sequence, batches: Sequence):
