@@ -29,7 +29,7 @@ from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import atomic, checkpoints, export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
-from compressor.pipeline.int8 import ShippedInt8, chosen_precisions, quantize_winner
+from compressor.pipeline.int8 import ShippedInt8, policy_fp32_layers, quantize_winner
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
 from compressor.pruning.importance import importance_label
@@ -223,8 +223,7 @@ def fp32_layers(ws: Workspace, policy: dict[str, float]) -> list[str]:
     policy's searched precisions kept)."""
     if ws.int8 is None or ws.int8.format is None:
         return []
-    return ws.int8.fp32_layers(ws.skeleton.layer_shapes(policy),
-                               chosen_precisions(ws.skeleton, policy))
+    return policy_fp32_layers(ws.int8, ws.skeleton, policy)
 
 
 def quantize_and_measure(ws: Workspace, measured: Measurement, run_dir: Path,

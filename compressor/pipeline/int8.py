@@ -94,6 +94,12 @@ def chosen_precisions(skeleton: pruning.Skeleton, policy: dict[str, float]) -> d
             if unit in units}
 
 
+def policy_fp32_layers(plan: Int8Plan, skeleton: pruning.Skeleton, policy: dict[str, float]
+                       ) -> list[str]:
+    """The layers `plan` keeps FP32 under `policy`: its searched precisions, the rest priced."""
+    return plan.fp32_layers(skeleton.layer_shapes(policy), chosen_precisions(skeleton, policy))
+
+
 @dataclass(frozen=True)
 class Int8Plan:
     """What INT8 is worth on this machine for one architecture."""
@@ -276,8 +282,7 @@ class SearchedPrecision:
         self.layers = [s.name for s in skeleton.dense_shapes]
 
     def fp32_layers(self, policy: dict[str, float]) -> list[str]:
-        return self.plan.fp32_layers(self.skeleton.layer_shapes(policy),
-                                     chosen_precisions(self.skeleton, policy))
+        return policy_fp32_layers(self.plan, self.skeleton, policy)
 
     def top1(self, model: nn.Module, policy: dict[str, float]) -> float:
         data = onnx_bytes(copy.deepcopy(model).cpu().eval(), self.example)
@@ -340,4 +345,4 @@ def quantize_winner(fp32_path: Path, dense_path: Path, out_path: Path, plan: Int
 
 
 __all__ = ["CURVE_RATIOS", "Int8Plan", "SearchedPrecision", "ShippedInt8", "chosen_precisions",
-           "find_sensitive_layers", "plan_int8", "quantize_winner"]
+           "find_sensitive_layers", "plan_int8", "policy_fp32_layers", "quantize_winner"]

@@ -57,10 +57,13 @@ def _logits(session, batches: Sequence) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x.numpy()})[0] for x, _ in batches])
 
 
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float((logits.argmax(1) == labels).mean())
+
+
 def onnx_top1(data: bytes, batches: Sequence) -> float:
     """Top-1 (%) of the ONNX model `data` on `batches` of (image, label), run by onnxruntime."""
-    labels = np.concatenate([y.numpy() for _, y in batches])
-    return 100.0 * float((_logits(_session(data), batches).argmax(1) == labels).mean())
+    return _top1(_logits(_session(data), batches), np.concatenate([y.numpy() for _, y in batches]))
 
 
 class _Scorer:
@@ -73,7 +76,7 @@ class _Scorer:
 
     def __call__(self, int8: bytes) -> Int8Accuracy:
         ref, out = self.reference, _logits(_session(int8), self.batches)
-        top1 = [100.0 * float((a.argmax(1) == self.labels).mean()) for a in (ref, out)]
+        top1 = [_top1(a, self.labels) for a in (ref, out)]
         return Int8Accuracy(top1[0], top1[1], top1[0] - top1[1],
                             float(np.max(np.abs(ref - out))),
                             float((ref.argmax(1) == out.argmax(1)).mean()), len(self.labels))
