@@ -20,12 +20,19 @@ from tests.integration.test_cli import _compress_args
 INT8 = ["--quantize", "int8", "--latency-batch-size", "8"]
 
 
+def _compress_run(workdir, out, flags):
+    """compress into `out` with `flags`: its report and policy file, its exit code checked
+    against its verdict."""
+    code = main(_compress_args(workdir, out, flags))
+    report = json.loads((workdir / "results" / out.name / "report.json").read_text())
+    assert code == (0 if report["verdict"] == "within budget" else 1)
+    return report, workdir / "policies" / f"{out.name}.json"
+
+
 def test_compress_int8_ships_a_checked_int8_model_or_says_why_not(workdir, capsys):
     out = workdir / "run-int8"
-    code = main(_compress_args(workdir, out, INT8))
-    report = json.loads((workdir / "results" / "run-int8" / "report.json").read_text())
+    report, _ = _compress_run(workdir, out, INT8)
     final = report["final"]
-    assert code == (0 if report["verdict"] == "within budget" else 1)
     plan = final["int8"]["plan"]
     assert {t["format"] for t in plan["choice"]["trials"]} == {"qdq-u8s8", "qoperator-u8s8",
                                                                "qdq-s8s8"}
@@ -73,12 +80,9 @@ def test_bad_quantize_flags_give_one_line_and_exit_code_2(workdir, capsys, flag,
 
 
 def test_compress_mixed_keeps_the_layers_it_prices_faster_in_fp32_float(workdir, capsys):
-    out = workdir / "run-mixed"
-    mixed = ["--quantize", "mixed", "--latency-batch-size", "8"]
-    code = main(_compress_args(workdir, out, mixed))
-    report = json.loads((workdir / "results" / "run-mixed" / "report.json").read_text())
-    final, policy_file = report["final"], workdir / "policies" / "run-mixed.json"
-    assert code == (0 if report["verdict"] == "within budget" else 1)
+    out, mixed = workdir / "run-mixed", ["--quantize", "mixed", "--latency-batch-size", "8"]
+    report, policy_file = _compress_run(workdir, out, mixed)
+    final = report["final"]
     kept = json.loads(policy_file.read_text())["fp32_layers"]
     assert kept == final["int8"]["fp32_layers"]
     assert final["int8"]["plan"]["mixed"] == (final["int8"]["plan"]["choice"]["chosen"]
@@ -111,12 +115,9 @@ def test_compress_mixed_keeps_the_layers_it_prices_faster_in_fp32_float(workdir,
 
 
 def test_compress_searched_ships_the_precisions_its_agent_chose(workdir, capsys):
-    out = workdir / "run-searched"
-    searched = ["--quantize", "searched", "--latency-batch-size", "8"]
-    code = main(_compress_args(workdir, out, searched))
-    report = json.loads((workdir / "results" / "run-searched" / "report.json").read_text())
-    final, policy_file = report["final"], workdir / "policies" / "run-searched.json"
-    assert code == (0 if report["verdict"] == "within budget" else 1)
+    out, searched = workdir / "run-searched", ["--quantize", "searched", "--latency-batch-size", "8"]
+    report, policy_file = _compress_run(workdir, out, searched)
+    final = report["final"]
     precisions = report["unit_precisions"]
     assert precisions and set(precisions.values()) <= {"int8", "fp32"}
     assert set(precisions) <= set(report["policy"])
