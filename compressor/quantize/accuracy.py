@@ -12,7 +12,11 @@ the layers that measure most sensitive kept FP32. PTQ recipes keep the first and
 by rule; here each weighted layer is quantized alone and scored (`layer_drops`), and the fewest
 layers, largest drop first, are kept FP32 for the rest to lose at most `max_drop`
 (`most_sensitive`), so a sensitive layer in the middle of the network is found and an insensitive
-first layer stays INT8. Each attempt is reported.
+first layer stays INT8. With those layers FP32 every calibration is tried again (the one that did
+best with all layers INT8 was picked by the layers now left out). Lone drops are an estimate, not
+a sum (INT8 rounding differs by CPU and small losses combine), so while the limit is still missed
+the next most sensitive layer is kept FP32 and the network measured again, up to every layer, and
+only then the least lossy attempt is kept with a warning. Each attempt is reported.
 """
 
 from __future__ import annotations
@@ -179,16 +183,33 @@ def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8For
     for label, method, count in _rungs(config, base, len(calibration)):
         if attempt(label, method, count, excluded).accuracy.drop <= config.max_drop:
             return result(-1)
-    # The layers kept FP32 add to the attempt that lost least so far, with its calibration.
-    best = min(attempts, key=lambda a: a.accuracy.drop)
-    count = best.calibration_images // size if size else base
-    drops = layer_drops(pre, calibration[:count], fmt, config, score, nodes, excluded,
+    rungs = sorted(attempts, key=lambda a: a.accuracy.drop)  # stable: ties keep the rung order
+    best = rungs[0]
+
+    def batches(rung: Attempt) -> int:
+        return rung.calibration_images // size if size else base
+
+    drops = layer_drops(pre, calibration[:batches(best)], fmt, config, score, nodes, excluded,
                         method=best.calibration)
-    sensitive = most_sensitive(drops, best.accuracy.drop, config.max_drop)
-    if sensitive:
-        label = f"the {len(sensitive)} most sensitive of {len(drops)} layers FP32"
-        done = attempt(label, best.calibration, count, excluded + sensitive)
-        if done.accuracy.drop <= config.max_drop:
+    ranked = sorted(drops, key=lambda n: -drops[n])  # most sensitive first
+    sensitive = most_sensitive(drops, best.accuracy.drop, config.max_drop)  # ranked[:k]
+
+    def kept_fp32(k: int, rung: Attempt) -> Attempt:
+        label = f"{rung.label}, the {k} most sensitive of {len(drops)} layers FP32"
+        return attempt(label, rung.calibration, batches(rung), excluded + ranked[:k])
+
+    # The calibration that lost least with every layer INT8 was chosen by the layers now kept
+    # FP32 (an outlier spoils every calibration alike): each rung is tried again without them.
+    tried: list[Attempt] = []
+    for again in rungs if sensitive else []:
+        tried.append(kept_fp32(len(sensitive), again))
+        if tried[-1].accuracy.drop <= config.max_drop:
+            return result(-1)
+    rung = rungs[min(range(len(tried)), key=lambda i: tried[i].accuracy.drop)] if tried else best
+    # Lone drops do not add up: keep the next most sensitive layer FP32 and measure again, up to
+    # every layer.
+    for k in range(len(sensitive) + 1, len(ranked) + 1):
+        if kept_fp32(k, rung).accuracy.drop <= config.max_drop:
             return result(-1)
     least = min(range(len(attempts)), key=lambda i: attempts[i].accuracy.drop)
     chosen = attempts[least]
