@@ -94,7 +94,9 @@ class CompressConfig:
     """Allow `checkpoint` to be a pickled module (unpickling runs the file's code)."""
     out: str | None = None
     policies_dir: str = "policies"
-    results_dir: str = "results"
+    results_dir: str = "runs"
+    """Each run's report and plots go to `<results_dir>/<run name>/`: by default beside the run's
+    own files under runs/ (git-ignored); results/ holds the committed studies, not user runs."""
     tensorboard: str | None = None
     """A directory for the search's per-episode TensorBoard scalars (needs the `tensorboard`
     extra); None: episodes.jsonl only."""
