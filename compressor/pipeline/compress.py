@@ -71,7 +71,7 @@ class FinalConfig:
     """Extra paired rounds when a measurement lands within its block spread of a latency budget
     (the final one, and each of the fit's); the verdict then uses the median of all blocks, as
     `compressor check` does (one window of this VM moved one network's ratio ~7%;
-    results/BENCHMARKS.md)."""
+    docs/latency.md, "Noise")."""
     fit: bool = True
     """Rescale each candidate until it measures at least `margin` under the latency budget and no
     more than 12% under it (`compressor.latency.fit`). It measures, so the final policy can differ

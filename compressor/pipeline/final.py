@@ -352,7 +352,7 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
         "search_target": {b.name: b.limit for b in ws.budgets},
         "margin_note": f"latency budgets are aimed {config.budget.margin:.0%} under the budget "
                        "(the latency model's held-out error plus the paired measurement spread, "
-                       "results/latency_model.md); before fine-tuning each candidate is rescaled "
+                       "results/latency-model); before fine-tuning each candidate is rescaled "
                        "and measured again until it measures between 12% and the margin under "
                        "the budget, at most 3 times, the margin widened to half the "
                        "measurement's own block spread when that is wider (see each candidate's "
