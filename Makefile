@@ -14,7 +14,8 @@ EPISODES ?=
 SEED ?= 0
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data test lint compress pretrain bench bench-quick baselines coverage example clean
+.PHONY: install data test lint compress pretrain bench bench-quick bench-methods bench-honesty \
+	bench-ablation bench-latency bench-int8 bench-distributed baselines coverage example clean
 
 install: $(VENV)/.stamp-install
 $(VENV)/.stamp-install: pyproject.toml
@@ -50,9 +51,9 @@ example: install data
 	$(PY) examples/custom_model.py --out runs/custom_model
 
 # Every torchvision CNN under 100 M parameters on a tiny baseline: compresses or is refused up
-# front (results/coverage.md). Hours; run it alone.
+# front (results/coverage-xeon). Hours; run it alone.
 coverage: install data
-	$(PY) -m benchmarks.coverage --out results
+	$(PY) -m benchmarks.coverage --out runs/bench/coverage --timeout 1800
 
 pretrain: install data
 	$(CLI) pretrain --model $(MODEL) --dataset $(DATASET)
@@ -61,35 +62,87 @@ compress: install data
 	$(CLI) compress --model $(MODEL) --dataset $(DATASET) --latency-budget $(BUDGET) \
 		--seed $(SEED) $(if $(EPISODES),--episodes $(EPISODES))
 
-# Benchmarks (results committed under results/bench*/ with the command in the generated summary).
+# Benchmarks: each target reruns the commands of the committed studies' READMEs (results/<study>/)
+# into runs/bench/<study>/ (git-ignored), to compare with results/<study>/summary.json; a bench
+# rerun skips rows already in its benchmarks.json. Hours each; run them alone (latency is measured).
+# results/BENCHMARKS.md lists every study with the target that reproduces it.
+BENCH := $(PY) -m benchmarks.bench --episodes 100
+RB := runs/bench
+
+bench: bench-methods bench-honesty bench-ablation bench-latency bench-int8 bench-distributed
+
+# A smoke test of the whole benchmark (resnet18, budget 0.5, short searches): minutes, not a result.
 bench-quick: install data
 	$(PY) -m benchmarks.bench --models resnet18 --budgets 0.5 --seeds 0 --episodes 30 \
-		--methods uniform global greedy random agent --train-size 10000 --out results/bench-quick
+		--methods uniform global greedy random agent --train-size 10000 --out $(RB)/quick
 
-bench: install data
-	$(PY) -m benchmarks.latency_model --model resnet18 --policies 50 --seed 0
-	$(PY) -m benchmarks.latency_model --model mobilenet_v2 --policies 50 --seed 0
-	$(PY) -m benchmarks.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
-		--models resnet18 mobilenet_v2 --seeds 0
-	$(PY) -m benchmarks.bench --episodes 100 --out results/bench --budgets 0.3 0.5 0.75 \
-		--models resnet18 mobilenet_v2 --seeds 1 2 --methods agent random agent-flops
-	$(PY) -m benchmarks.honesty --model resnet18 --budget 0.3 --policies 20 --episodes 40
-	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-ft50 --budgets 0.3 \
-		--models resnet18 --seeds 0 --methods agent random --episode-finetune-steps 50
-	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-short --train-size 5000 \
-		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 \
-		--methods agent uniform random global greedy
-	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-short --train-size 5000 \
-		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 1 2 --methods agent random
-	$(PY) -m benchmarks.bench --episodes 100 --out results/bench-short-ft50 --train-size 5000 \
-		--budgets 0.3 --models resnet18 mobilenet_v2 --seeds 0 --methods agent random \
-		--episode-finetune-steps 50
+# results/bench-v2: every search method at the same measured budget, 3 seeds.
+bench-methods: install data
+	$(BENCH) --out $(RB)/bench-v2/short --train-size 5000 --budgets 0.2 0.3 \
+		--models resnet18 mobilenet_v2 --seeds 0 1 2 --methods agent random greedy uniform global
+	$(BENCH) --out $(RB)/bench-v2/warm-sens --train-size 5000 --budgets 0.2 \
+		--models resnet18 mobilenet_v2 --seeds 0 1 2 --methods agent \
+		--agent-option warm_start=true --agent-option sensitivity=true
+	$(BENCH) --out $(RB)/bench-v2/full-0.5 --budgets 0.5 --models resnet18 mobilenet_v2 \
+		--seeds 0 1 2 --methods agent
+	$(BENCH) --out $(RB)/bench-v2/full-0.3 --budgets 0.3 --models resnet18 mobilenet_v2 \
+		--seeds 0 1 2 --methods agent random greedy uniform global
+	$(BENCH) --out $(RB)/bench-v2/full-0.2 --budgets 0.2 --models resnet18 mobilenet_v2 \
+		--seeds 0 1 2 --methods agent random greedy uniform global
 
+# results/honesty-v2: which episode reward ranks policies like the final fine-tune.
+bench-honesty: install data
+	for spec in "mobilenet_v2 0.3" "resnet18 0.2" "mobilenet_v2 0.2" "resnet18 0.3"; do set -- $$spec; \
+		$(PY) -m benchmarks.honesty --model $$1 --budget $$2 --policies 10 --episodes 40 \
+			--out $(RB)/honesty-v2 || exit 1; done
+	$(PY) -m benchmarks.honesty --summarize --out $(RB)/honesty-v2
+
+# results/ablation: AMC's noise schedule and the warm start (one seed, that date's BN-only reward).
+bench-ablation: install data
+	$(BENCH) --models resnet18 --budgets 0.3 --seeds 0 --episode-finetune-steps 0 \
+		--methods agent uniform greedy random --out $(RB)/ablation/default
+	$(BENCH) --models resnet18 --budgets 0.3 --seeds 0 --episode-finetune-steps 0 \
+		--methods agent --out $(RB)/ablation/amc \
+		--agent-option noise_schedule=decay --agent-option noise_floor=0
+	$(BENCH) --models resnet18 --budgets 0.3 --seeds 0 --episode-finetune-steps 0 \
+		--methods agent --out $(RB)/ablation/warm-sens \
+		--agent-option warm_start=true --agent-option sensitivity=true
+
+# results/latency-model and results/latency-noise-xeon.
+bench-latency: install
+	$(PY) -m benchmarks.latency_model --model resnet18 --policies 50 --seed 0 --out $(RB)/latency-model
+	$(PY) -m benchmarks.latency_model --model mobilenet_v2 --policies 50 --seed 0 --out $(RB)/latency-model
+	$(PY) -m benchmarks.latency_noise --models resnet18 mobilenet_v2 convnext_tiny efficientnet_b0 \
+		--rounds 12 --out $(RB)/latency-noise-xeon
+
+# results/int8 (INT8 latency prediction), results/int8-v2 (none / int8 / mixed, 3 seeds) and
+# results/int8-v3 (searched vs mixed, 3 seeds; none and int8 seed 0).
+bench-int8: install data
+	for m in resnet18 mobilenet_v2; do for mode in int8 mixed; do \
+		$(PY) -m benchmarks.int8_latency --model $$m --policies 30 --seed 0 --mode $$mode \
+			--out $(RB)/int8/latency || exit 1; done; done
+	for q in none int8 mixed; do \
+		$(BENCH) --models resnet18 mobilenet_v2 --budgets 0.3 --seeds 0 1 2 --methods agent \
+			--quantize $$q --out $(RB)/int8-v2/$$q || exit 1; \
+		$(BENCH) --models mobilenet_v2 --budgets 0.2 --seeds 0 --methods agent \
+			--quantize $$q --out $(RB)/int8-v2/$$q || exit 1; done
+	for seed in 0 1 2; do for q in searched mixed; do \
+		$(BENCH) --models resnet18 mobilenet_v2 --budgets 0.3 --seeds $$seed --methods agent \
+			--quantize $$q --out $(RB)/int8-v3/$$q || exit 1; done; done
+	for q in none int8; do \
+		$(BENCH) --models resnet18 mobilenet_v2 --budgets 0.3 --seeds 0 --methods agent \
+			--quantize $$q --out $(RB)/int8-v3/$$q || exit 1; done
+
+# results/distributed: episodes per minute with Ray workers.
+bench-distributed: install data
+	$(PY) -m benchmarks.distributed --out $(RB)/distributed
+
+# results/baselines: the dense baselines' table and curves.
 baselines: install data
 	$(CLI) pretrain --model resnet18
 	$(CLI) pretrain --model mobilenet_v2
 	$(PY) -m benchmarks.baselines models/resnet18-fashion-mnist.pt \
-		models/mobilenet_v2-fashion-mnist.pt
+		models/mobilenet_v2-fashion-mnist.pt --out $(RB)/baselines
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Write results/baselines.md and the test-accuracy curve from cached baseline checkpoints.
+"""Write baselines.md and the test-accuracy curve from cached baseline checkpoints (results/baselines).
 
     python -m benchmarks.baselines models/resnet18-fashion-mnist.pt models/mobilenet_v2-...pt
 
@@ -17,7 +17,7 @@ from compressor.zoo.models import read_checkpoint
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="runs/bench/baselines")
     args = parser.parse_args(argv)
     import matplotlib
 

@@ -9,7 +9,7 @@ latency measurement), so only the policy differs.
 
 An agent ablation is one `--out` per variant, each with its `--agent-option`s (AgentConfig fields):
 
-    python -m benchmarks.bench --methods agent --agent-option warm_start=true --out results/abl/warm
+    python -m benchmarks.bench --methods agent --agent-option warm_start=true --out runs/bench/ablation/warm
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                         "precision per --out")
     p.add_argument("--workers", type=int, default=1,
                    help="Ray workers scoring each row's episodes (compress --workers)")
-    p.add_argument("--out", default="results/bench")
+    p.add_argument("--out", default="runs/bench/methods")
     args = p.parse_args(argv)
     out = Path(args.out)
     options = parse_options(args.agent_option)

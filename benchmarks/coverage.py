@@ -11,7 +11,8 @@ subprocess in a temporary directory of its own, on a tiny baseline:
 Each model gets one row: `ok`, `refused` (the CLI said no with a one-line message before training:
 pretrain exited 2, or compress exited 2 within `--refuse-within` seconds) or `failed` (a traceback,
 exit 3, an internal error, a late exit 2 after the search ran, a timeout, a kill). Rows land in
-results/coverage.json and results/coverage.md after every model, so an interrupted run resumes.
+coverage.json and coverage.md in `--out` (default runs/bench/coverage) after every model, so an
+interrupted run resumes.
 It runs for hours and must have the machine to itself (latency is measured); not for CI.
 
     python -m benchmarks.coverage                        # every model under 100 M parameters
@@ -48,7 +49,7 @@ class CoverageConfig:
     """Models to try (default: every model `compressor models` lists)."""
     max_params: float = 100e6
     """Models with at least this many parameters (10-class head) are skipped and listed."""
-    out: str = "results"
+    out: str = "runs/bench/coverage"
     """Directory of coverage.json and coverage.md."""
     budget: float = 0.5
     """`--latency-budget` of every compress run."""

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="per episode (default: EvaluatorConfig's)")
     p.add_argument("--final-epochs", type=int, default=1)
     p.add_argument("--candidates", type=int, default=3)
-    p.add_argument("--out", default="results", help="where distributed.json and .md go")
+    p.add_argument("--out", default="runs/bench/distributed", help="where distributed.json and .md go")
     p.add_argument("--runs", default="runs/distributed", help="run directories and reports")
     args = p.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs)

@@ -100,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-images", type=int, nargs="+", default=[500, 1000, 2000],
                    help="search-split sizes each proxy is scored on (prefixes of the largest)")
     p.add_argument("--short-train-size", type=int, default=5000,
-                   help="train images of the short final fine-tune (results/bench-short's)")
+                   help="train images of the short final fine-tune (5,000, as in results/honesty-v2)")
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--final-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/honesty-v2")
+    p.add_argument("--out", default="runs/bench/honesty")
     p.add_argument("--summarize", action="store_true",
                    help="only write the README table over every setting already in --out")
     args = p.parse_args(argv)

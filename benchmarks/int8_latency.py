@@ -9,8 +9,8 @@ per-unit policies (the latency model benchmark's) are pruned, exported, quantize
 format and measured paired against the dense FP32 model; the FP32 pruned network is measured too, so
 the error of the curve and that of the FP32 model can be told apart. With `--mode mixed` each
 policy's network keeps FP32 the layers the tables price faster in FP32 (`--quantize mixed`), and
-is measured so. Results go to results/int8/latency_<model>[-mixed].json and
-results/int8/latency.md. Run it alone on the machine.
+is measured so. Results go to latency_<model>[-mixed].json and latency.md in `--out` (default
+runs/bench/int8-latency; the committed study is results/int8). Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=("int8", "mixed"), default="int8")
-    p.add_argument("--out", default="results/int8")
+    p.add_argument("--out", default="runs/bench/int8-latency")
     args = p.parse_args(argv)
     out = Path(args.out)
     result = run(args.model, args.policies, args.seed, args.mode)

@@ -8,7 +8,8 @@ pruning policies, prunes with `compressor.pruning.apply_policy`, measures every 
 against the dense one (paired, alternating blocks) and compares with `predict_ratio` on the
 skeleton's predicted shapes, i.e. exactly what the budget wall sees. The MACs ratio is reported
 beside it as the proxy the latency model replaces. Results per model go to
-results/latency_model_<model>.json; results/latency_model.md is rewritten from all of them.
+latency_model_<model>.json in `--out` (default runs/bench/latency-model); latency_model.md there is
+rewritten from all of them (the committed study: results/latency-model).
 Run it on a quiet machine: a training job on the other core adds its own noise to the measured
 side.
 """
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="calibration networks for the 'calibrated' ablation")
     parser.add_argument("--blocks", type=int, default=10, help="paired blocks per policy")
     parser.add_argument("--runs", type=int, default=20, help="runs per block")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("--out", default="runs/bench/latency-model")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # pruning and export on one core, like the probe
     if busy():

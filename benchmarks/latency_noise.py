@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "convnext_tiny"])
     p.add_argument("--ratio", type=float, default=0.3, help="every unit's pruning ratio")
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--out", default="results/latency-noise-xeon")
+    p.add_argument("--out", default="runs/bench/latency-noise")
     args = p.parse_args(argv)
     words = sys.argv[1:] if argv is None else argv
     doc = {"command": "python -m benchmarks.latency_noise " + " ".join(words),

@@ -119,7 +119,7 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
             stays a ratio of the dense FP32 model. "mixed": each layer INT8 or FP32, whichever
             the latency model prices faster at its pruned shape. "searched": the agent chooses
             each unit's precision (HAQ-style) and scores episodes on the INT8 network, 1.4-1.6x
-            mixed's search time for a tie with it (results/int8/README.md). "none" (default) ships FP32.
+            mixed's search time for a tie with it (results/int8-v3). "none" (default) ships FP32.
         workers: Ray workers scoring the search's episodes in parallel (needs
             `pip install 'compressor[distributed]'`; the cluster and threads per worker are
             `config.distributed`'s); None: `config`'s, by default 1 (in-process, no Ray). The

@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", default=None, help="run directory (default runs/<run name>)")
     o.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this search")
     o.add_argument("--policies-dir", default="policies")
-    o.add_argument("--results-dir", default="results")
+    o.add_argument("--results-dir", default="runs")
     o.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write the search's per-episode numbers as TensorBoard scalars "
                         "(pip install 'compressor[tensorboard]')")

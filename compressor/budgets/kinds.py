@@ -33,7 +33,7 @@ class BudgetConfig:
     """Parameters as a ratio of the dense model's."""
     margin: float = 0.04
     """The search aims this fraction under a latency budget: the latency model's error on
-    held-out policies (results/latency_model.md) plus measurement spread."""
+    held-out policies (results/latency-model) plus measurement spread."""
     latency_source: str = "model"
     """`model`: the latency model drives the wall and the reward; every `probe_every`-th
     episode is also measured. `probe`: every episode is exported and measured (slow, exact)."""

@@ -174,7 +174,8 @@ def write_report(out_dir: Path, report: dict) -> None:
         "",
         "Per episode (mean seconds over evaluated, uncached episodes): " + ", ".join(
             f"{k} {v:.3f}" for k, v in report["per_episode_seconds"].items())
-        + f"; {report['cache_hits']} of {report['episodes']} episodes were cache hits.",
+        + f"; {report['cache_hits']} of {report['episodes']} episodes were cache hits"
+        + (f" (log: {report['episodes_log']})." if report.get("episodes_log") else "."),
         "",
         "## Candidates after the search (short fine-tune on the train split, scored on search)",
         _row(["episode", "reward", "search top-1", "after short fine-tune", "latency measured",

@@ -1,6 +1,6 @@
 """Fit a policy to a measured latency budget: rescale it until the exported model measures within.
 
-The latency model's error depends on the policy (results/latency_model.md; it is pessimistic for
+The latency model's error depends on the policy (results/latency-model; it is pessimistic for
 heavily pruned networks), so a policy aimed just under the budget can measure over it, or far under
 it and give away accuracy. Every unit's kept fraction is scaled by one shared factor, chosen on the
 latency model corrected by this policy's own measured bias, and the result is measured again, until

@@ -25,7 +25,7 @@ By default (no calibration) the knee is 0 and beta spreads the dense network's m
 (its latency minus S) over its traffic T: the excess shrinks with the bytes a pruned network
 moves. With pruned calibration networks measured against the dense one (paired, same window),
 beta >= 0 and the knee can be fitted to their ratios instead (`fit_traffic`); on this machine
-that was not more accurate (results/latency_model.md), so it is optional. Prediction is pure
+that was not more accurate (results/latency-model), so it is optional. Prediction is pure
 Python over a few dozen small tables (tens of microseconds), so the budget wall can call it
 hundreds of times per episode. Models are cached on disk per network, input, batch, threads,
 onnxruntime version and CPU, since they hold only for the machine that measured them.
@@ -36,7 +36,7 @@ hold the quantized kernels' time (the Quantize/DequantizeLinear and layout nodes
 at its edges are left out: inside the network activations stay INT8 from layer to layer), traffic
 counts one byte per value, and the ratio is to the dense *INT8* network. INT8's gain depends on
 which layers are pruned, not only on how much (resnet18 policies of one FP32 ratio range 0.52-1.01
-of FP32 in INT8, results/int8/README.md), which one curve over the FP32 ratio cannot know.
+of FP32 in INT8, results/int8), which one curve over the FP32 ratio cannot know.
 """
 
 from __future__ import annotations
@@ -541,7 +541,7 @@ def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
 
     With `skeleton` (compressor.pruning.Skeleton of `dense`) and `calibration` > 0, that many
     pruned copies (`calibration_policies`) fit the traffic term; the default (0) uses the
-    dense network's measured excess instead, which was as accurate in results/latency_model.md
+    dense network's measured excess instead, which was as accurate in results/latency-model
     and saves their export and measurement. `settings.batch_size` None accepts a cached model of
     any batch (it was picked automatically too). `quantize` and `precision`: INT8 tables in that
     format, cached beside the FP32 ones.

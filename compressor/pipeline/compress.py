@@ -71,7 +71,7 @@ class FinalConfig:
     """Extra paired rounds when a measurement lands within its block spread of a latency budget
     (the final one, and each of the fit's); the verdict then uses the median of all blocks, as
     `compressor check` does (one window of this VM moved one network's ratio ~7%;
-    results/BENCHMARKS.md)."""
+    docs/latency.md, "Noise")."""
     fit: bool = True
     """Rescale each candidate until it measures at least `margin` under the latency budget and no
     more than 12% under it (`compressor.latency.fit`). It measures, so the final policy can differ
@@ -94,7 +94,9 @@ class CompressConfig:
     """Allow `checkpoint` to be a pickled module (unpickling runs the file's code)."""
     out: str | None = None
     policies_dir: str = "policies"
-    results_dir: str = "results"
+    results_dir: str = "runs"
+    """Each run's report and plots go to `<results_dir>/<run name>/`: by default beside the run's
+    own files under runs/ (git-ignored); results/ holds the committed studies, not user runs."""
     tensorboard: str | None = None
     """A directory for the search's per-episode TensorBoard scalars (needs the `tensorboard`
     extra); None: episodes.jsonl only."""

@@ -27,7 +27,7 @@ from torch import nn
 from compressor import latency, pruning
 from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
-from compressor.io import atomic, checkpoints, export, policies, report
+from compressor.io import checkpoints, export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
 from compressor.pipeline.int8 import ShippedInt8, policy_fp32_layers, quantize_winner
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
@@ -352,7 +352,7 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
         "search_target": {b.name: b.limit for b in ws.budgets},
         "margin_note": f"latency budgets are aimed {config.budget.margin:.0%} under the budget "
                        "(the latency model's held-out error plus the paired measurement spread, "
-                       "results/latency_model.md); before fine-tuning each candidate is rescaled "
+                       "results/latency-model); before fine-tuning each candidate is rescaled "
                        "and measured again until it measures between 12% and the margin under "
                        "the budget, at most 3 times, the margin widened to half the "
                        "measurement's own block spread when that is wider (see each candidate's "
@@ -369,6 +369,8 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
            if pruning.unit_precisions(policy) else {}),
         "candidates": [asdict(r) for r in stage.rows], "search": search_info or {},
         "episodes": len(episodes), "cache_hits": sum(bool(e.get("cached")) for e in episodes),
+        # The run directory's log, named rather than copied beside the report.
+        "episodes_log": str(episodes_path) if episodes else None,
         "per_episode_seconds": _per_episode(episodes), "time": dict(times),
         "config": asdict(config), "provenance": provenance(),
     }
@@ -378,8 +380,6 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
                                     "pruning ratio per unit"))
     rep["plots"] = plots
     report.write_report(results_dir, rep)
-    if episodes:
-        atomic.write_bytes(results_dir / "episodes.jsonl", episodes_path.read_bytes())
     if failure:
         raise InternalError(f"{failure}. The fine-tuned model and its policy are saved "
                             f"({saved.checkpoint_path}, {saved.policy_path}); finish with "

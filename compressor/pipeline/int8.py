@@ -166,7 +166,7 @@ class Int8Plan:
         """Per layer, whether it runs INT8: all of them but the sensitive, or with `mixed` the
         cheapest assignment once each switch between precisions pays its Quantize/DequantizeLinear
         and layout nodes (mobilenet_v2's small depthwise convs are slower in INT8 here,
-        results/int8/README.md, but a lone one kept FP32 pays two switches); `fixed` layers
+        results/int8-v2, but a lone one kept FP32 pays two switches); `fixed` layers
         (layer -> INT8, `searched`: the agent's choice) in their given precision."""
         if not self.priced_per_layer:
             return [True] * len(shapes)

@@ -48,6 +48,9 @@ def test_compress_writes_every_output_within_budget(workdir, capsys):
     for name in ("report.md", "search.png", "policy.png", "accuracy_vs_latency.png"):
         assert (results / name).exists(), name
     assert report["episodes"] == 4
+    # One copy of the log: the report names the run directory's, it does not copy it.
+    assert report["episodes_log"] == str(out / "episodes.jsonl")
+    assert not (results / "episodes.jsonl").exists()
     parity = report["final"]["parity"]
     tolerance = parity["tolerance"]
     assert parity["max_abs_diff"] <= tolerance["atol"] + tolerance["rtol"] * parity["max_abs_output"]

@@ -21,7 +21,7 @@ from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.zoo.models import build_model, classifier_name
 
 # A small build: 3 grid points per axis, short timings. Accuracy targets belong to the benchmark
-# (compressor/bench_latency_model.py, results/latency_model.md); these tests check the mechanics
+# (benchmarks/latency_model.py, results/latency-model); these tests check the mechanics
 # and a loose tolerance.
 SETTINGS = ProbeSettings(batch_size=4, warmup=2, runs=8, blocks=6)
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -347,3 +347,8 @@ def test_an_export_failure_under_a_latency_budget_keeps_the_report(ws, tmp_path,
     with pytest.raises(InternalError) as raised:
         _finish(ws, tmp_path, [Candidate(0, -0.1, 90.0, _uniform(ws, 0.5))])
     _assert_failure_kept_the_work(tmp_path, raised.value)
+
+
+def test_user_runs_default_to_the_ignored_runs_directory():
+    # results/ holds committed studies; a user's run (report included) lands under runs/.
+    assert CompressConfig().results_dir == "runs" and CompressConfig().out is None
