@@ -13,8 +13,9 @@ from compressor.pipeline.check import check
 from compressor.pruning import PruningConfig, apply_policy, build_skeleton, uniform_policy
 from tests.unit.pruning.test_shapes import odd_cnn, odd_input
 
-# input_size 32 is the square 3-channel default: the 1x28x40 files must override it.
-QUICK = ProbeSettings(batch_size=8, warmup=2, runs=5, blocks=2)
+# input_size 32 is the square 3-channel default: the 1x28x40 files must override it. Four blocks:
+# the median ratio shrugs off one block a busy moment slowed (two would average it in).
+QUICK = ProbeSettings(batch_size=8, warmup=2, runs=5, blocks=4)
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,14 @@ def test_check_measures_one_channel_non_square_models_at_their_shape(odd_files):
     pruned, dense = odd_files
     report = check(str(pruned), str(dense), QUICK, max_latency_ratio=0.9, rounds=1)
     assert report["verdict"] == "pass" and report["checks"]["latency_ratio"]["ok"]
-    assert 0 < report["latency"]["ratio"] < 0.9
+    assert 0 < report["latency"]["ratio"] < 0.9  # ~0.31 here: far under the limit
     assert report["latency"]["settings"]["input_shape"] == [1, 28, 40]
     assert "input_size" not in report["latency"]["settings"]  # it did not describe the input
     assert report["latency"]["rounds"][0]["settings"]["batch_size"] == 8
 
 
 def test_check_fails_a_model_over_its_budget(odd_files):
-    _, dense = odd_files
+    _, dense = odd_files  # against itself: ~1.0, twice the limit
     report = check(str(dense), str(dense), QUICK, max_latency_ratio=0.5, rounds=1)
     assert report["verdict"] == "fail" and not report["checks"]["latency_ratio"]["ok"]
 
