@@ -1,4 +1,6 @@
-"""A small real baseline shared by the integration tests."""
+"""A small real baseline shared by the integration tests, and their `slow` mark."""
+
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +19,12 @@ def workdir(tmp_path_factory):
     return root
 
 
+
+
+def pytest_collection_modifyitems(items):
+    """Every test in this folder is `slow`: end to end on real data (the baseline's pretraining,
+    compress runs, a Ray cluster, killed subprocesses). `pytest -m "not slow"` leaves them out."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.slow)
