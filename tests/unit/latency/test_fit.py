@@ -98,8 +98,10 @@ def test_fits_a_real_pruned_network_to_a_measured_budget():
     start = pruning.uniform_policy(skeleton, 0.2)
     first = measure(start)
     limit = 0.7 * first
+    # A margin of 0.3 aims every try at ~0.55 of the limit: within it does not hang on one
+    # window (the default 0.04 aims 6% under, which a busy machine can miss three times running).
     result = fit.fit_to_latency(start, names, lambda p: skeleton.macs(p) / dense_macs, measure,
-                                limit, max_ratio=0.8, measured=first)
+                                limit, max_ratio=0.8, margin=0.3, measured=first)
     assert result.ok, result
     assert result.measured <= limit and result.steps
     assert all(result.policy[n] >= start[n] for n in names)
