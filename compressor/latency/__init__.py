@@ -23,9 +23,10 @@ from compressor.latency.probe import (
     measure_ms,
     measure_pair,
     pool_rounds,
+    resolve_batch_size,
 )
 
 __all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
            "Quantize", "Session", "auto_batch_size", "check_same_input", "fit_to_latency",
            "fresh_rounds", "load_or_build", "make_session", "measure_against_limit", "measure_ms",
-           "measure_pair", "pool_rounds"]
+           "measure_pair", "pool_rounds", "resolve_batch_size"]

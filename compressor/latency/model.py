@@ -62,10 +62,10 @@ from torch import nn
 from compressor.io import atomic
 from compressor.latency.probe import (
     ProbeSettings,
-    auto_batch_size,
     make_session,
     measure_ms,
     measure_pair,
+    resolve_batch_size,
     session_options,
 )
 from compressor.provenance import cpu_name
@@ -463,8 +463,7 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
     one = example_input[:1].detach().cpu()
     settings = _for_example(settings, one)
     dense_session = make_session(onnx_bytes(dense_model, one), settings)
-    if settings.batch_size is None:
-        settings = replace(settings, batch_size=auto_batch_size(dense_session))
+    settings = resolve_batch_size(settings, dense_session)
     batch = settings.batch_size
 
     def export(network: nn.Module) -> bytes:

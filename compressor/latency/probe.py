@@ -375,6 +375,14 @@ def auto_batch_size(reference: Session, input_shape: Sequence[int] | int | None 
     return batch
 
 
+def resolve_batch_size(settings: ProbeSettings, reference: Session) -> ProbeSettings:
+    """`settings` with the probe batch decided: as given, else `auto_batch_size` of `reference`
+    at the settings' input shape (which leaves `reference` prepared at that batch)."""
+    if settings.batch_size is not None:
+        return settings
+    return replace(settings, batch_size=auto_batch_size(reference, settings.input_shape))
+
+
 class Probe:
     """Paired ONNX Runtime measurement of pruned networks against the dense one, timed on inputs
     shaped like `example` (its batch replaced by the probe's): the example decides the shape,

@@ -7,7 +7,6 @@ policy made for another network is refused in seconds.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,8 +74,7 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
     export.export_onnx(dense, batch, out / "dense.onnx")
     settings = probe
     reference = latency.make_session(out / "dense.onnx", settings)
-    if settings.batch_size is None:
-        settings = replace(settings, batch_size=latency.auto_batch_size(reference))
+    settings = latency.resolve_batch_size(settings, reference)
     paired = latency.measure_pair(latency.make_session(out / "model.onnx", settings),
                                   latency.make_session(out / "dense.onnx", settings), settings)
     metrics.update(latency_ratio_measured=paired.ratio, onnx_max_abs_diff=exported.max_abs_diff,

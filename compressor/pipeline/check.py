@@ -57,9 +57,7 @@ def check(model_path: str, reference_path: str, settings: latency.ProbeSettings,
     # The reference's fixed input shape decides (1-channel, non-square); the settings fill only
     # the sizes it leaves symbolic.
     settings = replace(settings, input_shape=reference.example_shape())
-    if settings.batch_size is None:
-        settings = replace(settings, batch_size=latency.auto_batch_size(
-            reference, settings.input_shape))
+    settings = latency.resolve_batch_size(settings, reference)
     candidate.prepare(settings.batch_size, settings.input_shape)
     reference.prepare(settings.batch_size, settings.input_shape)
 
