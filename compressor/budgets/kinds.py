@@ -13,35 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 from compressor.budgets.wall import Budget, check_feasible, reachable_minimum
 from compressor.errors import UserError
+from compressor.flags import choices, flag
+
+LATENCY_SOURCES = ("model", "probe")
 
 
 @dataclass(frozen=True)
 class BudgetConfig:
     """What the pruned network must fit in. Several budgets may be given at once."""
 
-    latency: float | None = None
+    latency: Annotated[float | None, flag("--latency-budget")] = None
     """Measured ONNX Runtime latency as a ratio of the dense model's (e.g. 0.5)."""
-    latency_ms: float | None = None
+    latency_ms: Annotated[float | None, flag("--latency-ms")] = None
     """Absolute latency in ms at the probe settings, converted through the dense latency."""
-    flops: float | None = None
+    flops: Annotated[float | None, flag("--flops-budget")] = None
     """MACs as a ratio of the dense model's."""
-    params: float | None = None
+    params: Annotated[float | None, flag("--params-budget")] = None
     """Parameters as a ratio of the dense model's."""
-    margin: float = 0.04
+    margin: Annotated[float, flag("--margin")] = 0.04
     """The search aims this fraction under a latency budget: the latency model's error on
     held-out policies (results/latency-model) plus measurement spread."""
-    latency_source: str = "model"
+    latency_source: Annotated[str, flag("--latency-source"), choices(LATENCY_SOURCES)] = "model"
     """`model`: the latency model drives the wall and the reward; every `probe_every`-th
     episode is also measured. `probe`: every episode is exported and measured (slow, exact)."""
-    probe_every: int = 10
+    probe_every: Annotated[int, flag("--probe-every")] = 10
     """With `latency_source=model`, measure every k-th episode too (0: never)."""
 
     def __post_init__(self) -> None:
-        if self.latency_source not in ("model", "probe"):
+        if self.latency_source not in LATENCY_SOURCES:
             raise UserError(f"latency source {self.latency_source!r} is not model or probe")
         if not 0 <= self.margin < 0.5:
             raise UserError(f"--margin {self.margin} must be in [0, 0.5)")

@@ -75,6 +75,16 @@ def read_policy(path: str | Path, *, model: str | None, valid_units: list[str]
     return {name: float(ratio) for name, ratio in policy.items()}
 
 
+def read_round_to(path: str | Path) -> int | None:
+    """The channel multiple a policy file recorded; None when it records none or cannot be read
+    (`read_policy` reports a bad file with its own message)."""
+    try:
+        recorded = json.loads(Path(path).read_text()).get("round_to")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, int) else None
+
+
 def read_fp32_layers(path: str | Path) -> list[str]:
     """The layers a `compress --quantize mixed` run kept FP32, as its policy file records them."""
     blob = json.loads(Path(path).read_text())

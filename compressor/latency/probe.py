@@ -22,13 +22,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.flags import HIDDEN, choices, flag
 from compressor.io.export import onnx_bytes
 
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
@@ -40,19 +41,20 @@ _STATISTICS = {"median": statistics.median, "min": min}
 class ProbeSettings:
     """How a latency is measured. Reported beside every number."""
 
-    threads: int = 1
+    threads: Annotated[int, flag("--threads")] = 1
     """onnxruntime intra-op threads. One: two threads slow small graphs here (MEASURED.md); with
     more than one, thread spinning is switched off so that sessions do not steal each other's
     cores."""
-    graph_optimization: str = "all"
+    graph_optimization: Annotated[str, choices(_LEVELS)] = "all"
     """onnxruntime graph optimisation level: disable, basic, extended or all (ORT_ENABLE_ALL, the
     default, is what a deployment uses: BatchNorm folding, Conv+activation fusion, NCHWc)."""
-    batch_size: int | None = None
+    batch_size: Annotated[int | None, flag("--latency-batch-size")] = None
     """Images per run; None picks the smallest power of two at which the dense model takes
     >= 10 ms (resnet18 at 32 px: 8; mobilenet_v2: 32; see `auto_batch_size`)."""
-    input_size: int = 32
+    input_size: Annotated[int, HIDDEN] = 32
     """Side of a square 3-channel input: the shorthand for `input_shape` (3, input_size,
-    input_size) when that is None (the CLI's --input-size)."""
+    input_size) when that is None. No flag of its own: --input-size sets it (compress, apply and
+    check: the data's)."""
     input_shape: tuple[int, ...] | None = None
     """(channels, height, width) of one input, for the sizes an ONNX file leaves symbolic; None:
     3 x input_size x input_size. A file's fixed sizes always win; an input_shape that contradicts
@@ -63,7 +65,7 @@ class ProbeSettings:
     """Timed runs per block."""
     blocks: int = 6
     """Blocks per session; in a paired measurement the two sessions alternate block by block."""
-    statistic: str = "min"
+    statistic: Annotated[str, flag("--latency-statistic"), choices(_STATISTICS)] = "min"
     """What summarises a block's runs: min (the machine's undisturbed speed) or median. Min is the
     default because it repeats: six paired measurements of one pruned resnet18 (batch 4) gave
     ratios with sd 0.008 under min and 0.031 under median (mobilenet_v2, batch 16: 0.023 vs

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from compressor import latency, pruning, quantize
 from compressor.budgets.kinds import BudgetConfig, BudgetRequest, check_reachable, wall_budgets
 from compressor.budgets.wall import Budget
 from compressor.errors import UserError
+from compressor.flags import choices, flag
 from compressor.io import export
 from compressor.pipeline.int8 import (
     Int8Plan,
@@ -33,13 +35,14 @@ from compressor.pipeline.int8 import (
 from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
+from compressor.pruning.skeleton import trace
 from compressor.quantize import QuantizeConfig
 from compressor.search import distributed
 from compressor.search.agent import AgentConfig
 from compressor.search.distributed import DistributedConfig
-from compressor.search.env import PruningEnv
+from compressor.search.env import REWARDS, PruningEnv
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
-from compressor.search.loop import LoopConfig, default_agent_config, summary_writer_class
+from compressor.search.loop import LoopConfig, summary_writer_class
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, Dataset, load_dataset
@@ -55,13 +58,13 @@ __all__ = ["BudgetConfig", "CompressConfig", "FinalConfig", "Workspace", "build_
 class FinalConfig:
     """What happens to the best policies after the search."""
 
-    candidates: int = 3
+    candidates: Annotated[int, flag("--candidates")] = 3
     """Best distinct policies (by reward) that get a short fine-tune; the best of them wins."""
-    candidate_steps: int = 100
+    candidate_steps: Annotated[int, flag("--candidate-steps")] = 100
     """SGD steps of that short fine-tune (batch 64)."""
-    epochs: int = 1
+    epochs: Annotated[int, flag("--final-epochs")] = 1
     """Epochs of the winner's full fine-tune on the train split."""
-    lr: float = 0.05
+    lr: Annotated[float, flag("--final-lr")] = 0.05
     """Peak learning rate of the full fine-tune (one-cycle)."""
     batch_size: int = 128
     """Batch size of the full fine-tune."""
@@ -72,7 +75,7 @@ class FinalConfig:
     (the final one, and each of the fit's); the verdict then uses the median of all blocks, as
     `compressor check` does (one window of this VM moved one network's ratio ~7%;
     docs/latency.md, "Noise")."""
-    fit: bool = True
+    fit: Annotated[bool, flag("--fit")] = True
     """Rescale each candidate until it measures at least `margin` under the latency budget and no
     more than 12% under it (`compressor.latency.fit`). It measures, so the final policy can differ
     between runs by that factor; off, the policy is exactly the search's (over-budget ones are
@@ -86,44 +89,54 @@ class CompressConfig:
     model: str = "resnet18"
     """torchvision name, `package.module:factory`, `path/file.py:factory`, or "user" (API)."""
     seed: int = 0
+    """Seed of the search, the agent and a baseline pretrained for it."""
     device: str = "auto"
+    """auto (GPU when present), cpu, cuda, cuda:1."""
     models_dir: str = "models"
+    """Cache of baseline checkpoints and latency models."""
     checkpoint: str | None = None
     """A baseline of ours, a state dict for `model`, or (trusted) a whole `torch.save(model)`."""
     trust_checkpoint: bool = False
     """Allow `checkpoint` to be a pickled module (unpickling runs the file's code)."""
     out: str | None = None
+    """Run directory (None: runs/<run name>)."""
     policies_dir: str = "policies"
+    """Where the policy file is written."""
     results_dir: str = "runs"
     """Each run's report and plots go to `<results_dir>/<run name>/`: by default beside the run's
     own files under runs/ (git-ignored); results/ holds the committed studies, not user runs."""
     tensorboard: str | None = None
     """A directory for the search's per-episode TensorBoard scalars (needs the `tensorboard`
     extra); None: episodes.jsonl only."""
-    method: str = "ddpg"
-    """Search method: ddpg (the AMC agent), random, greedy, uniform, global."""
+    method: Annotated[str, flag("--agent"), choices(method_names())] = "ddpg"
+    """Search method: ddpg (the AMC agent), random, greedy (sensitivity), uniform, global
+    (torch-pruning's global ranking)."""
     max_ratio: float = 0.8
-    reward: str = "error"
+    """Largest pruning ratio of any unit."""
+    reward: Annotated[str, choices(REWARDS)] = "error"
+    """What an episode's reward is: error (under a hard budget), error-log-flops (AMC's
+    R_FLOPs, for searches without one)."""
     data: DataConfig = field(default_factory=DataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     pruning: pruning.PruningConfig = field(default_factory=pruning.PruningConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
-    agent: AgentConfig | None = None
-    """DDPG settings; None: `AgentConfig`'s defaults, warm-up scaled to the episodes (`resolved`
-    fills it in; the CLI's --agent-option overrides them)."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """DDPG settings; the warm-up and seed left None follow the episodes and the run's seed
+    (`resolved`)."""
     final: FinalConfig = field(default_factory=FinalConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     """INT8 of the shipped model (off by default); with it the search sees INT8 latency."""
     probe: latency.ProbeSettings = field(default_factory=latency.ProbeSettings)
+    """How latency is measured; the network's input decides the shape (`data.input_size`)."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """Where episodes are scored: in-process (default) or on Ray workers (`--workers`)."""
 
     def resolved(self) -> CompressConfig:
         """Every derived default made explicit, so the saved config says what ran."""
-        if self.agent is not None:
-            return self
-        return replace(self, agent=default_agent_config(self.loop.episodes, self.seed))
+        agent = (self.agent or AgentConfig()).resolved(self.loop.episodes, self.seed)
+        return replace(self, agent=agent,
+                       probe=replace(self.probe, input_size=self.data.input_size))
 
     @property
     def run_name(self) -> str:
@@ -276,6 +289,16 @@ def preflight(config: CompressConfig, dataset: Dataset, say=log.info) -> Plan:
     return plan(untrained, example, config, config.model, say)
 
 
+def check_compressible(model_name: str, num_classes: int, input_size: int) -> None:
+    """A baseline is pretrained to be compressed: an untrained instance that refuses the input
+    size or that torch-pruning cannot trace is refused in seconds, before the epochs are spent."""
+    models.check_model_name(model_name)
+    untrained = models.build_model(model_name, num_classes).eval()
+    example = torch.zeros(1, 3, input_size, input_size)
+    models.check_input_size(untrained, example, model_name)
+    trace(untrained, example, pruning.PruningConfig())
+
+
 def example_for(dataset: Dataset) -> torch.Tensor:
     """One zero input shaped like the dataset's images (batch 1)."""
     images = next(iter(dataset.test.batches(1, limit=1)))[0]
@@ -386,6 +409,13 @@ def precision_budgets(ws: Workspace) -> Callable[[dict[str, bool]], list[Budget]
         return wall_budgets(ws.request, _costs(ws.skeleton, lambda policy: ws.latency_ratio(
             {**policy, **keys})), ws.config.budget.margin)
     return budgets
+
+
+def method_names() -> tuple[str, ...]:
+    """The search methods' registry names (read when the command line is built)."""
+    from compressor.search.methods import METHODS
+
+    return tuple(METHODS)
 
 
 def check_method(name: str) -> None:

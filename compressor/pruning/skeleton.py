@@ -28,19 +28,22 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.flags import REPEATABLE, choices, flag
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.zoo.models import classifier_name
 
 log = logging.getLogger(__name__)
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
+Importance = Annotated[str | Callable[[tp.Group], torch.Tensor | None], choices(IMPORTANCES)]
+"""A channel criterion: one of IMPORTANCES by name (the command line's choices), or a plug-in."""
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -59,15 +62,15 @@ def kernel_channel_block() -> int:
 class PruningConfig:
     """How channels are counted and chosen."""
 
-    round_to: int = field(default_factory=kernel_channel_block)
+    round_to: Annotated[int, flag("--round-to")] = field(default_factory=kernel_channel_block)
     """Kept channel counts are multiples of it (or a unit's full count); a unit keeps at least
     this many. Default: the CPU kernels' channel block (`kernel_channel_block`)."""
-    importance: str | Callable[[tp.Group], torch.Tensor | None] = "l2"
+    importance: Annotated[Importance, flag("--importance")] = "l2"
     """Channel ranking: l1 / l2 (weight magnitude over the whole group), bn (BatchNorm scale; L1
     for units without BatchNorm), taylor (|weight x gradient| on a few batches), random; or a
     plug-in: any torch-pruning `Importance` (a callable from a `tp.Group` to one score per
     channel, higher kept), e.g. `tp.importance.GroupMagnitudeImportance(p=1)`."""
-    ignored_layers: tuple[str, ...] = ()
+    ignored_layers: Annotated[tuple[str, ...], flag("--ignore"), REPEATABLE] = ()
     """Qualified names of Conv2d/Linear layers whose out channels are never pruned (the classifier
     is always kept)."""
     taylor_batches: int = 4

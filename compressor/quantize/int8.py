@@ -19,11 +19,12 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import numpy as np
 
 from compressor.errors import InternalError, UserError
+from compressor.flags import choices, flag
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,17 @@ it with `format` to measure it anyway."""
 class QuantizeConfig:
     """Post-training quantization of the shipped model."""
 
-    mode: str = "none"
+    mode: Annotated[str, flag("--quantize"), choices(MODES)] = "none"
     """none (ship FP32), int8 (onnxruntime static quantization of every layer), mixed (each
     layer in the precision the latency model prices faster, INT8 or FP32; `pipeline.int8`) or
     searched (the agent chooses each unit's precision, rewarded on the INT8 network's accuracy;
     layers no unit sets are priced as in mixed)."""
-    format: str | None = None
+    format: Annotated[Annotated[str, choices(FORMATS)] | None, flag("--int8-format")] = None
     """One of FORMATS to force it; None: measure MEASURED_BY_DEFAULT on this machine, keep the
     fastest."""
-    calibration: str = "minmax"
+    calibration: Annotated[str, flag("--calibration"), choices(CALIBRATION_METHODS)] = "minmax"
     """Calibration method: minmax, entropy or percentile (onnxruntime's CalibrationMethod)."""
-    calibration_batches: int = 8
+    calibration_batches: Annotated[int, flag("--calibration-batches")] = 8
     """Train-split batches the activation ranges are calibrated on."""
     calibration_batch_size: int = 32
     per_channel: bool = True

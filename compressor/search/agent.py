@@ -22,9 +22,9 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from statistics import NormalDist
-from typing import Any, NamedTuple, get_type_hints
+from typing import Annotated, Any, NamedTuple, get_type_hints
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.flags import choices
 
 CPU = torch.device("cpu")  # the default device (a call in a default argument trips ruff's B008)
 
@@ -58,9 +59,9 @@ class AgentConfig:
     """Transitions per gradient step, sampled uniformly (with replacement) from the replay buffer."""
     replay_size: int = 2000
     """Transitions kept, oldest dropped first. AMC keeps about 100 per unit."""
-    warmup_episodes: int = 100
+    warmup_episodes: int | None = None
     """Episodes of uniform random actions before the actor acts and learns (AMC: 100 of 800).
-    Scale it to a shorter search with ``warmup_for(episodes)``."""
+    None: AMC's share of the search's episodes, ``warmup_for(episodes)`` (see ``resolved``)."""
     noise_sigma: float = 0.5
     """Sigma of the truncated-normal exploration noise in the first episode after warm-up."""
     noise_decay: float = 0.95
@@ -69,7 +70,7 @@ class AgentConfig:
     """Sigma never goes below this. 0.05 in action units is one 8-channel rounding step of the
     median unit of resnet18 and mobilenet_v2 (8 / channels / max_ratio 0.8): noise of that size
     still changes the network most episodes, yet keeps it near the actor's policy. 0 is AMC."""
-    noise_schedule: str = "budget"
+    noise_schedule: Annotated[str, choices(NOISE_SCHEDULES)] = "budget"
     """``budget``: sigma decays geometrically from ``noise_sigma`` after warm-up to ``noise_floor``
     at the search's last episode, whatever its length. ``decay``: AMC's ``noise_decay`` per
     episode (then floored)."""
@@ -88,8 +89,8 @@ class AgentConfig:
     which is AMC's one update per stored transition."""
     moving_average_alpha: float = 0.5
     """Weight of the newest reward in the moving-average baseline subtracted from rewards."""
-    seed: int = 0
-    """Seeds the network initialisation and the agent's numpy Generator."""
+    seed: int | None = None
+    """Seeds the network initialisation and the agent's numpy Generator; None: the run's seed."""
 
     def __post_init__(self) -> None:
         positive = {"hidden": self.hidden, "batch_size": self.batch_size,
@@ -103,7 +104,7 @@ class AgentConfig:
         for name, value in fractions.items():
             if not 0 <= value <= 1:
                 raise UserError(f"agent {name} must be between 0 and 1, got {value}")
-        if self.warmup_episodes < 0 or self.noise_sigma < 0:
+        if (self.warmup_episodes or 0) < 0 or self.noise_sigma < 0:
             raise UserError("agent warmup_episodes and noise_sigma must not be negative")
         if not 0 <= self.noise_floor <= self.noise_sigma:
             raise UserError(f"agent noise_floor must be between 0 and noise_sigma "
@@ -119,6 +120,13 @@ class AgentConfig:
                             f"got {self.sensitivity_ratios}")
         if self.updates_per_episode is not None and self.updates_per_episode < 0:
             raise UserError("agent updates_per_episode must not be negative")
+
+    def resolved(self, episodes: int, seed: int) -> AgentConfig:
+        """The settings of a search of `episodes` seeded `seed`: warm-up and seed filled in where
+        they were left None (an agent is built only from resolved settings)."""
+        return replace(self, seed=seed if self.seed is None else self.seed,
+                       warmup_episodes=warmup_for(episodes) if self.warmup_episodes is None
+                       else self.warmup_episodes)
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -539,4 +547,6 @@ def make_agent(kind: str, obs_dim: int, config: AgentConfig, device: torch.devic
     """The agent named ``kind`` ("ddpg" or "random") for a search of ``episodes``."""
     if kind not in AGENTS:
         raise UserError(f"unknown agent '{kind}'; choose one of: {', '.join(AGENTS)}")
+    if config.warmup_episodes is None or config.seed is None:
+        raise ValueError("an agent needs resolved settings: AgentConfig.resolved(episodes, seed)")
     return AGENTS[kind](obs_dim, config, device, episodes)

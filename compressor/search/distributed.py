@@ -27,10 +27,12 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from compressor.errors import InternalError, UserError
+from compressor.flags import flag
 from compressor.search.env import Evaluation
 
 log = logging.getLogger(__name__)
@@ -42,13 +44,13 @@ INSTALL_HINT = "pip install 'compressor[distributed]'"
 class DistributedConfig:
     """Where a search's episodes are scored (`--workers`, `--ray-address`, `--worker-threads`)."""
 
-    workers: int = 1
+    workers: Annotated[int, flag("--workers")] = 1
     """Ray actors scoring episodes in parallel, and so the episodes proposed per batch; 1: every
     episode in-process, one at a time, without Ray (the default)."""
-    ray_address: str | None = None
+    ray_address: Annotated[str | None, flag("--ray-address")] = None
     """`auto` or HOST:PORT of a running Ray cluster to join; None: start a local one with this
     machine's cores (and stop it afterwards)."""
-    worker_threads: int | None = None
+    worker_threads: Annotated[int | None, flag("--worker-threads")] = None
     """torch threads of each worker; None: this machine's cores // workers, at least 1."""
 
     def __post_init__(self) -> None:

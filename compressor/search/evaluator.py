@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from compressor import latency, pruning
 from compressor.errors import UserError
+from compressor.flags import flag
 from compressor.pipeline import recovery
 from compressor.pipeline.train import evaluate_top1
 from compressor.pruning.importance import needs_gradients
@@ -27,13 +28,13 @@ from compressor.search.env import Evaluation
 class EvaluatorConfig:
     """How each episode's network is recovered and scored."""
 
-    search_images: int = 2000
+    search_images: Annotated[int, flag("--search-images")] = 2000
     """Images of the search split scored per episode (2000: ~0.5 point standard error)."""
-    bn_batches: int = 20
+    bn_batches: Annotated[int, flag("--bn-batches")] = 20
     """Training batches for adaptive BatchNorm recalibration (EagleEye)."""
     batch_size: int = 64
     """Batch size of recalibration, fine-tune and scoring batches."""
-    finetune_steps: int = 10
+    finetune_steps: Annotated[int, flag("--episode-finetune-steps")] = 10
     """Short fine-tune after recalibration, in SGD steps (0: recalibration only). Measured in
     results/honesty-v2: recalibration alone does not rank policies like the final fine-tune
     (mean Spearman about 0 over resnet18 and mobilenet_v2 at budgets 0.2 and 0.3); 10 steps rank

@@ -27,15 +27,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 import torch
 
 from compressor.errors import UserError
+from compressor.flags import HIDDEN, flag
 from compressor.io import atomic
 from compressor.pruning.skeleton import precision_key
-from compressor.search.agent import AgentConfig, make_agent, warmup_for
+from compressor.search.agent import AgentConfig, make_agent
 from compressor.search.env import Evaluation, PruningEnv
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ CONFIG = "config.json"
 class LoopConfig:
     """How long the search runs and how it is saved."""
 
-    episodes: int = 200
+    episodes: Annotated[int, flag("--episodes")] = 200
     """Episodes of the agent (each prunes, recovers and scores one network)."""
-    agent: str = "ddpg"
-    """`ddpg` (AMC) or `random` (the same loop with uniform random actions: a baseline)."""
-    checkpoint_every: int = 5
+    agent: Annotated[str, HIDDEN] = "ddpg"
+    """`ddpg` (AMC) or `random` (the same loop with uniform random actions: a baseline); the
+    search method sets it (`--method`)."""
+    checkpoint_every: Annotated[int, flag("--checkpoint-every")] = 5
     """Episodes between atomic checkpoints of the whole search state."""
     keep_best: int = 5
     """Distinct best policies (by reward) kept for the final stage."""
@@ -357,4 +359,4 @@ def _write_scalars(writer, episode: int, record: dict, best: Candidate) -> None:
 def default_agent_config(episodes: int, seed: int, **overrides) -> AgentConfig:
     """The project's DDPG settings (`AgentConfig`'s defaults), warm-up scaled to the episode count;
     `overrides` (e.g. from `--agent-option`) win over both."""
-    return AgentConfig(**{"seed": seed, "warmup_episodes": warmup_for(episodes), **overrides})
+    return AgentConfig(**overrides).resolved(episodes, seed)

@@ -18,12 +18,14 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from compressor.errors import UserError
+from compressor.flags import flag
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -45,19 +47,19 @@ SPLITS = ("train", "search", "test")
 class DataConfig:
     """Which data, where it lives and how it is split."""
 
-    dataset: str = "fashion-mnist"
+    dataset: Annotated[str, flag("--dataset")] = "fashion-mnist"
     """`fashion-mnist` (embedded default), `cifar10`, or `imagefolder:PATH` (PATH/train, PATH/val)."""
-    data_dir: str = "data"
+    data_dir: Annotated[str, flag("--data-dir")] = "data"
     """Where dataset files are looked for (and downloaded to, when a download is possible)."""
-    input_size: int = 32
+    input_size: Annotated[int, flag("--input-size")] = 32
     """Side of the square network input. 28 px images are zero-padded to 32 (see README)."""
-    search_size: int = 5000
+    search_size: Annotated[int, flag("--search-size")] = 5000
     """Images carved from the training set for the agent's reward (the `search` split)."""
     split_seed: int = 0
     """Seed of the permutation that carves `search` out of the training set."""
-    train_size: int | None = None
+    train_size: Annotated[int | None, flag("--train-size")] = None
     """Use only this many training images (quick runs and tests; None: all)."""
-    test_size: int | None = None
+    test_size: Annotated[int | None, flag("--test-size")] = None
     """Use only this many test images (quick runs and tests; None: all)."""
 
 
