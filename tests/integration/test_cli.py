@@ -1,11 +1,15 @@
 """The CLI in-process, end to end on a small slice of real data, with a small real baseline."""
 
 import json
+from dataclasses import asdict, fields, is_dataclass
 
 import pytest
 import torch
 
-from compressor.cli import _round_to, main
+from compressor.cli import main, parse
+from compressor.errors import UserError
+from compressor.io.policies import read_round_to
+from compressor.pipeline.compress import CompressConfig
 from compressor.pruning import PruningConfig
 from compressor.zoo import models
 from tests.integration.conftest import SLICE
@@ -61,6 +65,9 @@ def test_compress_writes_every_output_and_exits_by_its_verdict(workdir, capsys):
     assert parity["max_abs_diff"] <= tolerance["atol"] + tolerance["rtol"] * parity["max_abs_output"]
     assert parity["top1_agreement"] >= 0.9
     assert report["budgets"] == {"latency": 0.6}  # the budget once, as given
+    # The run's saved config gives the same settings back (`--config`; the flags restate none).
+    ran = parse(_compress_args(workdir, out)).command.config.resolved()
+    assert parse(["compress", "--config", str(out / "config.json")]).command.config == ran
     policy = json.loads((workdir / "policies" / "run.json").read_text())
     assert policy["model"] == "resnet18" and len(policy["policy"]) == 12
     assert policy["round_to"] == PruningConfig().round_to
@@ -152,8 +159,111 @@ def test_check_refuses_models_of_different_input_shapes(tmp_path, capsys):
 def test_round_to_comes_from_the_flag_then_the_policy_file_then_the_default(tmp_path):
     recorded = tmp_path / "p.json"
     recorded.write_text(json.dumps({"policy": {}, "round_to": 32}))
-    assert _round_to(4, str(recorded)) == {"round_to": 4}
-    assert _round_to(None, str(recorded)) == {"round_to": 32}
+    assert read_round_to(recorded) == 32
     (tmp_path / "bare.json").write_text(json.dumps({"policy": {}}))
-    assert _round_to(None, str(tmp_path / "bare.json")) == {}
-    assert _round_to(None, str(tmp_path / "missing.json")) == {}
+    assert read_round_to(tmp_path / "bare.json") is None
+    assert read_round_to(tmp_path / "missing.json") is None
+
+    def apply(policy, *flags):
+        return parse(["apply", "--policy", str(policy), "--out", "o", *flags]).command.pruning
+
+    assert apply(recorded, "--round-to", "4").round_to == 4
+    assert apply(recorded).round_to == 32
+    assert apply(tmp_path / "bare.json").round_to == PruningConfig().round_to
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.replace("│", " ").split())  # the boxes unwrapped
+
+
+def _flags(config, prefix="--"):
+    """Every field of a config as its flag, sections by their dotted prefix."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            yield from _flags(value, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name.replace("_", "-")
+
+
+def test_compress_help_is_grouped_by_config_section_with_the_field_docstrings(capsys):
+    text = _help(["compress"], capsys)
+    for section in ("data", "budget", "pruning", "evaluator", "loop", "agent", "final",
+                    "quantize", "probe", "distributed"):
+        assert f"{section} options" in text
+    # The field's docstring is its help; today's name comes first, then the section's.
+    assert "--margin FLOAT, --budget.margin FLOAT The search aims this fraction under" in text
+    # Every config field has its flag, but two set from another field: the probe's input size
+    # (the data's --input-size) and the loop's agent kind (--method).
+    hidden = {"--probe.input-size", "--loop.agent"}
+    assert [f for f in _flags(CompressConfig()) if f not in text] == sorted(hidden)
+    # Registries give the choices.
+    assert "--agent {ddpg,random,greedy,uniform,global}, --method" in text
+    assert "--reward {error,error-log-flops}" in text
+    top = _help([], capsys)
+    for command in ("models", "pretrain", "evaluate", "compress", "apply", "latency", "check"):
+        assert f"• {command}" in top
+
+
+def test_todays_flag_names_set_the_same_fields_as_the_new_ones():
+    old = parse(["compress", "--latency-budget", "0.5", "--episodes", "80", "--margin", "0.1",
+                 "--agent", "random", "--no-fit", "--ignore", "fc", "--ignore", "layer4.1.conv2",
+                 "--int8-format", "qdq-u8s8", "--latency-batch-size", "2", "--final-epochs", "2",
+                 "--search-images", "300", "--dataset", "cifar10", "--workers", "2"]).command.config
+    new = parse(["compress", "--budget.latency", "0.5", "--loop.episodes", "80",
+                 "--budget.margin", "0.1", "--method", "random", "--final.no-fit",
+                 "--pruning.ignored-layers", "fc", "--pruning.ignored-layers", "layer4.1.conv2",
+                 "--quantize.format", "qdq-u8s8", "--probe.batch-size", "2", "--final.epochs", "2",
+                 "--evaluator.search-images", "300", "--data.dataset", "cifar10",
+                 "--distributed.workers", "2"]).command.config
+    assert old == new
+    assert (old.budget.latency, old.loop.episodes, old.method, old.final.fit) == (0.5, 80, "random",
+                                                                                  False)
+    assert old.pruning.ignored_layers == ("fc", "layer4.1.conv2")
+    assert CompressConfig() == parse(["compress"]).command.config  # one place per default
+
+
+def test_config_fields_without_a_flag_before_are_settable():
+    config = parse(["compress", "--final.recheck-rounds", "4", "--probe.runs", "7",
+                    "--agent.noise-floor", "0.1", "--agent.warm-start"]).command.config
+    assert (config.final.recheck_rounds, config.probe.runs) == (4, 7)
+    assert config.agent.noise_floor == 0.1 and config.agent.warm_start
+    # The older spelling of agent settings still works, and says what is wrong in one line.
+    older = parse(["compress", "--agent-option", "noise_floor=0.1", "--agent-option",
+                   "warm_start=true"]).command.run_config
+    assert older.agent == config.agent
+
+
+def test_a_config_file_gives_the_defaults_and_flags_win(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("budget:\n  latency: 0.4\nloop:\n  episodes: 30\nfinal:\n  recheck_rounds: 5\n"
+                    "pruning:\n  ignored_layers: [fc]\n")
+    config = parse(["compress", "--config", str(path), "--episodes", "40"]).command.config
+    assert (config.budget.latency, config.loop.episodes, config.final.recheck_rounds) == (0.4, 40, 5)
+    assert config.pruning.ignored_layers == ("fc",)
+    # A resolved config saved as a run directory's config.json loads back as it was.
+    resolved = parse(["compress", "--latency-budget", "0.5", "--agent.sensitivity", "--ignore",
+                      "fc"]).command.config.resolved()
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"search": {}, "full": asdict(resolved), "command": []}))
+    assert parse(["compress", f"--config={saved}"]).command.config == resolved
+    path.write_text("budget:\n  latencyy: 0.4\n")
+    assert main(["compress", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown setting budget.latencyy" in err and len(err.splitlines()) == 1
+
+
+def test_debug_is_taken_before_or_after_the_command(capsys):
+    assert main(["compress", "--margin", "0.7"]) == 2  # refused while parsing: still one line
+    assert capsys.readouterr().err.strip() == "error: --margin 0.7 must be in [0, 0.5)"
+    for argv in (["compress", "--margin", "0.7", "--debug"], ["--debug", "compress", "--margin",
+                                                             "0.7"]):
+        with pytest.raises(UserError, match="--margin 0.7"):
+            main(argv)
+    assert parse(["models", "--debug"]).debug and parse(["--debug", "models"]).debug
+    assert parse(["models", "--torch-threads", "2"]).torch_threads == 2
+    assert main(["models", "--debug"]) == 0
+    assert "resnet18" in capsys.readouterr().out.split()

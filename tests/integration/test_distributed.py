@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import compressor
-from compressor.cli import _compress_config, build_parser, main
+from compressor.cli import main, parse
 from compressor.errors import UserError
 from compressor.pipeline.compress import CompressConfig, FinalConfig, search_fields
 from compressor.search.distributed import DistributedConfig
@@ -96,14 +96,13 @@ def test_an_unreachable_or_malformed_ray_address_is_a_one_line_error(capsys, tmp
 
 
 def test_the_flags_reach_the_config_and_a_resume_needs_the_same_worker_count():
-    args = build_parser().parse_args(["compress", "--workers", "3", "--ray-address", "auto",
-                                      "--worker-threads", "2"])
-    config = _compress_config(args)
+    config = parse(["compress", "--workers", "3", "--ray-address", "auto",
+                    "--worker-threads", "2"]).command.config
     assert config.distributed == DistributedConfig(workers=3, ray_address="auto",
                                                    worker_threads=2)
     assert search_fields(config)["rollout_batch"] == 3  # proposals come 3 at a time
     # Serial runs keep the search fields they had, so older run directories still resume; the
     # cluster and threads do not change the episodes.
-    serial = _compress_config(build_parser().parse_args(["compress"]))
+    serial = parse(["compress"]).command.config
     assert "rollout_batch" not in search_fields(serial)
     assert set(search_fields(serial)) == set(search_fields(config)) - {"rollout_batch"}

@@ -10,7 +10,7 @@ from compressor.errors import UserError
 from compressor.pruning import PruningConfig, build_skeleton
 from compressor.search.agent import AgentConfig
 from compressor.search.env import Evaluation, PruningEnv
-from compressor.search.loop import CHECKPOINT, EPISODES, LoopConfig, run_search
+from compressor.search.loop import CHECKPOINT, EPISODES, LoopConfig, default_agent_config, run_search
 
 
 @pytest.fixture(scope="module")
@@ -134,19 +134,22 @@ def test_tensorboard_missing_is_a_one_line_user_error_before_any_work(skeleton, 
 
 
 def test_agent_options_and_tensorboard_reach_the_compress_config():
-    from compressor.cli import _compress_config, build_parser
+    from compressor.cli import parse
 
-    args = build_parser().parse_args([
+    command = parse([
         "compress", "--episodes", "80", "--seed", "3", "--tensorboard", "tb",
-        "--agent-option", "warm_start=true", "--agent-option", "sensitivity=true",
-        "--agent-option", "noise_floor=0.1"])
-    config = _compress_config(args)
+        "--agent.warm-start", "--agent-option", "sensitivity=true",
+        "--agent-option", "noise_floor=0.1"]).command
+    config = command.run_config.resolved()
     assert config.tensorboard == "tb"
     assert config.agent == AgentConfig(seed=3, warmup_episodes=10, warm_start=True,
                                        sensitivity=True, noise_floor=0.1)
-    defaults = _compress_config(build_parser().parse_args(["compress", "--episodes", "80"]))
-    assert defaults.agent == defaults.resolved().agent  # no option: the project's defaults
+    defaults = parse(["compress", "--episodes", "80"]).command.config.resolved()
+    assert defaults.agent == default_agent_config(80, 0)  # no option: the project's defaults
     assert defaults.agent.noise_floor == 0.05 and defaults.agent.noise_schedule == "budget"
     assert not defaults.agent.warm_start and not defaults.agent.sensitivity
+    # A setting given wins over the derived one; warm-up and seed follow episodes and --seed.
+    given = parse(["compress", "--agent.warmup-episodes", "4", "--agent.seed", "9"])
+    assert given.command.config.resolved().agent == AgentConfig(seed=9, warmup_episodes=4)
     with pytest.raises(UserError, match="KEY=VALUE"):
-        _compress_config(build_parser().parse_args(["compress", "--agent-option", "warm"]))
+        _ = parse(["compress", "--agent-option", "warm"]).command.run_config
