@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from compressor.bisection import least_feasible
 from compressor.errors import UserError
 from compressor.pruning.importance import (
     accumulate_gradients,
@@ -16,7 +17,6 @@ from compressor.pruning.importance import (
     unit_importance,
 )
 from compressor.pruning.skeleton import PruningConfig, Skeleton, trace
-from compressor.search.bisect import least_feasible
 
 
 def uniform_policy(skeleton: Skeleton, ratio: float) -> dict[str, float]:
