@@ -333,6 +333,8 @@ def cmd_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from compressor.pruning.importance import IMPORTANCES
+
     parser = argparse.ArgumentParser(
         prog="compressor",
         description="Prune a CNN to a measured ONNX Runtime latency budget with an AMC agent.",
@@ -397,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--round-to", type=int, default=None,
                     help="kept channels are multiples of it (default: the CPU kernels' channel "
                          "block, 16 with AVX-512, else 8)")
-    s_.add_argument("--importance", choices=["l1", "l2", "bn", "taylor", "random"], default="l2")
+    s_.add_argument("--importance", choices=sorted(IMPORTANCES), default="l2")
     s_.add_argument("--ignore", action="append", default=[],
                     help="qualified name of a layer never to prune (repeatable)")
     s_.add_argument("--search-images", type=int, default=None,
@@ -450,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--round-to", type=int, default=None,
                    help="default: the policy file's, else the CPU kernels' channel block")
-    p.add_argument("--importance", choices=["l1", "l2", "bn", "taylor", "random"], default="l2")
+    p.add_argument("--importance", choices=sorted(IMPORTANCES), default="l2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_apply)
