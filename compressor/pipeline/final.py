@@ -27,11 +27,12 @@ from torch import nn
 from compressor import latency, pruning
 from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
-from compressor.io import checkpoints, export, policies, report
+from compressor.io import export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
 from compressor.pipeline.int8 import ShippedInt8, policy_fp32_layers, quantize_winner
 from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
+from compressor.pruning import checkpoints
 from compressor.pruning.importance import importance_label
 from compressor.search.loop import Candidate
 

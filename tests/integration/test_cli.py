@@ -70,7 +70,7 @@ def test_compress_writes_every_output_and_exits_by_its_verdict(workdir, capsys):
     assert {"prune", "recover", "evaluate", "latency"} <= set(
         next(e for e in episodes if not e["cached"])["seconds"])
     # The exported checkpoint reloads without any search and matches the ONNX model's shapes.
-    from compressor.io.checkpoints import load_pruned_checkpoint
+    from compressor.pruning.checkpoints import load_pruned_checkpoint
 
     module, meta = load_pruned_checkpoint(out / "model.pt")
     assert module(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
