@@ -50,7 +50,7 @@ def _data_config(args):
 
 
 def _train_config(args):
-    from compressor.pipeline.train import TrainConfig
+    from compressor.training.train import TrainConfig
 
     config = TrainConfig(seed=args.seed)
     if args.epochs is not None:

@@ -14,11 +14,11 @@ import torch
 
 from compressor import latency, pruning, quantize
 from compressor.io import export, policies
-from compressor.pipeline import recovery
 from compressor.pipeline.int8 import Int8Plan, quantize_winner
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import pick_device, provenance, seed_everything
 from compressor.pruning import checkpoints
+from compressor.training import recovery
+from compressor.training.train import TrainConfig, evaluate_top1, train
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, load_dataset

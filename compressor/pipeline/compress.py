@@ -30,7 +30,6 @@ from compressor.pipeline.int8 import (
     find_sensitive_layers,
     plan_int8,
 )
-from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
 from compressor.quantize import QuantizeConfig
@@ -40,6 +39,7 @@ from compressor.search.distributed import DistributedConfig
 from compressor.search.env import PruningEnv
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
 from compressor.search.loop import LoopConfig, default_agent_config, summary_writer_class
+from compressor.training.train import TrainConfig
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, Dataset, load_dataset

@@ -30,11 +30,11 @@ from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
 from compressor.pipeline.int8 import ShippedInt8, policy_fp32_layers, quantize_winner
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
 from compressor.pruning import checkpoints
 from compressor.pruning.importance import importance_label
 from compressor.search.loop import Candidate
+from compressor.training.train import TrainConfig, evaluate_top1, train
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")

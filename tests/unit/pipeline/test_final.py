@@ -20,11 +20,11 @@ from compressor.pipeline import final
 from compressor.pipeline.compress import CompressConfig, FinalConfig
 from compressor.pipeline.data import user_dataset
 from compressor.pipeline.job import search_context
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.pruning import checkpoints
 from compressor.search.evaluator import EvaluatorConfig
 from compressor.search.loop import Candidate
 from compressor.search.methods import get_method
+from compressor.training.train import TrainConfig, evaluate_top1, train
 from compressor.zoo.datasets import DataConfig
 
 CPU = torch.device("cpu")
