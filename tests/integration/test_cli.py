@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compressor.cli import _round_to, main
+from compressor.io.report import RunReport
 from compressor.pruning import PruningConfig
 from compressor.zoo import models
 from tests.integration.conftest import SLICE
@@ -81,6 +82,13 @@ def test_compress_writes_every_output_and_exits_by_its_verdict(workdir, capsys):
                  "--policy", str(workdir / "policies" / "run.json"), "--out", str(applied),
                  "--latency-batch-size", "2"]) == 0
     assert (applied / "model.onnx").exists() and (applied / "policy.json").exists()
+    # apply's report.json is compress's record (io.report.RunReport) without the search's fields
+    applied_report = RunReport.from_dict(json.loads((applied / "report.json").read_text()))
+    assert applied_report.model == "resnet18" and applied_report.search is None
+    assert applied_report.final.parity.top1_agreement >= 0.9
+    assert applied_report.final.onnx == str(applied / "model.onnx")
+    assert 0 < applied_report.final.latency_ratio < 1
+    assert applied_report.policy == policy["policy"]
     capsys.readouterr()
 
     # latency and check on the exported pair.
