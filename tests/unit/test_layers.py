@@ -1,4 +1,4 @@
-"""The package reads top-down: no import cycle between modules or subpackages.
+"""The package reads top-down: no import cycle between modules or subpackages, no long functions.
 
 Layers, top to bottom: cli/api -> pipeline -> search, quantize -> latency, budgets -> pruning ->
 zoo -> training -> io, with errors, provenance, version and bisection below them all. Every import
@@ -15,6 +15,10 @@ from pathlib import Path
 import compressor
 
 PACKAGE = Path(compressor.__file__).resolve().parent
+MAX_FUNCTION_LINES = 80
+NOT_YET_SHORT = {"cli.py"}
+"""Files the 80-line limit skips: cli.py is being rewritten (the CLI generated from the config
+dataclasses, issue 32), which replaces its 151-line `build_parser`; drop it from here then."""
 
 
 def module_files() -> dict[str, Path]:
@@ -142,3 +146,17 @@ def test_no_import_cycle_between_subpackages():
                  for a, b in zip(cycle, cycle[1:], strict=False)]
         raise AssertionError("import cycle between subpackages: " + " -> ".join(cycle) + "\n"
                              + "\n".join(edges))
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for path in module_files().values():
+        if path.relative_to(PACKAGE).as_posix() in NOT_YET_SHORT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} "
+                                f"({lines} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: " + "; ".join(long)
