@@ -1,7 +1,7 @@
 """The package reads top-down: no import cycle between modules or subpackages, no long functions.
 
-Layers, top to bottom: cli/api -> pipeline -> search, quantize -> latency, budgets -> pruning ->
-zoo -> training -> io, with errors, provenance, version and bisection below them all. Every import
+Layers, top to bottom (`LAYERS`): cli/api -> pipeline -> search, quantize -> latency, budgets ->
+pruning -> zoo -> training -> io -> provenance -> errors, version, bisection. Every import
 of a compressor module counts, also one inside a function (a lazy import hides a cycle from
 Python, not from a reader).
 """
@@ -146,6 +146,32 @@ def test_no_import_cycle_between_subpackages():
                  for a, b in zip(cycle, cycle[1:], strict=False)]
         raise AssertionError("import cycle between subpackages: " + " -> ".join(cycle) + "\n"
                              + "\n".join(edges))
+
+
+LAYERS = (
+    {"compressor", "compressor.__main__", "compressor.cli", "compressor.api"},
+    {"compressor.pipeline"},
+    {"compressor.search", "compressor.quantize"},
+    {"compressor.latency", "compressor.budgets"},
+    {"compressor.pruning"},
+    {"compressor.zoo"},
+    {"compressor.training"},
+    {"compressor.io"},
+    {"compressor.provenance"},
+    {"compressor.errors", "compressor.version", "compressor.bisection"},
+)
+"""The package's layers, top to bottom (STYLE.md, "Shape of the package"): a module imports only
+its own layer and the ones below."""
+
+
+def test_every_import_goes_down_the_layers():
+    rank = {layer: i for i, layers in enumerate(LAYERS) for layer in layers}
+    graph = import_graph()
+    unranked = sorted({layer_of(m) for m in graph} - set(rank))
+    assert not unranked, f"modules in no layer (add them to LAYERS): {unranked}"
+    upward = [f"{m} imports {t}" for m in sorted(graph) for t in sorted(graph[m])
+              if rank[layer_of(t)] < rank[layer_of(m)]]
+    assert not upward, "imports reaching up a layer: " + "; ".join(upward)
 
 
 def test_no_function_is_longer_than_80_lines():
