@@ -83,23 +83,24 @@ def run_method(method: str, base: CompressConfig, out_root: Path) -> dict:
                       info)
     except UserError as exc:
         return {**row, "error": str(exc)}
-    report = done.report
-    final = report["final"]
-    if "latency" not in final:  # export or measurement failed; the work is saved, the row says so
-        return {**row, "error": report.get("failure") or "export or measurement failed"}
-    return {**row, "test_top1": final["test_top1"],
-            "precision": final.get("precision", "fp32"),
-            "fp32_layers": ((final.get("int8") or {}).get("fp32_layers") or []
-                            if final.get("precision") == "mixed" else []),  # of what shipped
-            "fp32_top1": final.get("fp32_test_top1", final["test_top1"]),
-            "fp32_latency_ratio": (final.get("fp32_latency") or final["latency"])["ratio"],
-            "baseline_top1": report["baseline"]["test_top1"],
-            "latency_ratio": final["latency"]["ratio"],
-            "latency_spread": final["latency"]["spread"],
-            "macs": final["macs"], "params": final["params"],
+    report = done.run_report
+    final = report.final
+    if final.latency is None:  # export or measurement failed; the work is saved, the row says so
+        return {**row, "error": report.failure or "export or measurement failed"}
+    return {**row, "test_top1": final.test_top1,
+            "precision": final.precision,
+            "fp32_layers": ((final.int8 or {}).get("fp32_layers") or []
+                            if final.precision == "mixed" else []),  # of what shipped
+            "fp32_top1": final.fp32_test_top1 if final.fp32_test_top1 is not None
+            else final.test_top1,
+            "fp32_latency_ratio": (final.fp32_latency or final.latency)["ratio"],
+            "baseline_top1": report.baseline["test_top1"],
+            "latency_ratio": final.latency_ratio,
+            "latency_spread": final.latency["spread"],
+            "macs": final.macs, "params": final.params,
             "total_seconds": time.time() - started,
-            "per_episode_seconds": report["per_episode_seconds"],
-            "verdict": report["verdict"], "policy": report["policy"]}
+            "per_episode_seconds": report.per_episode_seconds,
+            "verdict": report.verdict, "policy": report.policy}
 
 
 def aggregate(rows: list[dict]) -> list[dict]:

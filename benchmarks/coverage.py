@@ -252,22 +252,24 @@ class Row:
 
 
 def report_fields(report: dict) -> dict:
-    """units, latency ratio, verdict, top-1 and parity fields of a compress report.json.
+    """units, latency ratio, verdict, top-1 and parity fields of a report.json, read as the one
+    record compress and apply write (`compressor.io.report.RunReport`).
 
-    Parity is whatever the report has: `final` keys starting with `onnx_` and the `final.parity`
-    section when present (the export report's layout is changing; nothing here assumes it).
+    Parity is the `final.parity` section's numbers that are there, plus the flat `final.onnx_*`
+    keys of reports written before that section existed (compressor 0.1).
     """
-    final = report.get("final") or {}
-    parity = {k: v for k, v in final.items() if k.startswith("onnx_") and k != "onnx"}
-    if isinstance(final.get("parity"), dict):
-        parity.update({f"parity.{k}": v for k, v in final["parity"].items()})
-    latency = final.get("latency") or {}
-    policy = report.get("policy")
+    from compressor.io.report import RunReport
+
+    run = RunReport.from_dict(report)
+    legacy = {k: v for k, v in (report.get("final") or {}).items()
+              if k.startswith("onnx_") and k != "onnx"}
+    parity = {**legacy, **{f"parity.{k}": v for k, v in run.final.parity.as_dict().items()
+                           if v is not None}} if run.final.parity else legacy
     return {
-        "units": len(policy) if isinstance(policy, dict) else None,
-        "latency_ratio": latency.get("ratio") if isinstance(latency, dict) else None,
-        "verdict": report.get("verdict"),
-        "test_top1": final.get("test_top1"),
+        "units": len(run.policy) if isinstance(report.get("policy"), dict) else None,
+        "latency_ratio": run.final.latency_ratio,
+        "verdict": run.verdict,
+        "test_top1": run.final.test_top1,
         "parity": parity,
     }
 

@@ -68,18 +68,18 @@ def run_row(workers: int, threads: int, base: CompressConfig, runs: Path) -> dic
         torch.set_num_threads(everything)
     done = finish(ws, outcome.candidates, run_dir, ["benchmarks.distributed", name],
                   runs / "results" / name, runs / "policies" / f"{name}.json", info)
-    final = done.report["final"]
+    report = done.run_report
     return {
         "model": config.model, "budget": config.budget.latency, "seed": config.seed,
         "workers": workers, "threads_per_worker": threads, "episodes": config.loop.episodes,
         "search_seconds": outcome.seconds,
         "episodes_per_minute": 60 * config.loop.episodes / outcome.seconds,
         "workers_start_seconds": ws.times.get("workers_start", 0.0),
-        "best_search_top1": outcome.candidates[0].top1, "test_top1": final.get("test_top1"),
-        "latency_ratio": (final.get("latency") or {}).get("ratio"),
-        "verdict": done.report["verdict"], "worker_restarts": info.get("worker_restarts", 0),
-        "per_episode_seconds": done.report["per_episode_seconds"],
-        "policy": done.report["policy"],
+        "best_search_top1": outcome.candidates[0].top1, "test_top1": report.final.test_top1,
+        "latency_ratio": report.final.latency_ratio,
+        "verdict": report.verdict, "worker_restarts": info.get("worker_restarts", 0),
+        "per_episode_seconds": report.per_episode_seconds,
+        "policy": report.policy,
     }
 
 

@@ -23,13 +23,13 @@ import torch
 
 from compressor.budgets.kinds import BudgetConfig
 from compressor.io import atomic
-from compressor.pipeline import recovery
 from compressor.pipeline.compress import CompressConfig, prepare
 from compressor.pipeline.job import search_context
-from compressor.pipeline.train import TrainConfig, evaluate_top1, memory_format, train
 from compressor.search.evaluator import RECOVERY_SEED, EvaluatorConfig
 from compressor.search.loop import CHECKPOINT, LoopConfig
 from compressor.search.methods import get_method
+from compressor.training import recovery
+from compressor.training.train import TrainConfig, evaluate_top1, memory_format, train
 from compressor.zoo.datasets import DataConfig
 
 

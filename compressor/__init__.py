@@ -20,9 +20,8 @@ from compressor.api import (
 from compressor.budgets.kinds import BudgetConfig
 from compressor.errors import CompressorError, ExportError, InternalError, UserError
 from compressor.pipeline.compress import CompressConfig, FinalConfig
-
-__version__ = "0.2.0"
+from compressor.version import __version__
 
 __all__ = ["BudgetConfig", "CompressConfig", "CompressResult", "CompressorError", "ExportError",
            "FinalConfig", "InternalError", "UserError", "apply_policy", "check_budget", "compress",
-           "export_onnx", "measure_latency", "units"]
+           "__version__", "export_onnx", "measure_latency", "units"]

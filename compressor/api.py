@@ -131,35 +131,16 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         UserError: bad input, with a one-line message naming the fix.
         InternalError: an internal check failed (work saved under `out` is kept).
     """
-    from compressor.pipeline.compress import check_method
     from compressor.pipeline.job import run_job
 
-    if not isinstance(model, nn.Module):
-        raise UserError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-
-    check_method(method)
-    if evaluate is not None and not callable(evaluate):
-        raise UserError("evaluate= must be a callable evaluate(model) -> float")
-    if finetune is not None and not callable(finetune):
-        raise UserError("finetune= must be a callable finetune(model, steps)")
+    _check_arguments(model, method, evaluate, finetune)
     seed_everything(seed)
-    dataset = user_dataset(train, val if val is not None or evaluate is None else train, test)
-    if example_input is None:
-        example_input = first_batch(dataset.train, "train")[0][:1]
-    example = torch.zeros(1, *example_input.shape[1:])
-    classes = _num_classes(model, example)
-    dataset = replace(dataset, num_classes=classes)
-    base = config or pipeline.CompressConfig()
-    config = replace(
-        base, model="user", seed=seed, device=device, method=method,
-        data=replace(base.data, dataset="user", input_size=int(example.shape[-1])),
-        budget=replace(base.budget, latency=latency_budget, latency_ms=latency_ms,
-                       flops=flops_budget, params=params_budget),
-        loop=replace(base.loop if config else LoopConfig(), episodes=episodes),
-        final=replace(base.final, epochs=final_epochs),
-        quantize=replace(base.quantize, mode=quantize),
-        distributed=base.distributed if workers is None else
-        replace(base.distributed, workers=workers)).resolved()
+    dataset, example = _user_data(model, train, val, test, example_input, evaluate)
+    config = _resolved_config(
+        config, example, seed=seed, device=device, method=method, episodes=episodes,
+        budget={"latency": latency_budget, "latency_ms": latency_ms, "flops": flops_budget,
+                "params": params_budget},
+        final_epochs=final_epochs, quantize=quantize, workers=workers)
     distributed.check(config.distributed)  # before any work: Ray missing, cluster unreachable
     dense = copy.deepcopy(model).cpu().eval()
     score = checked_score(evaluate) if evaluate is not None else None
@@ -173,13 +154,54 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         ws.progress = progress
         ws.meta["test_top1"] = test_score(ws, ws.dense)
         outcome = run_job(ws, root / "run", root, root / "policy.json")
-    latency_ratio = outcome.latency_ratio
+    search = outcome.run_report.search or {}
     return CompressResult(
-        model=outcome.model, policy=outcome.policy, latency_ratio=latency_ratio,
+        model=outcome.model, policy=outcome.policy, latency_ratio=outcome.latency_ratio,
         top1=outcome.test_top1, baseline_top1=ws.meta["test_top1"], verdict=outcome.verdict,
-        checks=outcome.checks, evaluations=outcome.report["search"].get("evaluations", 0),
-        search_seconds=outcome.report["search"].get("seconds", 0.0),
+        checks=outcome.checks, evaluations=search.get("evaluations", 0),
+        search_seconds=search.get("seconds", 0.0),
         paths=outcome.paths if out is not None else {}, report=outcome.report)
+
+
+def _user_data(model: nn.Module, train: Any, val: Any | None, test: Any | None,
+               example_input: torch.Tensor | None, evaluate: Any) -> tuple[Any, torch.Tensor]:
+    """The user's data as a dataset with the model's class count, and a zero example input of
+    one image (shaped as `example_input`, default: the first training batch's)."""
+    dataset = user_dataset(train, val if val is not None or evaluate is None else train, test)
+    if example_input is None:
+        example_input = first_batch(dataset.train, "train")[0][:1]
+    example = torch.zeros(1, *example_input.shape[1:])
+    return replace(dataset, num_classes=_num_classes(model, example)), example
+
+
+def _check_arguments(model: Any, method: str, evaluate: Any, finetune: Any) -> None:
+    """`compress`'s arguments that can be refused before any work, one line each."""
+    from compressor.pipeline.compress import check_method
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_method(method)
+    if evaluate is not None and not callable(evaluate):
+        raise UserError("evaluate= must be a callable evaluate(model) -> float")
+    if finetune is not None and not callable(finetune):
+        raise UserError("finetune= must be a callable finetune(model, steps)")
+
+
+def _resolved_config(config: pipeline.CompressConfig | None, example: torch.Tensor, *, seed: int,
+                     device: str, method: str, episodes: int, budget: dict[str, float | None],
+                     final_epochs: int, quantize: str, workers: int | None
+                     ) -> pipeline.CompressConfig:
+    """`config` (default: the defaults) with `compress`'s arguments in their sections, resolved."""
+    base = config or pipeline.CompressConfig()
+    return replace(
+        base, model="user", seed=seed, device=device, method=method,
+        data=replace(base.data, dataset="user", input_size=int(example.shape[-1])),
+        budget=replace(base.budget, **budget),
+        loop=replace(base.loop if config else LoopConfig(), episodes=episodes),
+        final=replace(base.final, epochs=final_epochs),
+        quantize=replace(base.quantize, mode=quantize),
+        distributed=base.distributed if workers is None else
+        replace(base.distributed, workers=workers)).resolved()
 
 
 def units(model: nn.Module, example_input: torch.Tensor,

@@ -20,9 +20,9 @@ from compressor.errors import EXIT_BUDGET_MISSED, EXIT_OK
 from compressor.flags import REPEATABLE
 from compressor.latency import ProbeSettings
 from compressor.pipeline.compress import CompressConfig
-from compressor.pipeline.train import TrainConfig
-from compressor.pruning.skeleton import Importance, PruningConfig
+from compressor.pruning.config import Importance, PruningConfig
 from compressor.quantize import QuantizeConfig
+from compressor.training.train import TrainConfig
 from compressor.zoo.datasets import DataConfig
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compressor.version import __version__
+
 
 def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo names it, with the vector ISA PyTorch dispatches to.
@@ -46,10 +48,8 @@ def library_versions() -> dict[str, str]:
     import torch_pruning
     import torchvision
 
-    import compressor
-
     return {
-        "compressor": compressor.__version__,
+        "compressor": __version__,
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),

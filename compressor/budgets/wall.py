@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from compressor.bisection import least_feasible
 from compressor.errors import UserError
 
 
@@ -76,17 +77,12 @@ def wall(
         return 0.0
     if not meets(_policy(prefix, max_ratio, n_units, max_ratio), budgets):
         return max_ratio
-    # Invariant: `low` fails and `high` meets every budget. Returning `high` (not the midpoint)
-    # matters for step-function costs, where a ratio just below a step fails. The bracket is
-    # narrowed to tol / 2 so that `high - tol` lies strictly on the failing side.
-    low, high = 0.0, max_ratio
-    while high - low > tol / 2:
-        mid = (low + high) / 2
-        if meets(_policy(prefix, mid, n_units, max_ratio), budgets):
-            high = mid
-        else:
-            low = mid
-    return high
+    # `least_feasible` keeps `low` failing and `high` meeting every budget and returns `high` (not
+    # the midpoint): for step-function costs a ratio just below a step fails. The bracket is
+    # narrowed to tol / 2 so that `high - tol` lies strictly on the failing side (64 halvings
+    # get there for any tol above 1e-19).
+    return least_feasible(lambda r: meets(_policy(prefix, r, n_units, max_ratio), budgets),
+                          0.0, max_ratio, tol=tol / 2, steps=64)
 
 
 def clip_action(

@@ -1,1 +1,2 @@
-"""Files: ONNX export with verification, pruned checkpoints, policy files, reports, atomic writes."""
+"""Files: ONNX export with verification, policy files, reports, atomic writes (pruned checkpoints,
+which rebuild the network by pruning, are `pruning.checkpoints`)."""

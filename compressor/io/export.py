@@ -3,7 +3,8 @@
 Every ONNX file we write has passed `onnx.checker` and matched PyTorch on a real batch within a
 relative tolerance (`PARITY_RTOL`, `PARITY_ATOL`) with the same top-1 class; the measured numbers
 are reported. The latency probe exports through the same `onnx_bytes`, so what is timed is what
-is shipped.
+is shipped. `onnx_top1` scores an exported model (FP32 or INT8) with onnxruntime: the one scorer
+of `compressor check`'s accuracy gate and the INT8 accuracy checks.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import copy
 import io
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -150,12 +152,36 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray,
     return Parity(diff, max_abs_output, float(relative), agreement, tolerance, failure)
 
 
+def onnx_session(model: bytes | str | Path) -> Any:
+    """A plain onnxruntime CPU session (default options) of ONNX bytes or a file."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session: Any, batches: Sequence) -> np.ndarray:
+    """The session's outputs on every batch of (images, labels), concatenated."""
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x.numpy()})[0] for x, _ in batches])
+
+
+def top1_of(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy (%) of `logits` against `labels`."""
+    return 100.0 * float((logits.argmax(1) == labels).mean())
+
+
+def onnx_top1(model: bytes | str | Path | Any, batches: Sequence) -> float:
+    """Top-1 (%) on `batches` of (image, label) of an ONNX model run by onnxruntime: bytes or a
+    file (run on a plain CPU session), or an onnxruntime session already made."""
+    session = model if hasattr(model, "run") else onnx_session(model)
+    return top1_of(onnx_logits(session, batches), np.concatenate([y.numpy() for _, y in batches]))
+
+
 def parity(model: nn.Module, data: bytes, batch: torch.Tensor,
            tolerance: Tolerance = DEFAULT_TOLERANCE) -> Parity:
     """onnxruntime's outputs on `batch` against PyTorch's (eval mode), by `compare_outputs`."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = onnx_session(data)
     (ort_out,) = session.run(None, {session.get_inputs()[0].name: batch.detach().cpu().numpy()})
     work = _exportable(model)
     was_training = work.training

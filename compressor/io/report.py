@@ -1,12 +1,179 @@
-"""The run report: report.json (machine-readable), report.md (for people) and three plots."""
+"""The run report: report.json (machine-readable), report.md (for people) and three plots.
+
+report.json is one typed record, `RunReport`, whose "final" section, `ShippedModel`, says what
+shipped and what was measured of it. `compressor compress` (the final stage) writes every field;
+`compressor apply` writes the same record without the search's fields (they are left out of the
+file, not written as null). Readers (the benchmarks) take it back with `RunReport.from_dict` /
+`ShippedModel.from_dict`, which accept what an older or failed run left out.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from compressor.io import atomic
+
+_OPTIONAL = {"optional": True}
+"""Field metadata: left out of report.json when None (a section the run did not produce)."""
+
+
+def _record(obj: Any) -> dict[str, Any]:
+    """A report dataclass as report.json holds it: its fields in order, nested records as dicts,
+    optional fields left out when None (no deep copy: the values are already plain)."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None and f.metadata.get("optional"):
+            continue
+        out[f.name] = _record(value) if hasattr(value, "__dataclass_fields__") else value
+    return out
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `data` that are fields of `cls`."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(frozen=True)
+class ExportParity:
+    """The shipped FP32 export against PyTorch (`io.export.ExportReport`'s numbers)."""
+
+    max_abs_diff: float | None = None
+    max_abs_output: float | None = None
+    relative_diff: float | None = None
+    top1_agreement: float | None = None
+    tolerance: dict[str, float] | None = None
+    """{"rtol", "atol"} of the check."""
+
+    @classmethod
+    def of(cls, exported: Any) -> ExportParity:
+        """From an `ExportReport`."""
+        return cls(exported.max_abs_diff, exported.max_abs_output, exported.relative_diff,
+                   exported.top1_agreement, dict(exported.tolerance._asdict()))
+
+    def as_dict(self) -> dict[str, Any]:
+        return _record(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShippedModel:
+    """report.json's "final": the model a run ships and what was measured of it. Fields are None
+    only in a report read back from a run that did not produce them."""
+
+    test_top1: float | None = None
+    """Test score of what ships: the INT8 ONNX model's top-1 (%) when INT8 ships, else the FP32
+    network's (or the user's `evaluate`)."""
+    fp32_test_top1: float | None = None
+    """The fine-tuned FP32 network's test score."""
+    precision: str = "fp32"
+    """fp32, int8, or mixed (an INT8 model with some layers kept FP32)."""
+    macs: int | None = None
+    params: int | None = None
+    checkpoint: str | None = None
+    """The pruned FP32 checkpoint (`pruning.checkpoints`)."""
+    policy_file: str | None = None
+    int8: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    """INT8 plan, quantization attempts, test comparison and warning (INT8 runs only)."""
+    latency: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    """The paired measurement of what ships against dense FP32 (`PairedLatency.as_dict`); left
+    out when export or measurement failed."""
+    latency_rounds: int | None = field(default=None, metadata=_OPTIONAL)
+    fp32_latency: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    """The FP32 export's paired measurement (the same as `latency` when FP32 ships)."""
+    onnx: str | None = field(default=None, metadata=_OPTIONAL)
+    """The ONNX file that ships."""
+    fp32_onnx: str | None = field(default=None, metadata=_OPTIONAL)
+    parity: ExportParity | None = field(default=None, metadata=_OPTIONAL)
+
+    @property
+    def latency_ratio(self) -> float | None:
+        return self.latency.get("ratio") if isinstance(self.latency, dict) else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return _record(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShippedModel:
+        known = _known(cls, data)
+        if isinstance(known.get("parity"), dict):
+            known["parity"] = ExportParity(**_known(ExportParity, known["parity"]))
+        return cls(**known)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunReport:
+    """report.json. `compressor compress` fills every field; `compressor apply` (no search, no
+    budget) leaves the optional ones None and report.json without them."""
+
+    model: str
+    dataset: str
+    run: str
+    """The run directory's name (compress) or the output directory's (apply)."""
+    command: str
+    headline: str
+    verdict: str | None = field(default=None, metadata=_OPTIONAL)
+    """"within budget", a budget missed, or "export or measurement failed"; None without budgets."""
+    failure: str | None = None
+    """What failed in export or measurement (the work was saved first), else None."""
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per budget: the registry's check (measured value, limit, ok)."""
+    budgets: dict[str, Any] = field(default_factory=dict)
+    search_target: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)
+    margin_note: str | None = field(default=None, metadata=_OPTIONAL)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    """The dense model: test_top1, macs, params and its export's parity."""
+    final: ShippedModel = field(default_factory=ShippedModel)
+    policy: dict[str, float] = field(default_factory=dict)
+    """Pruning ratio per unit (precision entries are in `unit_precisions`)."""
+    uniform_policy: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)
+    unit_precisions: dict[str, str] | None = field(default=None, metadata=_OPTIONAL)
+    """Unit -> "int8" / "fp32" when the search chose precisions."""
+    candidates: list[dict[str, Any]] | None = field(default=None, metadata=_OPTIONAL)
+    search: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    episodes: int | None = field(default=None, metadata=_OPTIONAL)
+    cache_hits: int | None = field(default=None, metadata=_OPTIONAL)
+    episodes_log: str | None = None
+    """The run directory's episodes.jsonl (named, not copied beside the report); None when the
+    run logged no episode."""
+    per_episode_seconds: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)
+    time: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)
+    config: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    plots: list[str] | None = field(default=None, metadata=_OPTIONAL)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What report.json holds."""
+        return _record(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """A report.json read back (missing required text fields become empty)."""
+        known = _known(cls, data)
+        known["final"] = ShippedModel.from_dict(known.get("final") or {})
+        for name in ("model", "dataset", "run", "command", "headline"):
+            known.setdefault(name, "")
+        return cls(**known)
+
+
+def headline(top1: float, base_top1: float, precision: str, latency_ratio: float | None) -> str:
+    """The report's one-line result: shipped top-1 and its change, precision, latency ratio.
+
+    >>> headline(91.5, 92.0, "int8", 0.45)
+    '91.50% top-1 (-0.50) in INT8 at 0.450 of the dense latency'
+    """
+    return (f"{top1:.2f}% top-1 ({top1 - base_top1:+.2f})"
+            + {"int8": " in INT8", "mixed": " in mixed INT8/FP32"}.get(precision, "")
+            + (f" at {latency_ratio:.3f} of the dense latency" if latency_ratio is not None
+               else ""))
+
+
+def write_report_json(out_dir: Path, report: RunReport) -> Path:
+    """report.json only (`compressor apply`, which has no search to summarise in report.md)."""
+    return atomic.write_json(out_dir / "report.json", report.as_dict())
 
 
 def read_episodes(path: Path) -> list[dict]:
@@ -119,9 +286,10 @@ def _int8_lines(final: dict) -> list[str]:
     return ["", *lines]
 
 
-def write_report(out_dir: Path, report: dict) -> None:
-    """report.json verbatim, and a short markdown summary of it (also of a failed final stage)."""
-    atomic.write_json(out_dir / "report.json", report)
+def write_report(out_dir: Path, run_report: RunReport) -> None:
+    """report.json, and a short markdown summary of it (also of a failed final stage)."""
+    write_report_json(out_dir, run_report)
+    report = run_report.as_dict()
     final, base = report["final"], report["baseline"]
     lat = final.get("latency")
     lines = [

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from compressor.bisection import greatest_feasible
+
 
 class Spread(Protocol):
     """A measured ratio with its blocks (`probe.PairedLatency`)."""
@@ -83,14 +85,7 @@ def _bisect_scale(predict: Callable[[float], float], target: float, highest: flo
     """The largest keep scale in (0, highest] whose prediction is <= target."""
     if predict(highest) <= target:
         return highest
-    low, high = 0.0, highest
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        if predict(mid) <= target:
-            low = mid
-        else:
-            high = mid
-    return low
+    return greatest_feasible(lambda s: predict(s) <= target, 0.0, highest, steps=iterations)
 
 
 def fit_to_latency(policy: dict[str, float], units: Sequence[str],

@@ -7,16 +7,22 @@ policy made for another network is refused in seconds.
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from compressor import latency, pruning, quantize
-from compressor.io import checkpoints, export, policies
-from compressor.pipeline import recovery
+from compressor.io import export, policies, report
 from compressor.pipeline.int8 import Int8Plan, quantize_winner
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import pick_device, provenance, seed_everything
+from compressor.pruning import checkpoints
+from compressor.pruning.importance import importance_label
+from compressor.training import recovery
+from compressor.training.train import TrainConfig, evaluate_top1, train
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, load_dataset
@@ -31,7 +37,8 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
                       device_name: str = "auto",
                       quantize_config: quantize.QuantizeConfig | None = None,
                       say=log.info) -> dict:
-    """Prune the cached baseline with a policy file and write ONNX, checkpoint and policy JSON."""
+    """Prune the cached baseline with a policy file and write ONNX, checkpoint, policy JSON and
+    report.json (`io.report.RunReport`, without the search's fields)."""
     seed_everything(seed)
     device = pick_device(device_name)
     dataset = load_dataset(data)
@@ -50,15 +57,8 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
     dense, meta = baseline.load_or_pretrain(model_name, dataset, data, TrainConfig(seed=seed),
                                             models_dir, device, checkpoint, say=say)
     dense = dense.cpu().eval()
-    calibration = list(dataset.train.batches(64, shuffle=True, seed=seed, limit=20))
-    model = pruning.apply_policy(dense, policy, example, pruning_config,
-                                 calibration_batches=calibration[:pruning_config.taylor_batches])
-    recovery.recalibrate_bn(model, calibration, len(calibration), device)
-    if finetune_epochs > 0:
-        train(model, dataset.train, None, TrainConfig(epochs=finetune_epochs, max_lr=finetune_lr,
-                                                      warmup_fraction=0.1, seed=seed,
-                                                      batch_size=128), device)
-    model = model.cpu().eval()
+    model = _prune_and_recover(dense, policy, example, pruning_config, dataset, seed, device,
+                               finetune_epochs, finetune_lr)
     top1 = evaluate_top1(model, dataset.test.batches(500), torch.device("cpu"))
 
     out = Path(out_dir)
@@ -70,13 +70,7 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
         model, out / "model.pt", {"model": model_name, **metrics}, policy=policy,
         base_name=model_name, num_classes=dataset.num_classes, example_shape=tuple(example.shape),
         round_to=pruning_config.round_to, ignored_layers=pruning_config.ignored_layers)
-    exported = export.export_onnx(model, batch, out / "model.onnx")
-    export.export_onnx(dense, batch, out / "dense.onnx")
-    settings = probe
-    reference = latency.make_session(out / "dense.onnx", settings)
-    settings = latency.resolve_batch_size(settings, reference)
-    paired = latency.measure_pair(latency.make_session(out / "model.onnx", settings),
-                                  latency.make_session(out / "dense.onnx", settings), settings)
+    exported, reference, settings, paired = _export_and_measure(model, dense, batch, out, probe)
     metrics.update(latency_ratio_measured=paired.ratio, onnx_max_abs_diff=exported.max_abs_diff,
                    onnx_relative_diff=exported.relative_diff,
                    onnx_top1_agreement=exported.top1_agreement)
@@ -96,7 +90,79 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
                           extra={"source": str(policy_path), "finetune_epochs": finetune_epochs,
                                  "round_to": pruning_config.round_to,
                                  "latency": paired.as_dict(), "int8": int8, **provenance()})
+    final = _shipped(out, metrics, exported, paired, int8)
+    settings_used = {"policy_file": str(policy_path), "finetune_epochs": finetune_epochs,
+                     "finetune_lr": finetune_lr, "seed": seed,
+                     "pruning": {"round_to": pruning_config.round_to,
+                                 "importance": importance_label(pruning_config.importance),
+                                 "ignored_layers": list(pruning_config.ignored_layers)},
+                     "probe": asdict(settings), "data": asdict(data),
+                     "quantize": asdict(quantize_config) if quantize_config else None}
+    report.write_report_json(out, _report(model_name, data, out, meta, skeleton, policy, final,
+                                          settings_used))
     return {**metrics, "latency": paired.as_dict(), "int8": int8, "out": str(out)}
+
+
+def _prune_and_recover(dense: nn.Module, policy: dict[str, float], example: torch.Tensor,
+                       config: pruning.PruningConfig, dataset, seed: int, device: torch.device,
+                       finetune_epochs: int, finetune_lr: float) -> nn.Module:
+    """The policy applied to the dense baseline, BatchNorm recalibrated on 20 train batches, then
+    `finetune_epochs` of fine-tune (none by default); on the CPU in eval mode."""
+    calibration = list(dataset.train.batches(64, shuffle=True, seed=seed, limit=20))
+    model = pruning.apply_policy(dense, policy, example, config,
+                                 calibration_batches=calibration[:config.taylor_batches])
+    recovery.recalibrate_bn(model, calibration, len(calibration), device)
+    if finetune_epochs > 0:
+        train(model, dataset.train, None, TrainConfig(epochs=finetune_epochs, max_lr=finetune_lr,
+                                                      warmup_fraction=0.1, seed=seed,
+                                                      batch_size=128), device)
+    return model.cpu().eval()
+
+
+def _export_and_measure(model: nn.Module, dense: nn.Module, batch: torch.Tensor, out: Path,
+                        probe: latency.ProbeSettings
+                        ) -> tuple[export.ExportReport, latency.Session, latency.ProbeSettings,
+                                   latency.PairedLatency]:
+    """model.onnx and dense.onnx (verified), then one paired measurement of the two; the dense
+    session and the settings it resolved (the batch size) serve the INT8 step too."""
+    exported = export.export_onnx(model, batch, out / "model.onnx")
+    export.export_onnx(dense, batch, out / "dense.onnx")
+    settings = probe
+    reference = latency.make_session(out / "dense.onnx", settings)
+    settings = latency.resolve_batch_size(settings, reference)
+    paired = latency.measure_pair(latency.make_session(out / "model.onnx", settings),
+                                  latency.make_session(out / "dense.onnx", settings), settings)
+    return exported, reference, settings, paired
+
+
+def _shipped(out: Path, metrics: dict, exported: export.ExportReport,
+             paired: latency.PairedLatency, int8: dict | None) -> report.ShippedModel:
+    """report.json's "final" for what apply wrote: the INT8 model when one ships."""
+    ships_int8 = bool(int8 and int8.get("onnx"))
+    return report.ShippedModel(
+        test_top1=int8["test"]["int8_top1"] if ships_int8 else metrics["test_top1"],
+        fp32_test_top1=metrics["test_top1"], precision=metrics.get("precision", "fp32"),
+        macs=metrics["macs"], params=metrics["params"], checkpoint=str(out / "model.pt"),
+        policy_file=str(out / "policy.json"), int8=int8,
+        latency=int8["latency"] if ships_int8 else paired.as_dict(),
+        latency_rounds=int8["latency_rounds"] if ships_int8 else 1,
+        fp32_latency=paired.as_dict(), onnx=int8["onnx"] if ships_int8 else str(out / "model.onnx"),
+        fp32_onnx=str(out / "model.onnx"), parity=report.ExportParity.of(exported))
+
+
+def _report(model_name: str, data: DataConfig, out: Path, meta: dict, skeleton: pruning.Skeleton,
+            policy: dict[str, float], final: report.ShippedModel, config: dict
+            ) -> report.RunReport:
+    """report.json of `compressor apply`: compress's record without a search or budgets."""
+    base_top1 = meta.get("test_top1")
+    base_top1 = float("nan") if base_top1 is None else base_top1
+    return report.RunReport(
+        model=model_name, dataset=data.dataset, run=out.name,
+        command=" ".join(shlex.quote(a) for a in sys.argv),
+        headline=report.headline(final.test_top1, base_top1, final.precision, final.latency_ratio),
+        baseline={"test_top1": base_top1, "macs": skeleton.macs({}), "params": skeleton.params({})},
+        final=final, policy=pruning.pruning_ratios(policy), config=config,
+        provenance=provenance())
 
 
 def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSettings,

@@ -19,21 +19,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from compressor import latency
 from compressor.errors import UserError
+from compressor.io.export import onnx_top1
 from compressor.latency.probe import measured_settings
 from compressor.provenance import provenance
-
-
-def onnx_top1(session: latency.Session, batches) -> tuple[float, int]:
-    correct = total = 0
-    for x, y in batches:
-        (logits,) = session.inner.run(None, {session.input_name: x.numpy()})
-        correct += int((np.argmax(logits, 1) == y.numpy()).sum())
-        total += len(y)
-    return 100.0 * correct / max(total, 1), total
 
 
 def check(model_path: str, reference_path: str, settings: latency.ProbeSettings, *,
@@ -91,8 +81,8 @@ def check(model_path: str, reference_path: str, settings: latency.ProbeSettings,
         if test_batches is None:
             raise UserError("--max-accuracy-drop needs --dataset")
         batches = list(test_batches)
-        cand_top1, images = onnx_top1(candidate, batches)
-        ref_top1, _ = onnx_top1(reference, batches)
+        cand_top1, ref_top1 = onnx_top1(candidate.inner, batches), onnx_top1(reference.inner, batches)
+        images = sum(len(y) for _, y in batches)
         drop = ref_top1 - cand_top1
         accuracy = {"candidate_top1": cand_top1, "reference_top1": ref_top1, "drop": drop,
                     "dataset": dataset_name, "images": images}

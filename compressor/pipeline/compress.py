@@ -32,7 +32,6 @@ from compressor.pipeline.int8 import (
     find_sensitive_layers,
     plan_int8,
 )
-from compressor.pipeline.train import TrainConfig
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
 from compressor.pruning.skeleton import trace
@@ -43,6 +42,7 @@ from compressor.search.distributed import DistributedConfig
 from compressor.search.env import REWARDS, PruningEnv
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
 from compressor.search.loop import LoopConfig, summary_writer_class
+from compressor.training.train import TrainConfig
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, Dataset, load_dataset

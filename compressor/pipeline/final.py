@@ -27,13 +27,14 @@ from torch import nn
 from compressor import latency, pruning
 from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
-from compressor.io import checkpoints, export, policies, report
+from compressor.io import export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
 from compressor.pipeline.int8 import ShippedInt8, policy_fp32_layers, quantize_winner
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
 from compressor.provenance import provenance
+from compressor.pruning import checkpoints
 from compressor.pruning.importance import importance_label
 from compressor.search.loop import Candidate
+from compressor.training.train import TrainConfig, evaluate_top1, train
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -265,9 +266,9 @@ def _per_episode(episodes: list[dict]) -> dict[str, float]:
 
 @dataclass
 class RunOutcome:
-    """What `finish` produced; `report` is what report.json holds."""
+    """What `finish` produced; `run_report` is what report.json holds."""
 
-    report: dict[str, Any]
+    run_report: report.RunReport
     model: nn.Module
     policy: dict[str, float]
     checks: dict[str, Check]
@@ -276,12 +277,142 @@ class RunOutcome:
     latency_ratio: float | None
     paths: dict[str, Path]
 
+    @property
+    def report(self) -> dict[str, Any]:
+        """report.json as written (a dict; `run_report` is the typed record)."""
+        return self.run_report.as_dict()
+
+
+@dataclass
+class Exported:
+    """The export-and-measure steps of `finish`: what they produced, or what failed."""
+
+    measured: Measurement | None = None
+    int8: ShippedInt8 | None = None
+    failure: str | None = None
+
+    @property
+    def ships_int8(self) -> bool:
+        return self.int8 is not None and self.int8.path is not None
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """The measured ratio of what ships (None when export or measurement failed)."""
+        if self.ships_int8:
+            return self.int8.paired.ratio
+        return self.measured.paired.ratio if self.measured else None
+
+
+def export_shipped(ws: Workspace, model: nn.Module, run_dir: Path, policy: dict[str, float]
+                   ) -> Exported:
+    """`export_and_measure`, then `quantize_and_measure` when INT8 was planned; a failure is
+    kept (as text) for the report rather than raised, the work before it is already saved."""
+    done = Exported()
+    try:
+        done.measured = export_and_measure(ws, model, run_dir)
+        ws.times["export_and_measure"] = done.measured.seconds
+        if ws.int8 is not None and ws.int8.format is not None:
+            done.int8 = quantize_and_measure(ws, done.measured, run_dir, policy)
+            ws.times["quantize"] = done.int8.seconds
+    except CompressorError as exc:
+        done.failure = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - reported, with the work saved, then re-raised
+        done.failure = f"{type(exc).__name__}: {exc}"
+    return done
+
+
+def shipped_model(ws: Workspace, saved: SavedWinner, tuned: FinetuneResult, done: Exported,
+                  policy: dict[str, float]) -> report.ShippedModel:
+    """report.json's "final": what ships and what was measured of it."""
+    sk, int8, ships_int8 = ws.skeleton, done.int8, done.ships_int8
+    # The shipped model's number: top-1 of the INT8 ONNX model on the test split, unless the user
+    # scores models with their own `evaluate` (it takes a PyTorch module, not an INT8 graph).
+    shipped_top1 = int8.test.int8_top1 if ships_int8 and ws.test_score is None \
+        else tuned.test_top1
+    int8_section = None
+    if ws.int8 is not None:
+        int8_section = {"plan": ws.int8.as_dict(), **(int8.as_dict() if int8 else {}),
+                        "warning": (int8.warning if int8 else ws.int8.warning),
+                        "fp32_layers": fp32_layers(ws, policy)}
+    measured = {}
+    if done.measured:
+        m = done.measured
+        measured = dict(latency=(int8.paired if ships_int8 else m.paired).as_dict(),
+                        latency_rounds=int8.rounds if ships_int8 else m.rounds,
+                        fp32_latency=m.paired.as_dict(),
+                        onnx=str(int8.path if ships_int8 else m.onnx_path),
+                        fp32_onnx=str(m.onnx_path), parity=report.ExportParity.of(m.export))
+    return report.ShippedModel(
+        test_top1=shipped_top1, fp32_test_top1=tuned.test_top1,
+        precision=_precision(ws, policy) if ships_int8 else "fp32",
+        macs=sk.macs(policy), params=sk.params(policy),
+        checkpoint=str(saved.checkpoint_path), policy_file=str(saved.policy_path),
+        int8=int8_section, **measured)
+
+
+def _margin_note(config) -> str:
+    return (f"latency budgets are aimed {config.budget.margin:.0%} under the budget "
+            "(the latency model's held-out error plus the paired measurement spread, "
+            "results/latency-model); before fine-tuning each candidate is rescaled "
+            "and measured again until it measures between 12% and the margin under "
+            "the budget, at most 3 times, the margin widened to half the "
+            "measurement's own block spread when that is wider (see each candidate's "
+            "fit_margin); a candidate never measured within the budget is rejected; "
+            "a measurement (the fit's or the final one) near the budget is repeated "
+            f"{config.final.recheck_rounds} more times on fresh sessions and judged "
+            "on the median of all blocks.")
+
+
+def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
+               checks: dict[str, Check], verdict_text: str, failure: str | None,
+               episodes: list[dict], run_dir: Path, argv: list[str] | None,
+               search_info: dict | None) -> report.RunReport:
+    """report.json of a compress run (its plots are added by `finish` once drawn)."""
+    config, sk, policy = ws.config, ws.skeleton, stage.winner.policy
+    base_top1 = ws.meta.get("test_top1", float("nan"))
+    precisions = pruning.unit_precisions(policy)
+    return report.RunReport(
+        model=config.model, dataset=config.data.dataset, run=run_dir.name,
+        command=" ".join(shlex.quote(a) for a in (argv or sys.argv)),
+        headline=report.headline(final.test_top1, base_top1, final.precision,
+                                 final.latency_ratio),
+        verdict=verdict_text, failure=failure,
+        checks={k: c._asdict() for k, c in checks.items()},
+        budgets=ws.request.as_dict(), search_target={b.name: b.limit for b in ws.budgets},
+        margin_note=_margin_note(config),
+        baseline={"test_top1": base_top1, "macs": sk.macs({}), "params": sk.params({}),
+                  "parity": {"max_abs_diff": ws.dense_export.max_abs_diff,
+                             "relative_diff": ws.dense_export.relative_diff}},
+        final=final, policy=pruning.pruning_ratios(policy),
+        uniform_policy=pruning.uniform_policy_for_budget(sk, ws.budget_cost, 1.0,
+                                                         config.max_ratio)[0],
+        unit_precisions={unit: "int8" if int8 else "fp32" for unit, int8 in precisions.items()}
+        if precisions else None,
+        candidates=[asdict(r) for r in stage.rows], search=search_info or {},
+        episodes=len(episodes), cache_hits=sum(bool(e.get("cached")) for e in episodes),
+        # The run directory's log, named rather than copied beside the report.
+        episodes_log=str(run_dir / "episodes.jsonl") if episodes else None,
+        per_episode_seconds=_per_episode(episodes), time=dict(ws.times),
+        config=asdict(config), provenance=provenance())
+
+
+def write_run_report(rep: report.RunReport, episodes: list[dict], results_dir: Path
+                     ) -> report.RunReport:
+    """The plots, report.json and report.md in `results_dir`."""
+    plots = report.plot_search(episodes, results_dir, f"{rep.model}: {rep.run}") \
+        if episodes else []
+    plots.append(report.plot_policy(rep.policy, rep.uniform_policy, results_dir,
+                                    "pruning ratio per unit"))
+    rep = replace(rep, plots=plots)
+    report.write_report(results_dir, rep)
+    return rep
+
 
 def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] | None,
            results_dir: Path, policy_path: Path, search_info: dict | None = None
            ) -> RunOutcome:
     """The final stage's steps in order, then the report. See the module docstring."""
-    config, sk, times = ws.config, ws.skeleton, ws.times
+    config, times = ws.config, ws.times
     run_dir.mkdir(parents=True, exist_ok=True)
     stage = choose_candidates(ws, best)
     times["candidates"] = stage.seconds
@@ -290,108 +421,35 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
     tuned = finetune_winner(ws, stage)
     times["final_finetune"] = tuned.seconds
     saved = save_winner(ws, stage.winner, tuned, run_dir, policy_path)
-    paths = {"policy": saved.policy_path, "checkpoint": saved.checkpoint_path,
-             "report": results_dir / "report.md"}
     policy = stage.winner.policy
-    failure, measured, int8 = None, None, None
-    try:
-        measured = export_and_measure(ws, tuned.model, run_dir)
-        times["export_and_measure"] = measured.seconds
-        if ws.int8 is not None and ws.int8.format is not None:
-            int8 = quantize_and_measure(ws, measured, run_dir, policy)
-            times["quantize"] = int8.seconds
-    except CompressorError as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - reported, with the work saved, then re-raised
-        failure = f"{type(exc).__name__}: {exc}"
-    ships_int8 = int8 is not None and int8.path is not None
-    ratio = measured.paired.ratio if measured else None
-    if ships_int8:
-        ratio = int8.paired.ratio
-    # The shipped model's number: top-1 of the INT8 ONNX model on the test split, unless the user
-    # scores models with their own `evaluate` (it takes a PyTorch module, not an INT8 graph).
-    shipped_top1 = int8.test.int8_top1 if ships_int8 and ws.test_score is None \
-        else tuned.test_top1
+    done = export_shipped(ws, tuned.model, run_dir, policy)
+    ratio = done.latency_ratio
     checks = judge_run(ws, policy, ratio)
-    result = "export or measurement failed" if failure else verdict(checks)
+    result = "export or measurement failed" if done.failure else verdict(checks)
     times["total"] = sum(v for k, v in times.items() if k != "total")
 
     episodes_path = run_dir / "episodes.jsonl"
     episodes = report.read_episodes(episodes_path) if episodes_path.exists() else []
-    uniform, _ = pruning.uniform_policy_for_budget(sk, ws.budget_cost, 1.0, config.max_ratio)
-    base_top1 = ws.meta.get("test_top1", float("nan"))
-    final: dict[str, Any] = {
-        "test_top1": shipped_top1, "fp32_test_top1": tuned.test_top1,
-        "precision": _precision(ws, policy) if ships_int8 else "fp32",
-        "macs": sk.macs(policy), "params": sk.params(policy),
-        "checkpoint": str(saved.checkpoint_path), "policy_file": str(saved.policy_path)}
-    if ws.int8 is not None:
-        final["int8"] = {"plan": ws.int8.as_dict(), **(int8.as_dict() if int8 else {}),
-                         "warning": (int8.warning if int8 else ws.int8.warning),
-                         "fp32_layers": fp32_layers(ws, policy)}
-    if measured:
-        ex = measured.export
-        final.update(latency=(int8.paired if ships_int8 else measured.paired).as_dict(),
-                     latency_rounds=int8.rounds if ships_int8 else measured.rounds,
-                     fp32_latency=measured.paired.as_dict(),
-                     onnx=str(int8.path if ships_int8 else measured.onnx_path),
-                     fp32_onnx=str(measured.onnx_path),
-                     parity={"max_abs_diff": ex.max_abs_diff, "max_abs_output": ex.max_abs_output,
-                             "relative_diff": ex.relative_diff,
-                             "top1_agreement": ex.top1_agreement,
-                             "tolerance": dict(ex.tolerance._asdict())})
-    headline = (f"{shipped_top1:.2f}% top-1 ({shipped_top1 - base_top1:+.2f})" +
-                ({"int8": " in INT8", "mixed": " in mixed INT8/FP32"}.get(final["precision"], "")) +
-                (f" at {ratio:.3f} of the dense latency" if ratio is not None else ""))
-    rep = {
-        "model": config.model, "dataset": config.data.dataset, "run": run_dir.name,
-        "command": " ".join(shlex.quote(a) for a in (argv or sys.argv)),
-        "headline": headline, "verdict": result, "failure": failure,
-        "checks": {k: c._asdict() for k, c in checks.items()},
-        "budgets": ws.request.as_dict(),
-        "search_target": {b.name: b.limit for b in ws.budgets},
-        "margin_note": f"latency budgets are aimed {config.budget.margin:.0%} under the budget "
-                       "(the latency model's held-out error plus the paired measurement spread, "
-                       "results/latency-model); before fine-tuning each candidate is rescaled "
-                       "and measured again until it measures between 12% and the margin under "
-                       "the budget, at most 3 times, the margin widened to half the "
-                       "measurement's own block spread when that is wider (see each candidate's "
-                       "fit_margin); a candidate never measured within the budget is rejected; "
-                       "a measurement (the fit's or the final one) near the budget is repeated "
-                       f"{config.final.recheck_rounds} more times on fresh sessions and judged "
-                       "on the median of all blocks.",
-        "baseline": {"test_top1": base_top1, "macs": sk.macs({}), "params": sk.params({}),
-                     "parity": {"max_abs_diff": ws.dense_export.max_abs_diff,
-                                "relative_diff": ws.dense_export.relative_diff}},
-        "final": final, "policy": pruning.pruning_ratios(policy), "uniform_policy": uniform,
-        **({"unit_precisions": {unit: "int8" if int8 else "fp32" for unit, int8 in
-                                pruning.unit_precisions(policy).items()}}
-           if pruning.unit_precisions(policy) else {}),
-        "candidates": [asdict(r) for r in stage.rows], "search": search_info or {},
-        "episodes": len(episodes), "cache_hits": sum(bool(e.get("cached")) for e in episodes),
-        # The run directory's log, named rather than copied beside the report.
-        "episodes_log": str(episodes_path) if episodes else None,
-        "per_episode_seconds": _per_episode(episodes), "time": dict(times),
-        "config": asdict(config), "provenance": provenance(),
-    }
-    plots = report.plot_search(episodes, results_dir, f"{config.model}: {run_dir.name}") \
-        if episodes else []
-    plots.append(report.plot_policy(pruning.pruning_ratios(policy), uniform, results_dir,
-                                    "pruning ratio per unit"))
-    rep["plots"] = plots
-    report.write_report(results_dir, rep)
-    if failure:
-        raise InternalError(f"{failure}. The fine-tuned model and its policy are saved "
+    final = shipped_model(ws, saved, tuned, done, policy)
+    rep = run_report(ws, stage, final, checks, result, done.failure, episodes, run_dir, argv,
+                     search_info)
+    rep = write_run_report(rep, episodes, results_dir)
+    if done.failure:
+        raise InternalError(f"{done.failure}. The fine-tuned model and its policy are saved "
                             f"({saved.checkpoint_path}, {saved.policy_path}); finish with "
                             f"`compressor apply --policy {saved.policy_path}` or rerun with "
                             f"--resume {run_dir}")
-    paths.update(onnx=int8.path if ships_int8 else measured.onnx_path,
-                 dense_onnx=measured.dense_onnx_path)
-    if ships_int8:
+    measured = done.measured
+    paths = {"policy": saved.policy_path, "checkpoint": saved.checkpoint_path,
+             "report": results_dir / "report.md",
+             "onnx": done.int8.path if done.ships_int8 else measured.onnx_path,
+             "dense_onnx": measured.dense_onnx_path}
+    if done.ships_int8:
         paths["fp32_onnx"] = measured.onnx_path
-    return RunOutcome(rep, tuned.model, policy, checks, result, shipped_top1, ratio, paths)
+    return RunOutcome(rep, tuned.model, policy, checks, result, final.test_top1, ratio, paths)
 
 
-__all__ = ["CandidateRow", "CandidateStage", "FinetuneResult", "Measurement", "RunOutcome",
-           "SavedWinner", "choose_candidates", "export_and_measure", "finetune_winner", "finish",
-           "judge_run", "quantize_and_measure", "save_winner", "test_score"]
+__all__ = ["CandidateRow", "CandidateStage", "Exported", "FinetuneResult", "Measurement",
+           "RunOutcome", "SavedWinner", "choose_candidates", "export_and_measure",
+           "export_shipped", "finetune_winner", "finish", "judge_run", "quantize_and_measure",
+           "run_report", "save_winner", "shipped_model", "test_score", "write_run_report"]

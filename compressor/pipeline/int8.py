@@ -43,7 +43,7 @@ from torch import nn
 
 from compressor import latency, pruning, quantize
 from compressor.io import atomic
-from compressor.io.export import onnx_bytes
+from compressor.io.export import onnx_bytes, onnx_top1
 from compressor.pruning.shapes import measure_layer_shapes
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class SearchedPrecision:
         int8 = quantize.quantize_bytes(
             data, self.calibration, self.plan.format, self.plan.config,
             exclude=quantize.layer_nodes(data, self.layers, self.fp32_layers(policy)))
-        return quantize.onnx_top1(int8, self.batches)
+        return onnx_top1(int8, self.batches)
 
 
 @dataclass

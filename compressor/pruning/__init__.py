@@ -5,18 +5,16 @@
     pruned = pruning.apply_policy(model, {skeleton.names[0]: 0.5}, x, pruning.PruningConfig())
 """
 
-from compressor.pruning.apply import apply_policy
+from compressor.pruning.apply import apply_policy, build_skeleton, verify_skeleton
+from compressor.pruning.config import PruningConfig, kernel_channel_block
+from compressor.pruning.importance import IMPORTANCES
 from compressor.pruning.policies import global_ranking_policy, uniform_policy, uniform_policy_for_budget
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.pruning.skeleton import (
-    IMPORTANCES,
-    PruningConfig,
     Skeleton,
     Unit,
-    build_skeleton,
     check_policy,
     kept_count,
-    kernel_channel_block,
     precision_entries,
     precision_key,
     pruning_ratios,
@@ -26,4 +24,5 @@ from compressor.pruning.skeleton import (
 __all__ = ["IMPORTANCES", "LayerShape", "PruningConfig", "Skeleton", "Unit", "apply_policy",
            "build_skeleton", "check_policy", "global_ranking_policy", "kept_count",
            "kernel_channel_block", "measure_layer_shapes", "precision_entries", "precision_key",
-           "pruning_ratios", "uniform_policy", "uniform_policy_for_budget", "unit_precisions"]
+           "pruning_ratios", "uniform_policy", "uniform_policy_for_budget", "unit_precisions",
+           "verify_skeleton"]

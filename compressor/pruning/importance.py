@@ -1,4 +1,9 @@
-"""Channel importance: which channels of a unit go first (torch-pruning's criteria, per unit)."""
+"""Channel importance: which channels of a unit go first (torch-pruning's criteria, per unit).
+
+Criteria are registered by name in `IMPORTANCES` (name -> factory taking the config's seed); a
+torch-pruning `Importance` object is used as given. Adding a criterion is one entry there: the
+config's check and the CLI's choices read the registry.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +17,52 @@ import torch_pruning as tp
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.pruning.skeleton import PruningConfig
+
+Criterion = Callable[[tp.Group], torch.Tensor | None]
+"""A torch-pruning importance: a coupled group -> one score per channel (higher is kept), or None
+when it cannot score the group (then L1 magnitude does)."""
 
 
-def criterion_for(config: PruningConfig) -> Callable[[tp.Group], torch.Tensor | None]:
-    """The scorer of `config.importance`: a plug-in object as given, a name as torch-pruning's."""
-    if not isinstance(config.importance, str):
-        return config.importance  # a torch-pruning Importance (validated callable in the config)
-    if config.importance == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if config.importance == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if config.importance == "bn":
-        return tp.importance.BNScaleImportance()
-    if config.importance == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    return lambda group: None  # random: drawn per unit in `unit_importance`
+class RandomImportance:
+    """Random scores, drawn per unit in `unit_importance` from `seed` and the unit's name, so a
+    unit's choice does not depend on which other units are pruned."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, group: tp.Group) -> None:
+        return None  # the group does not carry its unit's name: `unit_importance` draws
+
+    def unit_scores(self, name: str, channels: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed ^ zlib.crc32(name.encode()))
+        return torch.rand(channels, generator=gen)
+
+
+IMPORTANCES: dict[str, Callable[[int], Criterion]] = {
+    "l1": lambda seed: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda seed: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn": lambda seed: tp.importance.BNScaleImportance(),
+    "taylor": lambda seed: tp.importance.GroupTaylorImportance(),
+    "random": RandomImportance,
+}
+"""The named channel criteria, name -> factory of the scorer from `PruningConfig.seed`: l1 / l2
+(weight magnitude over the whole group), bn (BatchNorm scale; L1 for units without BatchNorm),
+taylor (|weight x gradient| on a few batches), random (seeded per unit)."""
+
+
+def check_importance(importance: str | Criterion) -> None:
+    """A one-line UserError unless `importance` is a registered name or a callable plug-in."""
+    if isinstance(importance, str) or not callable(importance):
+        if importance not in IMPORTANCES:
+            raise UserError(f"unknown importance {importance!r}; choose one of "
+                            f"{', '.join(IMPORTANCES)} or pass a torch-pruning Importance")
+
+
+def criterion_for(importance: str | Criterion, seed: int = 0) -> Criterion:
+    """The scorer of `importance`: a plug-in object as given, a name from `IMPORTANCES`."""
+    if not isinstance(importance, str):
+        return importance  # a torch-pruning Importance (validated callable in the config)
+    return IMPORTANCES[importance](seed)
 
 
 def needs_gradients(importance: str | Callable) -> bool:
@@ -55,14 +90,12 @@ def importance_label(importance: str | Callable) -> str:
     return f"{kind.__module__}.{kind.__qualname__}({settings})"
 
 
-def unit_importance(name: str, group: tp.Group, channel_groups: int, criterion,
-                     config: PruningConfig) -> torch.Tensor:
+def unit_importance(name: str, group: tp.Group, channel_groups: int,
+                    criterion: Criterion) -> torch.Tensor:
     """Mean-normalised score per channel of one channel group (channels / channel_groups long)."""
     channels = len(group[0].idxs)
-    if config.importance == "random":
-        # Seeded per unit, so a unit's choice does not depend on which other units are pruned.
-        gen = torch.Generator().manual_seed(config.seed ^ zlib.crc32(name.encode()))
-        scores = torch.rand(channels, generator=gen)
+    if isinstance(criterion, RandomImportance):
+        scores = criterion.unit_scores(name, channels)
     else:
         scores = criterion(group)
         if scores is None:  # e.g. bn on a unit without BatchNorm

@@ -8,15 +8,16 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from compressor.bisection import least_feasible
 from compressor.errors import UserError
+from compressor.pruning.config import PruningConfig
 from compressor.pruning.importance import (
     accumulate_gradients,
     criterion_for,
     needs_gradients,
     unit_importance,
 )
-from compressor.pruning.skeleton import PruningConfig, Skeleton, trace
-from compressor.search.bisect import least_feasible
+from compressor.pruning.skeleton import Skeleton, trace
 
 
 def uniform_policy(skeleton: Skeleton, ratio: float) -> dict[str, float]:
@@ -72,8 +73,8 @@ def global_ranking_policy(model: nn.Module, example_input: torch.Tensor, config:
     traced = trace(work, example_input.to(device), config)
     if needs_gradients(config.importance):
         accumulate_gradients(work, calibration_batches, config.taylor_batches, device)
-    criterion = criterion_for(config)
-    scores = {name: unit_importance(name, group, traced.channel_groups[name], criterion, config)
+    criterion = criterion_for(config.importance, config.seed)
+    scores = {name: unit_importance(name, group, traced.channel_groups[name], criterion)
               for name, group in traced.groups.items()}
     ranked = torch.sort(torch.cat(list(scores.values()))).values
 

@@ -9,7 +9,7 @@ We decide the kept channel counts ourselves (`kept_count`) and make torch-prunin
 that many channels (ranked by importance, lowest first), so `Skeleton` can predict the pruned
 network's layer shapes without pruning anything. For any model, input x and policy:
 
-    skeleton = build_skeleton(model, x, PruningConfig())
+    skeleton = build_skeleton(model, x, PruningConfig())  # trace_skeleton, checked by one prune
     policy = skeleton.policy_from_vector([0.5] * len(skeleton.units))
     pruned = apply_policy(model, policy, x, PruningConfig())
     assert skeleton.layer_shapes(policy) == measure_layer_shapes(pruned, x)
@@ -25,67 +25,22 @@ import re
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Annotated, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.flags import REPEATABLE, choices, flag
+from compressor.pruning.config import PruningConfig
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.zoo.models import classifier_name
 
 log = logging.getLogger(__name__)
 
-IMPORTANCES = ("l1", "l2", "bn", "taylor", "random")
-Importance = Annotated[str | Callable[[tp.Group], torch.Tensor | None], choices(IMPORTANCES)]
-"""A channel criterion: one of IMPORTANCES by name (the command line's choices), or a plug-in."""
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
-
-
-def kernel_channel_block() -> int:
-    """The channel multiple ONNX Runtime's CPU conv kernels compute in: 16 with AVX-512, else 8.
-
-    Its NCHWc layout pads channels to the vector width, so a count between two multiples costs
-    the next one. Measured here (3x3 conv pairs, 8x8 maps, batch 32, AVX-512): 104 channels
-    4.13 ms vs 112 4.04 ms, 120 4.61 vs 128 4.63, 136 5.36 vs 144 5.33: pruning 128 to 120 buys
-    nothing. With AVX2 the block is 8.
-    """
-    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
-
-
-@dataclass(frozen=True)
-class PruningConfig:
-    """How channels are counted and chosen."""
-
-    round_to: Annotated[int, flag("--round-to")] = field(default_factory=kernel_channel_block)
-    """Kept channel counts are multiples of it (or a unit's full count); a unit keeps at least
-    this many. Default: the CPU kernels' channel block (`kernel_channel_block`)."""
-    importance: Annotated[Importance, flag("--importance")] = "l2"
-    """Channel ranking: l1 / l2 (weight magnitude over the whole group), bn (BatchNorm scale; L1
-    for units without BatchNorm), taylor (|weight x gradient| on a few batches), random; or a
-    plug-in: any torch-pruning `Importance` (a callable from a `tp.Group` to one score per
-    channel, higher kept), e.g. `tp.importance.GroupMagnitudeImportance(p=1)`."""
-    ignored_layers: Annotated[tuple[str, ...], flag("--ignore"), REPEATABLE] = ()
-    """Qualified names of Conv2d/Linear layers whose out channels are never pruned (the classifier
-    is always kept)."""
-    taylor_batches: int = 4
-    """Calibration batches whose gradients the taylor criterion accumulates."""
-    seed: int = 0
-    """Seed of the random criterion (the same policy always gives the same network)."""
-
-    def __post_init__(self) -> None:
-        # A plug-in is anything callable; a string must be one of the names.
-        if isinstance(self.importance, str) or not callable(self.importance):
-            if self.importance not in IMPORTANCES:
-                raise UserError(f"unknown importance {self.importance!r}; choose one of "
-                                f"{', '.join(IMPORTANCES)} or pass a torch-pruning Importance")
-        if self.round_to < 1 or self.taylor_batches < 1:
-            raise UserError("round_to and taylor_batches must be at least 1")
 
 
 class Unit(NamedTuple):
@@ -372,13 +327,12 @@ def channel_step(channels: int, channel_groups: int, round_to: int) -> int:
     return step if channels % channel_groups == 0 else channels  # uneven groups: never prune
 
 
-def build_skeleton(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
-                   verify: bool = True) -> Skeleton:
+def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: PruningConfig
+                   ) -> Skeleton:
     """Trace `model` once (on a copy) and tabulate which unit sets which layer's channels.
 
-    With `verify`, one policy (every unit at 0.5) is really pruned and its measured shapes compared
-    with the prediction, so a model torch-pruning mishandles fails here with a UserError rather than
-    mid-search.
+    Nothing is pruned here: `pruning.build_skeleton` (in `apply`) also checks the prediction
+    against one real prune.
     """
     example_input = example_input.to(next(model.parameters()).device)
     work = copy.deepcopy(model)
@@ -432,28 +386,4 @@ def build_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
                           sum(s.macs for s in touched),
                           sum(s.params for s in touched)))
         steps.append(channel_step(shape.out_channels, traced.channel_groups[root], config.round_to))
-    skeleton = Skeleton(units, steps, layers)
-    if verify:
-        _verify(skeleton, model, example_input, config)
-    return skeleton
-
-
-def _verify(skeleton: Skeleton, model: nn.Module, x: torch.Tensor, config: PruningConfig) -> None:
-    policy = {name: 0.5 for name in skeleton.names}
-    name = type(model).__name__
-    from compressor.pruning.apply import apply_policy  # apply imports this module
-
-    pruned = apply_policy(model, policy, x, replace(config, importance="l2"))
-    try:
-        measured = measure_layer_shapes(pruned, x)
-    except Exception as exc:
-        raise UserError(f"{name} no longer runs once pruned by torch-pruning "
-                        f"({type(exc).__name__}); choose another model") from None
-    predicted = skeleton.layer_shapes(policy)
-    for want, got in zip(predicted, measured, strict=False):
-        if want != got:
-            raise UserError(f"torch-pruning mishandles {name}: layer {got.name} was pruned to "
-                            f"{got.in_channels}->{got.out_channels} channels, predicted "
-                            f"{want.in_channels}->{want.out_channels}; choose another model")
-    if len(predicted) != len(measured):
-        raise UserError(f"{name} runs a different set of layers once pruned; choose another model")
+    return Skeleton(units, steps, layers)

@@ -8,7 +8,6 @@ from compressor.quantize.accuracy import (
     Int8Accuracy,
     QuantizedModel,
     compare,
-    onnx_top1,
     quantize_within,
 )
 from compressor.quantize.choice import (
@@ -37,5 +36,5 @@ from compressor.quantize.int8 import (
 __all__ = ["CALIBRATION_METHODS", "FORMATS", "MEASURED_BY_DEFAULT", "MODES", "FormatChoice",
            "FormatTrial", "Int8Accuracy", "Int8Curve", "Int8Format", "QuantizeConfig",
            "QuantizedModel", "calibration_batches", "choose_format", "compare", "layer_nodes",
-           "measure_curve", "node_layers", "onnx_top1", "preprocess", "quantize_bytes", "quantize_within",
+           "measure_curve", "node_layers", "preprocess", "quantize_bytes", "quantize_within",
            "random_calibration", "weighted_nodes"]

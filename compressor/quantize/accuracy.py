@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from compressor.io.export import onnx_logits, onnx_session, top1_of
 from compressor.quantize.int8 import (
     Int8Format,
     QuantizeConfig,
@@ -50,37 +51,17 @@ class Int8Accuracy:
     images: int
 
 
-def _session(data: bytes):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-
-
-def _logits(session, batches: Sequence) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x.numpy()})[0] for x, _ in batches])
-
-
-def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return 100.0 * float((logits.argmax(1) == labels).mean())
-
-
-def onnx_top1(data: bytes, batches: Sequence) -> float:
-    """Top-1 (%) of the ONNX model `data` on `batches` of (image, label), run by onnxruntime."""
-    return _top1(_logits(_session(data), batches), np.concatenate([y.numpy() for _, y in batches]))
-
-
 class _Scorer:
     """INT8 graphs against one FP32 model on fixed batches (the FP32 logits computed once)."""
 
     def __init__(self, fp32: bytes, batches: Iterable):
         self.batches = list(batches)
         self.labels = np.concatenate([y.numpy() for _, y in self.batches])
-        self.reference = _logits(_session(fp32), self.batches)
+        self.reference = onnx_logits(onnx_session(fp32), self.batches)
 
     def __call__(self, int8: bytes) -> Int8Accuracy:
-        ref, out = self.reference, _logits(_session(int8), self.batches)
-        top1 = [_top1(a, self.labels) for a in (ref, out)]
+        ref, out = self.reference, onnx_logits(onnx_session(int8), self.batches)
+        top1 = [top1_of(a, self.labels) for a in (ref, out)]
         return Int8Accuracy(top1[0], top1[1], top1[0] - top1[1],
                             float(np.max(np.abs(ref - out))),
                             float((ref.argmax(1) == out.argmax(1)).mean()), len(self.labels))
@@ -219,4 +200,4 @@ def quantize_within(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8For
 
 
 __all__ = ["Attempt", "Int8Accuracy", "QuantizedModel", "compare", "layer_drops", "most_sensitive",
-           "onnx_top1", "quantize_within"]
+           "quantize_within"]

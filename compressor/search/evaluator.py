@@ -18,10 +18,10 @@ from torch import nn
 from compressor import latency, pruning
 from compressor.errors import UserError
 from compressor.flags import flag
-from compressor.pipeline import recovery
-from compressor.pipeline.train import evaluate_top1
 from compressor.pruning.importance import needs_gradients
 from compressor.search.env import Evaluation
+from compressor.training import recovery
+from compressor.training.train import evaluate_top1
 
 
 @dataclass(frozen=True)

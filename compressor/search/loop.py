@@ -246,27 +246,8 @@ def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, l
     writer_class = summary_writer_class() if tensorboard is not None else None  # fail fast
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / EPISODES
-    state, agent_state = None, None
-    if resume:
-        # A process killed inside an atomic write leaves its temporary file, never a half target.
-        for stale in run_dir.glob(".*.tmp"):
-            stale.unlink()
-        state, agent_state = load_checkpoint(run_dir, config_dict)
-        _truncate_log(log_path, state.next_episode if state else 0)
-        if state is not None:
-            evaluator.cache.update(state.cache)
-            evaluator.calls = state.evaluator_calls
-    else:
-        if (run_dir / CHECKPOINT).exists() or log_path.exists():
-            raise UserError(f"{run_dir} already holds a search; pass --resume {run_dir} to "
-                            "continue it or choose another --out")
-        atomic.write_json(run_dir / CONFIG, config_dict)
-    state = state or SearchState()
-    if state.prepass is None:
-        state.prepass = prepare() if prepare is not None else Prepass()
-        state.cache, state.evaluator_calls = evaluator.cache, evaluator.calls
-        save_checkpoint(run_dir, state, None)  # a resumed search never measures again
-    pre = state.prepass
+    state, agent_state = _open_run(run_dir, config_dict, resume, evaluator)
+    pre = _prepass(state, prepare, evaluator, run_dir)
     episodes = loop.episodes - pre.evaluations
     if episodes < 1:
         raise UserError(f"the search's prepass took {pre.evaluations} of its {loop.episodes} "
@@ -300,31 +281,14 @@ def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, l
             evaluations = evaluate_all([r.policy for r in rollouts])
             for episode, demo, rollout, evaluation in zip(numbers, demos, rollouts, evaluations,
                                                           strict=True):
-                reward = float(env.reward_fn(evaluation))
-                agent.observe_episode(rollout.observations, rollout.actions, reward)
-                learned = agent.episode_stats(rollout.observations, episode)
-                if demo is not None:
-                    learned = {**learned, "sigma": None}  # no noise: the demonstration's own
-                record = {
-                    "episode": episode, **({"demonstration": demo.name} if demo else {}),
-                    "reward": reward, "top1": evaluation.top1,
-                    "flops_ratio": evaluation.flops_ratio,
-                    **{k: v for k, v in evaluation.metrics.items()},
-                    "policy": rollout.policy, "wanted_actions": rollout.wanted, **learned,
-                    "elapsed": time.time() - started,
-                }
+                record = learn_episode(env, agent, episode, demo, rollout, evaluation, started)
                 atomic.append_line(log_path, json.dumps(record, default=float))
-                _remember(state.best, Candidate(episode, reward, evaluation.top1, rollout.policy,
+                _remember(state.best, Candidate(episode, record["reward"], evaluation.top1,
+                                                rollout.policy,
                                                 {k: v for k, v in evaluation.metrics.items()
                                                  if k != "seconds"}),
                           evaluator.key(rollout.policy), loop.keep_best, keys)
-                best = state.best[0]
-                if writer is not None:
-                    _write_scalars(writer, episode, record, best)
-                bar.update(1)
-                bar.set_postfix(reward=f"{reward:.3f}", acc=f"{evaluation.top1:.1f}",
-                                lat=f"{evaluation.metrics.get('latency_predicted', float('nan')):.3f}",
-                                best=f"{best.top1:.1f}@{best.episode}", refresh=False)
+                _show(bar, writer, episode, record, state.best[0])
             before, state.next_episode = state.next_episode, numbers[-1] + 1
             state.cache, state.evaluator_calls = evaluator.cache, evaluator.calls
             finished_agent = copy.deepcopy(agent.state_dict())
@@ -340,6 +304,69 @@ def run_search(make_env: Callable[[np.ndarray | None], PruningEnv], evaluator, l
         if writer is not None:
             writer.close()
     return state.best
+
+
+def _open_run(run_dir: Path, config_dict: dict, resume: bool, evaluator
+              ) -> tuple[SearchState, dict | None]:
+    """A new run directory (its config written; one holding a search is refused), or with
+    `resume` the saved search state and agent state, the log cut back to the checkpoint and the
+    evaluator's cache and call count restored."""
+    log_path = run_dir / EPISODES
+    state, agent_state = None, None
+    if resume:
+        # A process killed inside an atomic write leaves its temporary file, never a half target.
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink()
+        state, agent_state = load_checkpoint(run_dir, config_dict)
+        _truncate_log(log_path, state.next_episode if state else 0)
+        if state is not None:
+            evaluator.cache.update(state.cache)
+            evaluator.calls = state.evaluator_calls
+    else:
+        if (run_dir / CHECKPOINT).exists() or log_path.exists():
+            raise UserError(f"{run_dir} already holds a search; pass --resume {run_dir} to "
+                            "continue it or choose another --out")
+        atomic.write_json(run_dir / CONFIG, config_dict)
+    return state or SearchState(), agent_state
+
+
+def _prepass(state: SearchState, prepare: Callable[[], Prepass] | None, evaluator,
+             run_dir: Path) -> Prepass:
+    """The search's prepass, run and checkpointed at once the first time (a resumed search never
+    measures again)."""
+    if state.prepass is None:
+        state.prepass = prepare() if prepare is not None else Prepass()
+        state.cache, state.evaluator_calls = evaluator.cache, evaluator.calls
+        save_checkpoint(run_dir, state, None)
+    return state.prepass
+
+
+def learn_episode(env: PruningEnv, agent, episode: int, demo: Demonstration | None,
+                  rollout: Rollout, evaluation: Evaluation, started: float) -> dict[str, Any]:
+    """The agent stores and learns from one evaluated episode; its line of the episode log."""
+    reward = float(env.reward_fn(evaluation))
+    agent.observe_episode(rollout.observations, rollout.actions, reward)
+    learned = agent.episode_stats(rollout.observations, episode)
+    if demo is not None:
+        learned = {**learned, "sigma": None}  # no noise: the demonstration's own
+    return {
+        "episode": episode, **({"demonstration": demo.name} if demo else {}),
+        "reward": reward, "top1": evaluation.top1,
+        "flops_ratio": evaluation.flops_ratio,
+        **{k: v for k, v in evaluation.metrics.items()},
+        "policy": rollout.policy, "wanted_actions": rollout.wanted, **learned,
+        "elapsed": time.time() - started,
+    }
+
+
+def _show(bar, writer, episode: int, record: dict[str, Any], best: Candidate) -> None:
+    """One episode on the progress bar and, with a TensorBoard writer, as scalars."""
+    if writer is not None:
+        _write_scalars(writer, episode, record, best)
+    bar.update(1)
+    bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['top1']:.1f}",
+                    lat=f"{record.get('latency_predicted', float('nan')):.3f}",
+                    best=f"{best.top1:.1f}@{best.episode}", refresh=False)
 
 
 AGENT_SCALARS = ("critic_loss", "actor_loss", "q_mean", "actor_mean", "actor_std", "sigma")

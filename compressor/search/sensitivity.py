@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compressor.bisection import least_feasible
 from compressor.errors import UserError
-from compressor.search.bisect import least_feasible
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.pipeline.train import TrainConfig, evaluate_top1, pretraining_warning, train
 from compressor.provenance import provenance, seed_everything
+from compressor.training.train import TrainConfig, evaluate_top1, pretraining_warning, train
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, Dataset
 

@@ -9,6 +9,7 @@ import torch
 from compressor.cli import main, parse
 from compressor.errors import UserError
 from compressor.io.policies import read_round_to
+from compressor.io.report import RunReport
 from compressor.pipeline.compress import CompressConfig
 from compressor.pruning import PruningConfig
 from compressor.zoo import models
@@ -77,7 +78,7 @@ def test_compress_writes_every_output_and_exits_by_its_verdict(workdir, capsys):
     assert {"prune", "recover", "evaluate", "latency"} <= set(
         next(e for e in episodes if not e["cached"])["seconds"])
     # The exported checkpoint reloads without any search and matches the ONNX model's shapes.
-    from compressor.io.checkpoints import load_pruned_checkpoint
+    from compressor.pruning.checkpoints import load_pruned_checkpoint
 
     module, meta = load_pruned_checkpoint(out / "model.pt")
     assert module(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -88,6 +89,13 @@ def test_compress_writes_every_output_and_exits_by_its_verdict(workdir, capsys):
                  "--policy", str(workdir / "policies" / "run.json"), "--out", str(applied),
                  "--latency-batch-size", "2"]) == 0
     assert (applied / "model.onnx").exists() and (applied / "policy.json").exists()
+    # apply's report.json is compress's record (io.report.RunReport) without the search's fields
+    applied_report = RunReport.from_dict(json.loads((applied / "report.json").read_text()))
+    assert applied_report.model == "resnet18" and applied_report.search is None
+    assert applied_report.final.parity.top1_agreement >= 0.9
+    assert applied_report.final.onnx == str(applied / "model.onnx")
+    assert 0 < applied_report.final.latency_ratio < 1
+    assert applied_report.policy == policy["policy"]
     capsys.readouterr()
 
     # latency and check on the exported pair.

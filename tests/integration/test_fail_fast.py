@@ -13,9 +13,9 @@ import torch
 from compressor.cli import main
 from compressor.errors import EXIT_BAD_INPUT, EXIT_INTERNAL
 from compressor.io import policies
-from compressor.io.checkpoints import load_pruned_checkpoint
-from compressor.pipeline import recovery
-from compressor.pipeline import train as training
+from compressor.pruning.checkpoints import load_pruned_checkpoint
+from compressor.training import recovery
+from compressor.training import train as training
 from compressor.zoo import baselines, models
 
 SLICE = ["--train-size", "256", "--test-size", "128", "--search-size", "500"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from compressor import latency
 from compressor.errors import UserError
@@ -44,6 +45,20 @@ def test_check_fails_a_model_over_its_budget(odd_files):
     _, dense = odd_files  # against itself: ~1.0, twice the limit
     report = check(str(dense), str(dense), QUICK, max_latency_ratio=0.5, rounds=1)
     assert report["verdict"] == "fail" and not report["checks"]["latency_ratio"]["ok"]
+
+
+def test_check_scores_both_files_on_the_test_batches_for_the_accuracy_gate(odd_files):
+    pruned, dense = odd_files
+    x = odd_input(8)
+    with torch.no_grad():  # labelled by the dense network itself: the reference scores 100%
+        labels = odd_cnn()(x).argmax(1)
+    batches = [(x[:5], labels[:5]), (x[5:], labels[5:])]
+    report = check(str(pruned), str(dense), QUICK, max_accuracy_drop=100.0, rounds=1,
+                   test_batches=batches, dataset_name="odd")
+    accuracy = report["accuracy"]
+    assert accuracy["reference_top1"] == 100.0 and accuracy["images"] == 8
+    assert accuracy["drop"] == 100.0 - accuracy["candidate_top1"]
+    assert report["checks"]["accuracy_drop"]["ok"] and report["verdict"] == "pass"
 
 
 def test_check_refuses_an_input_shape_the_files_do_not_take(odd_files):

@@ -14,16 +14,17 @@ from torch import nn
 from compressor import latency
 from compressor.budgets.kinds import BudgetConfig
 from compressor.errors import ExportError, InternalError, UserError
-from compressor.io import checkpoints, export, policies
+from compressor.io import export, policies
 from compressor.pipeline import compress as pipeline
 from compressor.pipeline import final
 from compressor.pipeline.compress import CompressConfig, FinalConfig
 from compressor.pipeline.data import user_dataset
 from compressor.pipeline.job import search_context
-from compressor.pipeline.train import TrainConfig, evaluate_top1, train
+from compressor.pruning import checkpoints
 from compressor.search.evaluator import EvaluatorConfig
 from compressor.search.loop import Candidate
 from compressor.search.methods import get_method
+from compressor.training.train import TrainConfig, evaluate_top1, train
 from compressor.zoo.datasets import DataConfig
 
 CPU = torch.device("cpu")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from compressor.errors import UserError
 from compressor.pruning import (
+    IMPORTANCES,
     PruningConfig,
     Skeleton,
     apply_policy,
@@ -341,7 +342,7 @@ def test_taylor_without_data_is_a_user_error():
 # --- importance criteria --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("importance", ["l1", "l2", "bn", "taylor", "random"])
+@pytest.mark.parametrize("importance", IMPORTANCES)
 def test_each_importance_prunes_to_the_predicted_shapes(importance, fmnist_loader):
     model, skeleton = model_of("resnet18"), skeleton_of("resnet18")
     config = PruningConfig(importance=importance)

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from compressor.io.export import onnx_bytes
-from compressor.pipeline.train import TrainConfig, train
 from compressor.quantize import FORMATS, QuantizeConfig, compare, quantize_within
 from compressor.quantize.accuracy import _Scorer, layer_drops, most_sensitive
 from compressor.quantize.int8 import calibration_batches, preprocess, weighted_nodes
+from compressor.training.train import TrainConfig, train
 from tests.unit.quantize.test_int8 import small_cnn
 
 

@@ -18,7 +18,6 @@ from compressor.errors import UserError
 from compressor.pruning import PruningConfig, build_skeleton, uniform_policy_for_budget
 from compressor.pruning.policies import policy_vector
 from compressor.search.agent import AgentConfig
-from compressor.search.bisect import greatest_feasible, least_feasible
 from compressor.search.env import PruningEnv, reward_error
 from compressor.search.evaluator import EpisodeEvaluator, EvaluatorConfig
 from compressor.search.loop import CHECKPOINT, EPISODES, LoopConfig
@@ -212,17 +211,6 @@ def test_deterministic_methods_reward_is_amcs_error_reward(trained, skeleton, fm
     ctx = context(trained, skeleton, fmnist)
     (candidate,) = get_method("uniform").search(ctx).candidates
     assert candidate.reward == pytest.approx(reward_error(ctx.evaluate(candidate.policy)))
-
-
-def test_bisection_keeps_the_feasible_end_of_a_step_function():
-    def step(x):  # a cost that jumps: only x >= 0.375 fits
-        return x >= 0.375
-
-    least = least_feasible(step, 0.0, 1.0)
-    assert step(least) and least - 0.375 < 1e-9
-    assert least_feasible(step, 0.0, 1.0, tol=0.1) - 0.375 <= 0.1
-    most = greatest_feasible(lambda x: x <= 0.6, 0.0, 1.0, steps=20)
-    assert most <= 0.6 and 0.6 - most < 1e-5
 
 
 def _checkpoint(run_dir):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compressor.errors import UserError
-from compressor.pipeline.train import TrainConfig
+from compressor.training.train import TrainConfig
 from compressor.zoo import baselines, models
 from compressor.zoo.datasets import DataConfig, Dataset
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from compressor.errors import UserError
-from compressor.io import checkpoints
-from compressor.pruning import PruningConfig, apply_policy, build_skeleton
+from compressor.pruning import PruningConfig, apply_policy, build_skeleton, checkpoints
 from compressor.zoo.models import build_model
 
 EXAMPLE = (1, 3, 32, 32)

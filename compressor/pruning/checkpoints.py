@@ -25,6 +25,8 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.io import atomic
+from compressor.pruning.apply import apply_policy
+from compressor.pruning.config import PruningConfig
 from compressor.zoo import models
 
 PRUNED_FORMAT = "compressor-pruned-v3"
@@ -126,8 +128,6 @@ def load_pruned_checkpoint(path: str | Path, base_model: nn.Module | None = None
     of the recorded name) with the recorded policy, then the saved tensors are loaded strictly.
     `base_model` is only copied, never changed; its weights do not matter, only its architecture.
     """
-    from compressor.pruning import PruningConfig, apply_policy  # pruning imports zoo, as we do
-
     path = Path(path)
     blob = _read(path)
     architecture = read_pruned_architecture(path)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from compressor.errors import UserError
-from compressor.pipeline.train import (
+from compressor.training.train import (
     REFERENCE_STEPS,
     LossWatch,
     TrainConfig,

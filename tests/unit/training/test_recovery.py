@@ -7,9 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor.pipeline.recovery import RecoveryConfig, finetune, recalibrate_bn, recover
-from compressor.pipeline.train import evaluate_top1
 from compressor.pruning import PruningConfig, apply_policy
+from compressor.training.recovery import RecoveryConfig, finetune, recalibrate_bn, recover
+from compressor.training.train import evaluate_top1
 
 CPU = torch.device("cpu")
 

@@ -1,7 +1,8 @@
 """Bisection on a monotone yes/no question: the one helper behind every "least ratio that fits".
 
 Costs here are step functions of a ratio (channels are rounded), so the helpers never return a
-midpoint: they return the end of the final bracket that is known to answer yes.
+midpoint: they return the end of the final bracket that is known to answer yes. It sits below
+every user (the budget wall, the latency fit, the pruning policies, the sensitivity search).
 
     >>> round(least_feasible(lambda x: x >= 0.3, 0.0, 1.0), 6)  # a little above 0.3, never below
     0.3

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.pipeline.train import memory_format
+from compressor.training.train import memory_format
 
 log = logging.getLogger(__name__)
 
