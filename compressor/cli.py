@@ -7,7 +7,11 @@ module parses, runs one and turns errors into exit codes (`compressor.errors`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
+import operator
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +25,10 @@ from compressor.errors import EXIT_INTERNAL, CompressorError, UserError
 from compressor.flags import read_config
 from compressor.pipeline.compress import CompressConfig
 
-Command = (Annotated[Models, subcommand("models")] | Annotated[Pretrain, subcommand("pretrain")]
-           | Annotated[Evaluate, subcommand("evaluate")] | Annotated[Compress, subcommand("compress")]
-           | Annotated[Apply, subcommand("apply")] | Annotated[Latency, subcommand("latency")]
-           | Annotated[Check, subcommand("check")])
+COMMANDS = {"models": Models, "pretrain": Pretrain, "evaluate": Evaluate, "compress": Compress,
+            "apply": Apply, "latency": Latency, "check": Check}
+Command = functools.reduce(operator.or_, (Annotated[command, subcommand(name)]
+                                          for name, command in COMMANDS.items()))
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,28 @@ def parse(argv: Sequence[str]) -> Compressor:
                     config=(tyro.conf.CascadeSubcommandArgs, tyro.conf.OmitSubcommandPrefixes))
 
 
+def _parsed(argv: Sequence[str]) -> Compressor:
+    """`parse`, with a refused command line said in one line naming the flag (tyro draws a box
+    of several) as a UserError."""
+    shown = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(shown):
+            return parse(argv)
+    except SystemExit as exc:
+        if not exc.code:  # --help
+            raise
+        lines = [" ".join(line.strip("╭╮╰╯│─ ").split()) for line in shown.getvalue().splitlines()]
+        said = " ".join(line for line in lines[1:] if line and not line.startswith("For full"))
+        command = " ".join(["compressor", *(a for a in argv if a in COMMANDS)][:2])
+        raise UserError(f"{said or lines[0]} (see: {command} --help)") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # known before parsing: a setting refused while parsing is an error
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        options = parse(argv)
+        options = _parsed(argv)
         if options.torch_threads:
             import torch
 
