@@ -5,12 +5,13 @@
     pruned = pruning.apply_policy(model, {skeleton.names[0]: 0.5}, x, pruning.PruningConfig())
 """
 
-from compressor.pruning.apply import apply_policy, build_skeleton, verify_skeleton
+from compressor.pruning.apply import apply_policy
 from compressor.pruning.config import PruningConfig, kernel_channel_block
 from compressor.pruning.importance import IMPORTANCES
 from compressor.pruning.policies import global_ranking_policy, uniform_policy, uniform_policy_for_budget
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.pruning.skeleton import (
+    Exclusion,
     Skeleton,
     Unit,
     check_policy,
@@ -20,8 +21,9 @@ from compressor.pruning.skeleton import (
     pruning_ratios,
     unit_precisions,
 )
+from compressor.pruning.verify import build_skeleton, verify_skeleton
 
-__all__ = ["IMPORTANCES", "LayerShape", "PruningConfig", "Skeleton", "Unit", "apply_policy",
+__all__ = ["IMPORTANCES", "Exclusion", "LayerShape", "PruningConfig", "Skeleton", "Unit", "apply_policy",
            "build_skeleton", "check_policy", "global_ranking_policy", "kept_count",
            "kernel_channel_block", "measure_layer_shapes", "precision_entries", "precision_key",
            "pruning_ratios", "uniform_policy", "uniform_policy_for_budget", "unit_precisions",

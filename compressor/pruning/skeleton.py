@@ -9,7 +9,7 @@ We decide the kept channel counts ourselves (`kept_count`) and make torch-prunin
 that many channels (ranked by importance, lowest first), so `Skeleton` can predict the pruned
 network's layer shapes without pruning anything. For any model, input x and policy:
 
-    skeleton = build_skeleton(model, x, PruningConfig())  # trace_skeleton, checked by one prune
+    skeleton = build_skeleton(model, x, PruningConfig())  # trace_skeleton, checked by real prunes
     policy = skeleton.policy_from_vector([0.5] * len(skeleton.units))
     pruned = apply_policy(model, policy, x, PruningConfig())
     assert skeleton.layer_shapes(policy) == measure_layer_shapes(pruned, x)
@@ -76,6 +76,15 @@ def kept_count(channels: int, step: int, ratio: float) -> int:
     return upper if upper - target <= target - lower else lower
 
 
+class Exclusion(NamedTuple):
+    """A coupled group left dense and out of the search, and why."""
+
+    name: str  # root layer of the group, as a unit would be named
+    reason: str
+    channels: int  # out channels of the group, dense
+    macs: int  # dense MACs of the layers whose in or out channels the group sets
+
+
 class _Layer(NamedTuple):
     dense: LayerShape
     out_unit: int  # unit setting the out channels, -1 for none
@@ -90,8 +99,11 @@ class Skeleton:
     episode. `layers` mirror `measure_layer_shapes` (same names, same order).
     """
 
-    def __init__(self, units: Sequence[Unit], steps: Sequence[int], layers: Sequence[_Layer]):
+    def __init__(self, units: Sequence[Unit], steps: Sequence[int], layers: Sequence[_Layer],
+                 excluded: Sequence[Exclusion] = ()):
         self.units = tuple(units)
+        self.excluded = tuple(excluded)
+        """Groups kept dense, with the reason: the backend cannot prune them as predicted."""
         self.names = tuple(u.name for u in self.units)
         self.dense_shapes = [layer.dense for layer in layers]
         self._index = {name: i for i, name in enumerate(self.names)}
@@ -149,6 +161,32 @@ class Skeleton:
         """Conv and linear parameters of the pruned network (BatchNorm excluded)."""
         return sum(k2 * (i // g) * o + (o if bias else 0) for (_, k2, bias), (i, o, g)
                    in zip(self._costs, self._channels_of(policy), strict=True))
+
+    def kept_dense(self) -> dict[str, str]:
+        """The groups kept dense (`excluded`): name -> why (what a report and policy file say)."""
+        return {e.name: e.reason for e in self.excluded}
+
+    def setting(self, layer: str, side: str) -> list[str]:
+        """The units that set the `side` ("out" or "in") channels of the named layer."""
+        found = [units for dense, out_unit, in_terms, depthwise in self._layers
+                 if dense.name == layer
+                 for units in ([out_unit] if side == "out" or depthwise
+                               else [u for u, _ in in_terms])]
+        return [self.names[i] for i in found if i >= 0]
+
+    def without(self, reasons: dict[str, str]) -> Skeleton:
+        """This skeleton with the named units kept dense (their layers keep every channel) and
+        listed in `excluded` with their reasons."""
+        kept = [u for u in self.units if u.name not in reasons]
+        index = {u.index: i for i, u in enumerate(kept)}
+        layers = [layer._replace(out_unit=index.get(layer.out_unit, -1),
+                                 in_terms=tuple((index[u], m) for u, m in layer.in_terms
+                                                if u in index))
+                  for layer in self._layers]
+        gone = [Exclusion(u.name, reasons[u.name], u.channels, u.macs)
+                for u in self.units if u.name in reasons]
+        return Skeleton([u._replace(index=index[u.index]) for u in kept],
+                        [self._steps[u.index] for u in kept], layers, self.excluded + tuple(gone))
 
     def policy_from_vector(self, ratios: Sequence[float]) -> dict[str, float]:
         """`{unit name: ratio}` from ratios in unit order."""
@@ -331,8 +369,10 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
                    ) -> Skeleton:
     """Trace `model` once (on a copy) and tabulate which unit sets which layer's channels.
 
-    Nothing is pruned here: `pruning.build_skeleton` (in `apply`) also checks the prediction
-    against one real prune.
+    Units whose channels torch-pruning maps onto part of a layer (a concatenation, a split, a
+    partial residual) cannot be predicted yet and are kept dense (`Skeleton.excluded`). Nothing
+    is pruned here: `pruning.build_skeleton` (in `verify`) also checks the prediction against
+    real prunes.
     """
     example_input = example_input.to(next(model.parameters()).device)
     work = copy.deepcopy(model)
@@ -346,6 +386,7 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
     outs: dict[str, str] = {}
     ins: dict[str, list[tuple[str, int]]] = {}
     order, kinds = {}, {}
+    uneven: dict[str, str] = {}  # root -> why its pruned shapes cannot be predicted
     for root, group in traced.groups.items():
         channels = graph.get_out_channels(group[0].dep.target.module)
         out_layers, depthwise, added = [], False, False
@@ -357,13 +398,18 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
                 continue
             name = graph._module2name[module]
             if graph.is_out_channel_pruning_fn(dep.handler):  # includes depthwise in == out
+                if len(idxs) != channels:  # one segment of a concatenation (or of a split)
+                    uneven.setdefault(root, f"torch-pruning maps its {channels} channels onto "
+                                            f"{len(idxs)} of {name}'s (a concatenation, split or "
+                                            "partial residual)")
                 outs[name] = root
                 out_layers.append(name)
                 depthwise |= _is_depthwise(module)
             else:
-                if len(idxs) % channels:
-                    raise UserError(f"torch-pruning maps unit {root} of {type(model).__name__} "
-                                    "unevenly onto its consumers; choose another model")
+                if len(idxs) % channels:  # e.g. a residual added into part of the channels
+                    uneven.setdefault(root, f"torch-pruning maps it unevenly onto {name} "
+                                            f"({len(idxs)} of its in channels for {channels})")
+                    continue
                 ins.setdefault(name, []).append((root, len(idxs) // channels))
         order[root] = min(position.get(n, len(dense)) for n in out_layers)
         plain = [n for n in out_layers if not _is_depthwise(work.get_submodule(n))]
@@ -386,4 +432,4 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
                           sum(s.macs for s in touched),
                           sum(s.params for s in touched)))
         steps.append(channel_step(shape.out_channels, traced.channel_groups[root], config.round_to))
-    return Skeleton(units, steps, layers)
+    return Skeleton(units, steps, layers).without(uneven)
