@@ -20,13 +20,13 @@ from typing import Annotated
 import tyro
 from tyro.conf import arg, subcommand
 
-from compressor.commands import Apply, Check, Compress, Evaluate, Latency, Models, Pretrain
+from compressor.commands import Apply, Check, Compress, Evaluate, Latency, Models, Pretrain, Units
 from compressor.errors import EXIT_INTERNAL, CompressorError, UserError
 from compressor.flags import read_config
 from compressor.pipeline.compress import CompressConfig
 
 COMMANDS = {"models": Models, "pretrain": Pretrain, "evaluate": Evaluate, "compress": Compress,
-            "apply": Apply, "latency": Latency, "check": Check}
+            "apply": Apply, "latency": Latency, "check": Check, "units": Units}
 Command = functools.reduce(operator.or_, (Annotated[command, subcommand(name)]
                                           for name, command in COMMANDS.items()))
 

@@ -289,3 +289,44 @@ class Models:
 
         print("\n".join(list_classification_models()))
         return 0
+
+
+@dataclass(frozen=True)
+class Units:
+    """List the units the search decides on (kind, channels, share of the MACs their layers
+    hold) and the coupled groups kept dense, with why; untrained weights, nothing is saved."""
+
+    model: Positional[str]
+    """torchvision name, package.module:factory or path/file.py:factory."""
+    input_size: int = DataConfig.input_size
+    """Network input side in pixels."""
+    num_classes: int = 10
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    json: bool = False
+    """Print JSON: {"units": [...], "kept_dense": [...]}."""
+
+    def __call__(self) -> int:
+        import torch
+
+        from compressor.pruning import build_skeleton
+        from compressor.zoo import models
+
+        models.check_model_name(self.model)
+        untrained = models.build_model(self.model, self.num_classes).eval()
+        example = torch.zeros(1, 3, self.input_size, self.input_size)
+        models.check_input_size(untrained, example, self.model)
+        skeleton = build_skeleton(untrained, example, self.pruning)
+        total = skeleton.macs({})
+        if self.json:
+            print(json.dumps({"units": [u._asdict() | {"macs_share": u.macs / total}
+                                        for u in skeleton.units],
+                              "kept_dense": [e._asdict() | {"macs_share": e.macs / total}
+                                             for e in skeleton.excluded]}, indent=1))
+            return 0
+        print(f"{self.model}: {len(skeleton.units)} units searched, {len(skeleton.excluded)} "
+              f"kept dense; {total / 1e6:.1f} MMACs at {self.input_size} px")
+        for u in skeleton.units:
+            print(f"  {u.name:<40} {u.kind:<9} {u.channels:>5} ch  {u.macs / total:6.1%} of MACs")
+        for e in skeleton.excluded:
+            print(f"  {e.name:<40} kept dense ({e.macs / total:.1%} of MACs): {e.reason}")
+        return 0

@@ -132,6 +132,9 @@ class RunReport:
     uniform_policy: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)
     unit_precisions: dict[str, str] | None = field(default=None, metadata=_OPTIONAL)
     """Unit -> "int8" / "fp32" when the search chose precisions."""
+    kept_dense: dict[str, str] | None = field(default=None, metadata=_OPTIONAL)
+    """Coupled groups left out of the search and kept dense -> why (the backend cannot prune
+    them as predicted); None when every group was searched."""
     candidates: list[dict[str, Any]] | None = field(default=None, metadata=_OPTIONAL)
     search: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
     episodes: int | None = field(default=None, metadata=_OPTIONAL)
@@ -286,6 +289,13 @@ def _int8_lines(final: dict) -> list[str]:
     return ["", *lines]
 
 
+def _kept_dense_lines(kept_dense: dict[str, str] | None) -> list[str]:
+    if not kept_dense:
+        return []
+    return ["Kept dense (not searched): " + "; ".join(f"{n}: {why}" for n, why in
+                                                      kept_dense.items()) + ".", ""]
+
+
 def write_report(out_dir: Path, run_report: RunReport) -> None:
     """report.json, and a short markdown summary of it (also of a failed final stage)."""
     write_report_json(out_dir, run_report)
@@ -359,6 +369,7 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
         *[_row([n, f"{r:.3f}", f"{report['uniform_policy'].get(n, 0):.3f}"])
           for n, r in report["policy"].items()],
         "",
+        *_kept_dense_lines(report.get("kept_dense")),
         *[f"![{p}]({p})" for p in report["plots"]],
         "",
         f"Machine: {report['provenance']['machine']['cpu']}, "

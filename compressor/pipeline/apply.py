@@ -88,6 +88,7 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
                           input_size=data.input_size, policy=policy, units=list(skeleton.names),
                           budget={}, metrics=metrics,
                           extra={"source": str(policy_path), "finetune_epochs": finetune_epochs,
+                                 "kept_dense": skeleton.kept_dense(),
                                  "round_to": pruning_config.round_to,
                                  "latency": paired.as_dict(), "int8": int8, **provenance()})
     final = _shipped(out, metrics, exported, paired, int8)
@@ -162,7 +163,7 @@ def _report(model_name: str, data: DataConfig, out: Path, meta: dict, skeleton: 
         headline=report.headline(final.test_top1, base_top1, final.precision, final.latency_ratio),
         baseline={"test_top1": base_top1, "macs": skeleton.macs({}), "params": skeleton.params({})},
         final=final, policy=pruning.pruning_ratios(policy), config=config,
-        provenance=provenance())
+        kept_dense=skeleton.kept_dense() or None, provenance=provenance())
 
 
 def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSettings,

@@ -179,7 +179,7 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
                           units=list(sk.names), budget=ws.request.as_dict(), metrics=metrics,
                           extra={"round_to": config.pruning.round_to, "seed": config.seed,
                                  "importance": importance_label(config.pruning.importance),
-                                 "method": config.method,
+                                 "method": config.method, "kept_dense": sk.kept_dense(),
                                  **({"fp32_layers": fp32_layers(ws, winner.policy)}
                                     if ws.int8 is not None and ws.int8.priced_per_layer else {})})
     checkpoint = run_dir / "model.pt"
@@ -387,7 +387,7 @@ def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
         uniform_policy=pruning.uniform_policy_for_budget(sk, ws.budget_cost, 1.0,
                                                          config.max_ratio)[0],
         unit_precisions={unit: "int8" if int8 else "fp32" for unit, int8 in precisions.items()}
-        if precisions else None,
+        if precisions else None, kept_dense=sk.kept_dense() or None,
         candidates=[asdict(r) for r in stage.rows], search=search_info or {},
         episodes=len(episodes), cache_hits=sum(bool(e.get("cached")) for e in episodes),
         # The run directory's log, named rather than copied beside the report.
