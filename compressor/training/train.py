@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,8 @@ from compressor.errors import UserError
 from compressor.flags import flag
 from compressor.io import atomic
 
+log = logging.getLogger(__name__)
+
 DIVERGENCE_FACTOR = 3.0
 """Training has diverged when the recent mean loss exceeds this multiple of the starting loss. A
 healthy run's loss only falls after the warm-up; 3x the ~ln(classes) start is far beyond noise."""
@@ -25,6 +29,14 @@ REFERENCE_STEPS = 5
 """The mean loss of this many first steps is the starting loss."""
 RECENT_STEPS = 5
 """Steps averaged before comparing, so one bad batch is not taken for divergence."""
+LR_RETRIES = 3
+"""A run that diverges is started again from the same weights at a quarter of the learning rate,
+up to this many times (0.2 -> 0.05 -> 0.0125 -> 0.003), before training gives up."""
+LR_STEP_DOWN = 4.0
+
+
+class Diverged(UserError):
+    """Training diverged (`LossWatch`): the learning rate is too high for this network."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,9 @@ class EpochRecord:
 @dataclass
 class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)
+    """Each learning rate tried, in order: {"max_lr", "diverged"} (the divergence message, or
+    None for the run that finished)."""
 
     @property
     def seconds(self) -> float:
@@ -119,8 +134,8 @@ class LossWatch:
         recent_mean = sum(self._recent) / len(self._recent)
         if loss_diverged(loss, recent_mean, self.reference, past_warmup):
             shown = loss if not math.isfinite(loss) else recent_mean
-            raise UserError(f"training diverged at step {self.step} (loss {shown:.4g}); lower "
-                            f"the learning rate, e.g. --lr {self.max_lr / 4:.3g}")
+            raise Diverged(f"training diverged at step {self.step} (loss {shown:.4g}); lower "
+                           f"the learning rate, e.g. --lr {self.max_lr / 4:.3g}")
 
 
 def pretraining_warning(top1: float, num_classes: int) -> str | None:
@@ -223,9 +238,39 @@ def train(model: nn.Module, train_split, test_split, config: TrainConfig, device
           resume_path: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train `model` in place with a one-cycle schedule, evaluating on `test_split` after each epoch.
 
+    A run that diverges (`LossWatch`) starts again from the weights it was given at a quarter of
+    the learning rate, up to `LR_RETRIES` times; every rate tried is in `TrainResult.attempts`,
+    and only a run that diverges at all of them stops, with a UserError. With `resume_path`, see
+    `train_once`.
+    """
+    start = copy.deepcopy(model.state_dict())
+    attempts: list[dict] = []
+    while True:
+        try:
+            result = train_once(model, train_split, test_split, config, device, resume_path,
+                                progress)
+        except Diverged as exc:
+            attempts.append({"max_lr": config.max_lr, "diverged": str(exc)})
+            if len(attempts) > LR_RETRIES:
+                tried = ", ".join(f"{a['max_lr']:.3g}" for a in attempts)
+                raise UserError(f"training diverged at every learning rate tried ({tried}): "
+                                f"{exc}") from None
+            model.load_state_dict(start)
+            config = replace(config, max_lr=config.max_lr / LR_STEP_DOWN)
+            log.warning("%s; retrying from the same weights at lr %.3g", exc, config.max_lr)
+            continue
+        result.attempts = [*attempts, {"max_lr": config.max_lr, "diverged": None}]
+        return result
+
+
+def train_once(model: nn.Module, train_split, test_split, config: TrainConfig,
+               device: torch.device, resume_path: str | Path | None = None,
+               progress: bool = True) -> TrainResult:
+    """One training run at `config`'s learning rate (`train` retries lower ones).
+
     With `resume_path`, the state after every epoch is saved there (atomically) and a matching
     saved state is picked up, so a killed pretrain loses at most the epoch in flight. A run that
-    diverges (`LossWatch`) stops with a UserError; a resumed run takes its starting loss from the
+    diverges (`LossWatch`) stops with `Diverged`; a resumed run takes its starting loss from the
     first steps after resuming.
     """
     from tqdm.auto import tqdm
@@ -267,7 +312,7 @@ def train(model: nn.Module, train_split, test_split, config: TrainConfig, device
         try:
             loss, top1 = train_steps(model, batches, optimizer, scheduler, config, device, show,
                                      watch)
-        except UserError:
+        except Diverged:
             bar.close()
             raise
         seconds = time.perf_counter() - started

@@ -54,7 +54,8 @@ def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_c
         "model": model_name, "test_top1": top1, "seed": train_config.seed,
         "train_config": asdict(train_config), "weights": weights,
         "train_seconds": result.seconds, "wall_seconds": time.time() - started,
-        "history": [asdict(r) for r in result.history], **provenance(),
+        "history": [asdict(r) for r in result.history], "lr_attempts": result.attempts,
+        **provenance(),
     }
     warning = pretraining_warning(top1, dataset.num_classes) if top1 is not None else None
     if warning is not None:

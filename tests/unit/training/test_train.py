@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from compressor.errors import UserError
+from compressor.training import train as train_module
 from compressor.training.train import (
     REFERENCE_STEPS,
     LossWatch,
@@ -115,6 +116,28 @@ def test_a_diverging_learning_rate_stops_train_steps_and_train():
     calm = TrainConfig(epochs=3, batch_size=16, max_lr=0.05, augment=False, channels_last=False)
     assert len(train(small_cnn(), split, None, calm, torch.device("cpu"),
                      progress=False).history) == 3
+
+
+def test_a_learning_rate_that_diverges_is_retried_lower_from_the_same_weights(caplog):
+    split = random_images(64)
+    config = TrainConfig(epochs=3, batch_size=16, max_lr=100.0, augment=False,
+                         channels_last=False)
+    model, seen = small_cnn(), []
+    start = [p.detach().clone() for p in model.parameters()]
+    real = train_module.train_once
+
+    def spy(model, *args, **kwargs):  # the real run, recording the weights each attempt starts at
+        seen.append([p.detach().clone() for p in model.parameters()])
+        return real(model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "train_once", spy)
+        result = train(model, split, None, config, torch.device("cpu"), progress=False)
+    assert [a["max_lr"] for a in result.attempts] == [100.0, 25.0]
+    assert "diverged at step" in result.attempts[0]["diverged"]
+    assert result.attempts[1]["diverged"] is None and len(result.history) == 3
+    assert all(torch.equal(a, b) for weights in seen for a, b in zip(weights, start, strict=True))
+    assert "retrying from the same weights at lr 25" in caplog.text
 
 
 def test_a_model_with_auxiliary_heads_trains_on_its_main_output():
