@@ -36,6 +36,7 @@ from compressor.provenance import seed_everything
 from compressor.search import distributed
 from compressor.search.evaluator import checked_score
 from compressor.search.loop import LoopConfig
+from compressor.zoo import models
 
 log = logging.getLogger("compressor")
 
@@ -77,11 +78,33 @@ def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
         raise UserError(f"the model refused an input of shape {tuple(example.shape)} "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); pass "
                         "example_input= shaped as the model takes it") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    logits = models.named_logits(out)
+    if logits is None or logits.dim() != 2:
+        shape = tuple(logits.shape) if logits is not None else type(out).__name__
         raise UserError(f"the model returns {shape}, not [batch, classes] logits; compressor "
                         "prunes classifiers (wrap the model so forward returns logits)")
-    return int(out.shape[1])
+    return int(logits.shape[1])
+
+
+def _classifier(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """`model`, or `models.LogitsOf(model)` when its output only names the logits (said in the
+    log): the rest of the package sees a model returning the bare logits tensor."""
+    with torch.no_grad():
+        out = copy.deepcopy(model).cpu().eval()(example)
+    if isinstance(out, torch.Tensor):
+        return model
+    log.info("%s returns a %s: compressing its logits (units are named model.<layer>)",
+             type(model).__name__, type(out).__name__)
+    return models.LogitsOf(model)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, models.LogitsOf) else model
+
+
+def _on_unwrapped(fn: Callable) -> Callable:
+    """A user's `evaluate` / `finetune`, handed the model they wrote rather than its wrapper."""
+    return lambda model, *args: fn(_unwrapped(model), *args)
 
 
 def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any | None = None,
@@ -142,7 +165,10 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
                 "params": params_budget},
         final_epochs=final_epochs, quantize=quantize, workers=workers)
     distributed.check(config.distributed)  # before any work: Ray missing, cluster unreachable
-    dense = copy.deepcopy(model).cpu().eval()
+    dense = _classifier(copy.deepcopy(model).cpu().eval(), example)
+    if isinstance(dense, models.LogitsOf):
+        evaluate = _on_unwrapped(evaluate) if evaluate is not None else None
+        finetune = _on_unwrapped(finetune) if finetune is not None else None
     score = checked_score(evaluate) if evaluate is not None else None
     with tempfile.TemporaryDirectory(prefix="compressor-") as scratch:
         root = Path(out) if out is not None else Path(scratch)
@@ -156,7 +182,8 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
         outcome = run_job(ws, root / "run", root, root / "policy.json")
     search = outcome.run_report.search or {}
     return CompressResult(
-        model=outcome.model, policy=outcome.policy, latency_ratio=outcome.latency_ratio,
+        model=_unwrapped(outcome.model), policy=outcome.policy,
+        latency_ratio=outcome.latency_ratio,
         top1=outcome.test_top1, baseline_top1=ws.meta["test_top1"], verdict=outcome.verdict,
         checks=outcome.checks, evaluations=search.get("evaluations", 0),
         search_seconds=search.get("seconds", 0.0),
@@ -206,15 +233,16 @@ def _resolved_config(config: pipeline.CompressConfig | None, example: torch.Tens
 
 def units(model: nn.Module, example_input: torch.Tensor,
           config: pruning.PruningConfig | None = None) -> list[pruning.Unit]:
-    """The coupled channel groups of `model`: one pruning decision each.
+    """The coupled channel groups of `model`: one pruning decision each (the groups kept dense,
+    with why, are `pruning.build_skeleton(...).excluded`; `compressor units MODEL` lists both).
 
     >>> import torchvision
     >>> [u.name for u in units(torchvision.models.resnet18(num_classes=10),
     ...                        torch.zeros(1, 3, 32, 32))][:2]
     ['conv1', 'layer1.0.conv1']
     """
-    return list(pruning.build_skeleton(model, example_input, config or pruning.PruningConfig())
-                .units)
+    return list(pruning.build_skeleton(_classifier(model, example_input), example_input,
+                                       config or pruning.PruningConfig()).units)
 
 
 def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torch.Tensor,
@@ -223,7 +251,8 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
 
         pruned = compressor.apply_policy(model, {"layer1.0.conv1": 0.5}, torch.zeros(1, 3, 32, 32))
     """
-    return pruning.apply_policy(model, policy, example_input, config or pruning.PruningConfig())
+    return _unwrapped(pruning.apply_policy(_classifier(model, example_input), policy,
+                                           example_input, config or pruning.PruningConfig()))
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> ExportReport:

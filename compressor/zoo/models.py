@@ -7,6 +7,7 @@ import json
 import re
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -43,6 +44,29 @@ def check_model_name(name: str) -> None:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see `compressor models`"
         raise UserError(f"unknown model {name!r}: {hint}")
+
+
+def named_logits(output) -> torch.Tensor | None:
+    """The logits of a forward pass's output: the tensor itself, or the one an output object or
+    dict names `logits` (Hugging Face models return a `ModelOutput` with `.logits`); else None."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits",
+                                                                              None)
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
+class LogitsOf(nn.Module):
+    """A model whose output names its logits (`named_logits`), seen as one that returns them: the
+    search, the pruning backend and the ONNX export all want a bare [batch, classes] tensor. Its
+    layers are named `model.<name>`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return named_logits(self.model(x))
 
 
 def classifier_name(model: nn.Module) -> str:

@@ -1,5 +1,7 @@
 """The Python API on a user's own module and data: every method, odd input shapes, bad input."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,71 @@ def test_bad_input_is_a_user_error(loaders, kwargs, match):
             "method": "uniform", "final_epochs": 0, "config": SMALL, **kwargs}
     with pytest.raises(UserError, match=match):
         compressor.compress(args.pop("model"), **args)
+
+
+class ConcatIntoGate(nn.Module):
+    """A user's network whose two branches are concatenated into a squeeze-excite gate: the gate's
+    coupled group cannot be pruned as predicted, the rest can."""
+
+    def __init__(self, classes: int = 7):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+                                  nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+                               nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+                               nn.ReLU())
+        self.fc1, self.fc2 = nn.Conv2d(64, 16, 1), nn.Conv2d(16, 64, 1)
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.a(x), self.b(x)], 1)
+        x = x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_group_that_cannot_be_pruned_is_kept_dense_and_named_in_every_output(loaders, tmp_path):
+    train, val = loaders
+    result = compressor.compress(ConcatIntoGate(), train=train, val=val, flops_budget=0.8,
+                                 method="uniform", episodes=2, final_epochs=0, out=tmp_path,
+                                 config=SMALL)
+    assert result.verdict == "within budget"
+    kept = result.report["kept_dense"]
+    assert list(kept) == ["fc2"] and "concatenation" in kept["fc2"]
+    assert "fc2" not in result.policy and "stem.0" in result.policy
+    policy_file = json.loads(result.paths["policy"].read_text())
+    assert policy_file["kept_dense"] == kept
+    assert "Kept dense (not searched): fc2" in (tmp_path / "report.md").read_text()
+
+
+class NamedOutput(TinyNet):
+    """A user's network returning an output object that names its logits, as Hugging Face
+    models return a `ModelOutput` with `.logits`."""
+
+    def forward(self, x):
+        return {"logits": super().forward(x), "features": x.mean()}
+
+
+def test_a_model_returning_named_logits_compresses_on_them(loaders):
+    train, val = loaders
+    model = NamedOutput()
+    result = compressor.compress(model, train=train, val=val, flops_budget=0.6, method="uniform",
+                                 episodes=2, final_epochs=0, config=SMALL)
+    assert result.verdict == "within budget"
+    assert type(result.model) is NamedOutput  # handed back as the user wrote it, pruned
+    assert result.model(torch.zeros(2, 1, 12, 20))["logits"].shape == (2, 7)
+    names = {u.name for u in compressor.units(model, torch.zeros(1, 1, 12, 20))}
+    assert set(result.policy) == names and all(n.startswith("model.") for n in names)
+    again = compressor.apply_policy(model, result.policy, torch.zeros(1, 1, 12, 20))
+    assert type(again) is NamedOutput
+
+
+def test_a_model_whose_output_names_no_logits_is_refused_in_one_line(loaders):
+    class Unnamed(TinyNet):
+        def forward(self, x):
+            return {"scores": super().forward(x)}
+
+    with pytest.raises(UserError, match=r"returns dict, not \[batch, classes\] logits"):
+        compressor.compress(Unnamed(), train=loaders[0], val=loaders[1], flops_budget=0.6,
+                            episodes=1, config=SMALL)
