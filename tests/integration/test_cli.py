@@ -275,3 +275,37 @@ def test_debug_is_taken_before_or_after_the_command(capsys):
     assert parse(["models", "--torch-threads", "2"]).torch_threads == 2
     assert main(["models", "--debug"]) == 0
     assert "resnet18" in capsys.readouterr().out.split()
+
+
+CONCAT_INTO_DEPTHWISE = '''
+import torch
+from torch import nn
+
+
+class ConcatIntoDepthwise(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.a, self.b = nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = self.dw(torch.cat([self.a(x), self.b(x)], 1))
+        return self.head(x.mean((2, 3)))
+'''
+
+
+def test_units_lists_the_units_and_the_groups_kept_dense_with_why(tmp_path, capsys):
+    factory = tmp_path / "net.py"
+    factory.write_text(CONCAT_INTO_DEPTHWISE)
+    assert main(["units", f"{factory}:ConcatIntoDepthwise", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [u["name"] for u in listing["units"]] == ["stem"]
+    assert [e["name"] for e in listing["kept_dense"]] == ["dw"]
+    assert "concatenation" in listing["kept_dense"][0]["reason"]
+    assert 0 < listing["kept_dense"][0]["macs_share"] <= 1
+    assert main(["units", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnet18: 12 units searched, 0 kept dense") and "layer1.0.conv1" in out
