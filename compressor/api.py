@@ -102,9 +102,19 @@ def _unwrapped(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, models.LogitsOf) else model
 
 
-def _on_unwrapped(fn: Callable) -> Callable:
+def _on_unwrapped(fn: Callable | None) -> Callable | None:
     """A user's `evaluate` / `finetune`, handed the model they wrote rather than its wrapper."""
-    return lambda model, *args: fn(_unwrapped(model), *args)
+    return None if fn is None else lambda model, *args: fn(_unwrapped(model), *args)
+
+
+def _user_model(model: nn.Module, example: torch.Tensor, evaluate: Callable | None,
+                finetune: Callable | None) -> tuple[nn.Module, Callable | None, Callable | None]:
+    """A CPU copy of the user's model as the package sees it (`_classifier`), and their scorer
+    and fine-tune, which are handed the model as they wrote it."""
+    dense = _classifier(copy.deepcopy(model).cpu().eval(), example)
+    if isinstance(dense, models.LogitsOf):
+        return dense, _on_unwrapped(evaluate), _on_unwrapped(finetune)
+    return dense, evaluate, finetune
 
 
 def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any | None = None,
@@ -165,10 +175,7 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
                 "params": params_budget},
         final_epochs=final_epochs, quantize=quantize, workers=workers)
     distributed.check(config.distributed)  # before any work: Ray missing, cluster unreachable
-    dense = _classifier(copy.deepcopy(model).cpu().eval(), example)
-    if isinstance(dense, models.LogitsOf):
-        evaluate = _on_unwrapped(evaluate) if evaluate is not None else None
-        finetune = _on_unwrapped(finetune) if finetune is not None else None
+    dense, evaluate, finetune = _user_model(model, example, evaluate, finetune)
     score = checked_score(evaluate) if evaluate is not None else None
     with tempfile.TemporaryDirectory(prefix="compressor-") as scratch:
         root = Path(out) if out is not None else Path(scratch)
