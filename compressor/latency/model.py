@@ -165,22 +165,30 @@ def _padding(shape: LayerShape) -> tuple[int, int]:
             side(shape.in_w, shape.out_w, shape.kernel_w, shape.stride_w))
 
 
+def _input_dims(shape: LayerShape, cin: int, batch: int) -> tuple[int, ...]:
+    """The lone layer graph's input: [batch, cin, h, w] for a conv; for a linear layer one row
+    per token of the batch, [batch * tokens, cin] (tokens = in_h * in_w, 1 for a classifier)."""
+    if shape.kind == "linear":
+        return (batch * shape.in_h * shape.in_w, cin)
+    return (batch, cin, shape.in_h, shape.in_w)
+
+
 def _layer_graph(shape: LayerShape, cin: int, cout: int, batch: int) -> bytes:
     """One layer as ONNX, as it runs inside the exported network: Conv + bias + ReLU (BatchNorm is
-    folded into the conv's bias at export and the activation fused by onnxruntime), or Gemm."""
+    folded into the conv's bias at export and the activation fused by onnxruntime), or Gemm over
+    the batch's tokens (`_input_dims`)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     if shape.kind == "linear":
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin])
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, _input_dims(shape, cin, batch))
         w = rng.standard_normal((cout, cin)).astype(np.float32) * 0.1
         inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(
             np.zeros(cout, np.float32), "b")]
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
     else:
         groups = cin if shape.depthwise else shape.groups
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                          [batch, cin, shape.in_h, shape.in_w])
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, _input_dims(shape, cin, batch))
         w = rng.standard_normal((cout, cin // groups, shape.kernel_h, shape.kernel_w)) * 0.1
         pad_h, pad_w = _padding(shape)
         inits = [numpy_helper.from_array(w.astype(np.float32), "w"),
@@ -271,8 +279,7 @@ def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, b
         row = []
         for cout in outs:
             c_in = cout * shape.in_channels // shape.out_channels if shape.depthwise else cin
-            dims = (batch, c_in) if shape.kind == "linear" else (batch, c_in, shape.in_h,
-                                                                  shape.in_w)
+            dims = _input_dims(shape, c_in, batch)
             graph = _layer_graph(shape, c_in, cout, batch)
             if quantize is not None:
                 graph = quantize(graph, dims)

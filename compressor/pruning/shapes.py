@@ -19,7 +19,9 @@ class LayerShape(NamedTuple):
     """One Conv2d or Linear layer as it runs on the probe input (batch excluded).
 
     Flat ints, so that a JSON round trip (`LayerShape(*list(shape))`) gives an equal shape. A
-    Linear layer is a 1x1 "conv" on a 1x1 map.
+    Linear layer is a 1x1 "conv" on a T x 1 map, T the vectors it maps per sample: the tokens of
+    a transformer's [batch, tokens, dim] input (the pixels of a channels-last [B, H, W, C] one),
+    1 for a classifier on pooled features.
 
     >>> s = LayerShape("conv1", "conv", 1, 16, 3, 3, 1, 1, 1, 28, 40, 28, 40, False)
     >>> s.macs == 3 * 3 * 1 * 16 * 28 * 40, s.out_pixels
@@ -35,9 +37,9 @@ class LayerShape(NamedTuple):
     stride_h: int
     stride_w: int
     groups: int
-    in_h: int  # input feature map height; 1 for linear
-    in_w: int
-    out_h: int  # output feature map height; 1 for linear
+    in_h: int  # input feature map height; for linear the tokens per sample (1 for a classifier)
+    in_w: int  # 1 for linear
+    out_h: int  # output feature map height; for linear = in_h
     out_w: int
     bias: bool
 
@@ -74,7 +76,9 @@ def total_params(shapes: list[LayerShape]) -> int:
 
 
 def measure_layer_shapes(model: nn.Module, example_input: torch.Tensor) -> list[LayerShape]:
-    """Run one forward pass and record every Conv2d and Linear layer's shape, in call order."""
+    """Run one forward pass (on the first sample) and record every Conv2d and Linear layer's
+    shape, in call order. A layer that runs twice is recorded twice; one that does not run (a
+    transformer block removed by pruning) is not recorded."""
     shapes: list[LayerShape] = []
     hooks = []
 
@@ -88,10 +92,11 @@ def measure_layer_shapes(model: nn.Module, example_input: torch.Tensor) -> list[
                     stride_h, stride_w, module.groups, x.shape[-2], x.shape[-1],
                     output.shape[-2], output.shape[-1], module.bias is not None,
                 ))
-            else:
+            else:  # the probe runs one sample: every vector it maps is one token of it
+                tokens = x.numel() // module.in_features
                 shapes.append(LayerShape(
                     name, "linear", module.in_features, module.out_features, 1, 1, 1, 1, 1,
-                    1, 1, 1, 1, module.bias is not None,
+                    tokens, 1, tokens, 1, module.bias is not None,
                 ))
         return hook
 

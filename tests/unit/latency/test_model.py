@@ -282,6 +282,16 @@ def test_a_per_layer_graph_runs_at_the_layers_real_height_and_width(odd):
     assert {a.name: list(a.ints) for a in stem_conv.attribute}["kernel_shape"] == [3, 5]
 
 
+def test_a_linear_layers_graph_maps_every_token_of_the_batch():
+    import onnx
+
+    tokens = LayerShape("blocks.0.mlp.fc1", "linear", 64, 128, 1, 1, 1, 1, 1, 65, 1, 65, 1, True)
+    head = tokens._replace(name="head", in_h=1, out_h=1)
+    for shape, rows in ((tokens, 4 * 65), (head, 4)):
+        proto = onnx.load_from_string(lm._layer_graph(shape, 64, 32, batch=4))
+        assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [rows, 64]
+
+
 def test_the_cache_file_is_keyed_by_the_input_shape(odd, tmp_path, monkeypatch):
     model, x, built = odd
     monkeypatch.setattr(lm, "build_latency_model", lambda *a, **k: built)

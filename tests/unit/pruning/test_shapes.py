@@ -101,3 +101,17 @@ def test_a_non_square_one_channel_network_prunes_as_predicted(ratio):
     assert skeleton.macs(policy) == total_macs(predicted) < total_macs(skeleton.dense_shapes)
     assert skeleton.params(policy) == total_params(predicted)
     assert pruned(x).shape == (2, ODD_CLASSES)
+
+
+def test_a_linear_layer_on_tokens_counts_them_and_a_classifier_counts_one():
+    """A Linear on [batch, tokens, dim] maps every token: `in_h = out_h = tokens`, width 1, and
+    its MACs count each token; a classifier on pooled features keeps 1 (CNN costs unchanged)."""
+    model = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8), nn.Flatten(),
+                          nn.Linear(5 * 8, 3))
+    shapes = measure_layer_shapes(model, torch.zeros(2, 5, 8))
+    assert [(s.in_h, s.in_w, s.out_h, s.out_w) for s in shapes] == \
+        [(5, 1, 5, 1), (5, 1, 5, 1), (1, 1, 1, 1)]
+    assert [s.macs for s in shapes] == [5 * 8 * 32, 5 * 32 * 8, 40 * 3]
+    assert total_params(shapes) == sum(p.numel() for p in model.parameters())
+    channels_last = measure_layer_shapes(nn.Linear(4, 6), torch.zeros(1, 3, 7, 4))[0]
+    assert (channels_last.in_h, channels_last.macs) == (21, 21 * 4 * 6)
