@@ -1,0 +1,337 @@
+"""Attention that can lose heads: `ExplicitAttention`, and `explicit_attention`, which rewrites a
+model's self-attention into it.
+
+torchvision's `nn.MultiheadAttention` keeps its head count in C++ kernels and one packed weight:
+torch-pruning can only shrink its embedding width (its `MultiheadAttentionPruner`). Written out
+as Linear projections and plain matmul / softmax, attention loses whole heads by slicing rows of
+q, k, v and columns of the output projection, and each module keeps its own `num_heads`, so a
+pruned network may hold a different head count in every block (and exports so, ONNX opset 17).
+
+The rewrite is a pruning step verified by equal outputs: `explicit_attention` replaces three
+layouts on a deep copy of the model, runs each replacement on the very inputs the original
+received on the example batch, and refuses (a one-line UserError naming the module) any whose
+outputs differ by more than `REWRITE_TOLERANCE`:
+
+- torchvision: `nn.MultiheadAttention` called as self-attention, `attn(x, x, x, need_weights=False)`
+  returning `(out, None)` (`vision_transformer.EncoderBlock`), batch first or not;
+- timm: a module with a fused `qkv` Linear (3 x width), a `proj` Linear and `num_heads`;
+- Hugging Face: a self-attention module with `query`, `key`, `value` Linears and
+  `num_attention_heads` (or `num_heads`), whose parent also holds the output projection (the one
+  other Linear, e.g. `output.dense`): the parent is replaced.
+
+    work = explicit_attention(model, x)          # a deep copy; `model` is untouched
+    [m.num_heads for m in work.modules() if isinstance(m, ExplicitAttention)]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.errors import UserError
+from compressor.io.export import Tolerance
+
+REWRITE_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
+"""Accepted |explicit - original| per output value of a rewritten attention, relative to the
+largest |original output| on the example batch (plus an absolute slack). The two compute the same
+sums, at most in another order (scores scaled before or after the product). Measured here, per
+module: torchvision's MultiheadAttention bitwise equal (ViT-B/16 and B/32 at 224 px, untrained,
+and the 32-px ViT of the tests), the timm and Hugging Face layouts of tests/vit_layouts.py 0 to
+3.8e-7 relative; a wrong rewrite errs by the order of the outputs."""
+
+IGNORED_ARGUMENTS = ("average_attn_weights",)
+"""Keyword arguments of the replaced modules that do not change a self-attention's output."""
+
+
+class ExplicitAttention(nn.Module):
+    """Multi-head self-attention over [batch, tokens, dim] written out in plain operations.
+
+    `qkv` (one fused Linear, rows [q; k; v], heads contiguous within each) or `q`, `k`, `v`
+    (three Linears), then `proj`; `num_heads` and `head_dim` are plain ints of this module, so
+    pruning sets them per block. Scores are scaled by head_dim ** -0.5 (head_dim is never
+    pruned). `returns` mimics the call convention of the module replaced: 0 returns the output
+    tensor, n > 0 a tuple of n, the output then None (MultiheadAttention's `(out, None)`, a
+    Hugging Face attention's `(out,)`). Extra call arguments must not change the result: the
+    input itself (self-attention's key and value), None or False (no mask, no weights returned);
+    anything else is a ValueError rather than a silently different attention.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, *, fused: bool = True,
+                 qkv_bias: bool = True, proj_bias: bool = True, attn_dropout: float = 0.0,
+                 proj_dropout: float = 0.0, returns: int = 0, batch_first: bool = True):
+        super().__init__()
+        self.num_heads, self.head_dim, self.fused = num_heads, head_dim, fused
+        self.attn_dropout, self.proj_dropout = attn_dropout, proj_dropout
+        self.returns, self.batch_first = returns, batch_first
+        width = num_heads * head_dim
+        if fused:
+            self.qkv = nn.Linear(dim, 3 * width, bias=qkv_bias)
+        else:
+            self.q, self.k, self.v = (nn.Linear(dim, width, bias=qkv_bias) for _ in range(3))
+        self.proj = nn.Linear(width, dim, bias=proj_bias)
+
+    def projection_names(self) -> tuple[str, ...]:
+        """Names of the Linears whose output rows hold the heads: ("qkv",) or ("q", "k", "v")."""
+        return ("qkv",) if self.fused else ("q", "k", "v")
+
+    def projections(self) -> tuple[nn.Linear, ...]:
+        return tuple(getattr(self, name) for name in self.projection_names())
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        _check_self_attention(x, args, kwargs)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        b, t, _ = x.shape
+        h, d = self.num_heads, self.head_dim
+        if self.fused:
+            q, k, v = self.qkv(x).reshape(b, t, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = (layer(x).reshape(b, t, h, d).transpose(1, 2)
+                       for layer in (self.q, self.k, self.v))
+        weights = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        weights = F.dropout(weights, self.attn_dropout, self.training)
+        out = (weights @ v).transpose(1, 2).reshape(b, t, h * d)
+        out = F.dropout(self.proj(out), self.proj_dropout, self.training)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out if self.returns == 0 else (out, *([None] * (self.returns - 1)))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, fused={self.fused}"
+
+
+def _check_self_attention(x: torch.Tensor, args: tuple, kwargs: dict) -> None:
+    named = [(f"argument {i + 2}", v) for i, v in enumerate(args)] + list(kwargs.items())
+    for name, value in named:
+        if value is x or value is None or value is False or name in IGNORED_ARGUMENTS:
+            continue
+        raise ValueError(f"ExplicitAttention computes unmasked self-attention; {name} is "
+                         f"{type(value).__name__}, not the input, None or False")
+
+
+# --- finding the layouts --------------------------------------------------------------------------
+
+
+class _Site(NamedTuple):
+    """One module to replace: its name, the module and its layout (a key of `BUILDERS`)."""
+
+    name: str
+    module: nn.Module
+    layout: str  # "torchvision", "timm" or "huggingface"
+
+
+def _linear(module: nn.Module, name: str) -> nn.Linear | None:
+    child = getattr(module, name, None)
+    return child if isinstance(child, nn.Linear) else None
+
+
+def _heads_attribute(module: nn.Module) -> int | None:
+    for name in ("num_attention_heads", "num_heads"):
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _sites(model: nn.Module) -> list[_Site]:
+    """The self-attention modules of the three layouts, outermost first (none nested in another)."""
+    found: list[_Site] = []
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if any(name.startswith(s.name + ".") or s.name == name for s in found if s.name):
+            continue
+        if isinstance(module, ExplicitAttention):
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            found.append(_Site(name, module, "torchvision"))
+        elif _linear(module, "qkv") and _linear(module, "proj") and _heads_attribute(module):
+            found.append(_Site(name, module, "timm"))
+        elif all(_linear(module, n) for n in ("query", "key", "value")) and \
+                _heads_attribute(module) and "." in name:
+            parent = name.rsplit(".", 1)[0]
+            found = [s for s in found if not s.name.startswith(parent + ".")]
+            found.append(_Site(parent, modules[parent], "huggingface"))
+    return found
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Whether `model` holds self-attention that `explicit_attention` rewrites, or already holds
+    `ExplicitAttention`: such a model is pruned by transformer units (`pruning.transformer`)."""
+    return any(isinstance(m, ExplicitAttention) for m in model.modules()) or bool(_sites(model))
+
+
+# --- building the explicit form -------------------------------------------------------------------
+
+
+def _dropout_p(modules: Iterable[nn.Module | None]) -> float:
+    """The probability of the first Dropout among `modules` (0 without one)."""
+    return next((m.p for m in modules if isinstance(m, nn.Dropout)), 0.0)
+
+
+def _copy_linear(target: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    with torch.no_grad():
+        target.weight.copy_(weight)
+        if target.bias is not None:
+            target.bias.copy_(bias)
+
+
+def _from_torchvision(m: nn.MultiheadAttention, returns: int) -> ExplicitAttention:
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise ValueError("it has separate key/value widths, bias_k/bias_v or add_zero_attn")
+    explicit = ExplicitAttention(
+        m.embed_dim, m.num_heads, m.head_dim, qkv_bias=m.in_proj_bias is not None,
+        proj_bias=m.out_proj.bias is not None, attn_dropout=m.dropout, returns=returns,
+        batch_first=m.batch_first)
+    _copy_linear(explicit.qkv, m.in_proj_weight, m.in_proj_bias)
+    _copy_linear(explicit.proj, m.out_proj.weight, m.out_proj.bias)
+    return explicit
+
+
+def _from_timm(m: nn.Module, returns: int) -> ExplicitAttention:
+    qkv, proj, heads = m.qkv, m.proj, _heads_attribute(m)
+    width = qkv.out_features // 3
+    if qkv.out_features != 3 * width or width % heads or proj.in_features != width:
+        raise ValueError(f"qkv has {qkv.out_features} outputs for {heads} heads and a "
+                         f"projection of {proj.in_features} inputs")
+    explicit = ExplicitAttention(
+        qkv.in_features, heads, width // heads, qkv_bias=qkv.bias is not None,
+        proj_bias=proj.bias is not None, attn_dropout=_dropout_p([getattr(m, "attn_drop", None)]),
+        proj_dropout=_dropout_p([getattr(m, "proj_drop", None)]), returns=returns)
+    _copy_linear(explicit.qkv, qkv.weight, qkv.bias)
+    _copy_linear(explicit.proj, proj.weight, proj.bias)
+    return explicit
+
+
+def _from_huggingface(parent: nn.Module, returns: int) -> ExplicitAttention:
+    inner = next(m for m in parent.modules() if m is not parent
+                 and all(_linear(m, n) for n in ("query", "key", "value")))
+    mine = {id(m) for m in inner.modules()}
+    outputs = [m for m in parent.modules() if isinstance(m, nn.Linear) and id(m) not in mine]
+    q, k, v = inner.query, inner.key, inner.value
+    heads, width = _heads_attribute(inner), q.out_features
+    if len(outputs) != 1 or width % heads or {k.out_features, v.out_features} != {width}:
+        raise ValueError(f"{len(outputs)} output projections beside query/key/value (need one) "
+                         f"or {width} channels for {heads} heads")
+    proj = outputs[0]
+    explicit = ExplicitAttention(
+        q.in_features, heads, width // heads, fused=False, qkv_bias=q.bias is not None,
+        proj_bias=proj.bias is not None, attn_dropout=_dropout_p(inner.modules()),
+        proj_dropout=_dropout_p(m for m in parent.modules() if id(m) not in mine),
+        returns=returns)
+    for mine_layer, theirs in ((explicit.q, q), (explicit.k, k), (explicit.v, v),
+                               (explicit.proj, proj)):
+        _copy_linear(mine_layer, theirs.weight, theirs.bias)
+    return explicit
+
+
+BUILDERS = {"torchvision": _from_torchvision, "timm": _from_timm,
+            "huggingface": _from_huggingface}
+
+
+# --- the rewrite ----------------------------------------------------------------------------------
+
+
+class Call(NamedTuple):
+    """One recorded call of a module: its arguments, its output, and when it returned."""
+
+    args: tuple
+    kwargs: dict
+    output: Any
+    order: int  # calls of all the recorded modules, numbered in the order they returned
+
+
+def record_calls(model: nn.Module, example_input: torch.Tensor, names: list[str]
+                 ) -> dict[str, list[Call]]:
+    """Run `model` once (eval mode, no gradients) and record every call of the named modules."""
+    calls: dict[str, list[Call]] = {name: [] for name in names}
+    returned = [0]
+
+    def hook_for(name: str):
+        def hook(module, args, kwargs, output):
+            calls[name].append(Call(args, kwargs, output, returned[0]))
+            returned[0] += 1
+        return hook
+
+    hooks = [model.get_submodule(name).register_forward_hook(hook_for(name), with_kwargs=True)
+             for name in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The output tensor of a module that returns a tensor or a tuple starting with one."""
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def returns_of(output: Any) -> int:
+    """`ExplicitAttention.returns` for a module whose output was `output`: 0 for a tensor, the
+    tuple's length for a tuple whose other items are None (a ValueError otherwise)."""
+    if isinstance(output, torch.Tensor):
+        return 0
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor) \
+            and all(item is None for item in output[1:]):
+        return len(output)
+    raise ValueError("it returns more than its output (attention weights?)")
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def _rewrite(site: _Site, calls: list[Call]) -> tuple[ExplicitAttention, float]:
+    """The explicit form of one site and its max |difference| relative to the largest |output|."""
+    if len(calls) != 1:
+        raise ValueError(f"it runs {len(calls)} times on one example (need once)")
+    call = calls[0]
+    if call.args and call.args[0].dim() != 3:
+        raise ValueError(f"its input has {call.args[0].dim()} dimensions, not [batch, tokens, "
+                         "dim] (windowed attention)")
+    weight = next(site.module.parameters())
+    explicit = BUILDERS[site.layout](site.module, returns_of(call.output))
+    explicit = explicit.to(device=weight.device, dtype=weight.dtype).eval()
+    with torch.no_grad():
+        got = first_tensor(explicit(*call.args, **call.kwargs))
+    want = first_tensor(call.output)
+    scale = float(want.abs().max())
+    diff = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+    if not diff <= REWRITE_TOLERANCE.limit(scale):
+        raise ValueError(f"its explicit form differs by {diff:.2e} at max |output| {scale:.2e}")
+    explicit.train(site.module.training)
+    return explicit, diff / max(scale, 1e-30)
+
+
+def explicit_attention(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """A deep copy of `model` with every self-attention of the three layouts (module docstring)
+    replaced by an equal `ExplicitAttention`, each checked on the inputs it received on
+    `example_input` within `REWRITE_TOLERANCE`. A model without them comes back as a plain copy;
+    a module that cannot be rewritten is a one-line UserError naming it."""
+    work = copy.deepcopy(model)
+    sites = _sites(work)
+    if not sites:
+        return work
+    example_input = example_input.to(next(work.parameters()).device)
+    calls = record_calls(work, example_input, [s.name for s in sites])
+    for site in sites:
+        try:
+            explicit, _ = _rewrite(site, calls[site.name])
+        except (ValueError, RuntimeError, TypeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise UserError(f"cannot rewrite {site.name} ({type(site.module).__name__}) of "
+                            f"{type(model).__name__} into explicit attention: {reason}; choose "
+                            "another model") from None
+        set_module(work, site.name, explicit)
+    return work
