@@ -120,3 +120,15 @@ def test_only_models_with_self_attention_count_as_transformers():
     assert has_attention(torchvision_vit()) and has_attention(timm_vit()) and has_attention(hf_vit())
     assert has_attention(explicit_attention(timm_vit(), X))
     assert not has_attention(torchvision.models.resnet18())
+
+
+def test_windowed_attention_is_refused_in_seconds_naming_the_module():
+    """Swin's shifted-window attention has timm's names (qkv, proj, num_heads) but runs on
+    [batch, h, w, dim] windows: refused by the rewrite, before torch-pruning's tracer (which
+    loops on it without end)."""
+    model = torchvision.models.get_model("swin_t", num_classes=10).eval()
+    with pytest.raises(UserError, match=r"cannot rewrite features.1.0.attn "
+                                        r"\(ShiftedWindowAttention\) of SwinTransformer .*4 "
+                                        r"dimensions.*windowed attention") as info:
+        explicit_attention(model, X)
+    assert "\n" not in str(info.value)
