@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from compressor.pruning.attention import has_attention
 from compressor.pruning.config import PruningConfig
 from compressor.pruning.importance import (
     accumulate_gradients,
@@ -17,6 +18,7 @@ from compressor.pruning.importance import (
     unit_importance,
 )
 from compressor.pruning.skeleton import channel_step, check_policy, kept_count, trace
+from compressor.pruning.transformer import apply_transformer_policy
 
 
 def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torch.Tensor,
@@ -26,7 +28,10 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
     Each unit keeps `kept_count(channels, step, ratio)` channels, chosen by `config.importance`
     computed on the dense copy before anything is removed (as torch-pruning's MetaPruner does).
     `calibration_batches` of (images, labels) are needed for the taylor criterion.
+    A model with self-attention is pruned by transformer units (`pruning.transformer`).
     """
+    if has_attention(model):
+        return apply_transformer_policy(model, policy, example_input, config)
     device = next(model.parameters()).device
     example_input = example_input.to(device)
     work = copy.deepcopy(model)

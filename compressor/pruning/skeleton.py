@@ -48,8 +48,8 @@ class Unit(NamedTuple):
 
     index: int  # position in graph order (input to output)
     name: str  # qualified name of torch-pruning's root layer of the group
-    kind: str  # "residual", "depthwise", "conv" or "linear"
-    channels: int  # out channels of the group, dense
+    kind: str  # "residual", "depthwise", "conv" or "linear"; "heads", "mlp", "block" (transformer)
+    channels: int  # out channels of the group, dense (heads; hidden width; 1 for a block)
     in_channels: int  # of the root layer
     kernel: int  # of the root layer; the larger side of a non-square kernel (one state feature)
     stride: int  # likewise the larger of the two strides

@@ -26,9 +26,11 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.pruning.apply import apply_policy
+from compressor.pruning.attention import has_attention
 from compressor.pruning.config import PruningConfig
 from compressor.pruning.shapes import measure_layer_shapes
 from compressor.pruning.skeleton import Skeleton, trace_skeleton
+from compressor.pruning.transformer import TransformerSkeleton, build_transformer_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,12 @@ def culprits(names: Sequence[str], check: Callable[[Sequence[str]], Failure | No
 
 
 def build_skeleton(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
-                   verify: bool = True) -> Skeleton:
+                   verify: bool = True) -> Skeleton | TransformerSkeleton:
     """Trace `model` once (on a copy) and tabulate which unit sets which layer's channels
     (`trace_skeleton`); with `verify`, without the units that do not prune as predicted
     (`verify_skeleton`)."""
+    if has_attention(model):  # heads, MLP width and blocks: `pruning.transformer`
+        return build_transformer_skeleton(model, example_input, config, verify)
     example_input = example_input.to(next(model.parameters()).device)
     skeleton = trace_skeleton(model, example_input, config)
     return verify_skeleton(skeleton, model, example_input, config) if verify else skeleton
