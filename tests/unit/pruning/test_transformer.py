@@ -332,3 +332,17 @@ def test_explicit_attention_with_different_head_counts_per_block_exports(tmp_pat
     assert report.relative_diff <= 1e-5
     mixed = apply_policy(model, {"blocks.0.attn": 0.5}, X, CONFIG)  # 2, 2, 1 heads
     assert export_onnx(mixed, example(4, seed=2), tmp_path / "mixed.onnx").relative_diff <= 1e-5
+
+
+def test_a_pruned_vit_checkpoint_rebuilds_from_its_policy(tmp_path):
+    """The checkpoint holds tensors and the policy; the architecture (per-block head counts, the
+    removed block) is rebuilt by pruning the dense model again, on a zero image."""
+    from compressor.pruning.checkpoints import load_pruned_checkpoint, save_pruned_checkpoint
+
+    policy = {"blocks.0.attn": 0.5, "blocks.1": 0.6, "blocks.2.mlp.fc1": 0.75}
+    pruned = apply_policy(model_of("timm"), policy, X, CONFIG)
+    save_pruned_checkpoint(pruned, tmp_path / "vit.pt", {}, policy=policy, base_name=None,
+                           num_classes=10, example_shape=X.shape, round_to=16)
+    loaded, _ = load_pruned_checkpoint(tmp_path / "vit.pt", base_model=timm_vit(seed=1))
+    assert isinstance(loaded.blocks[1], RemovedBlock) and loaded.blocks[0].attn.num_heads == 2
+    assert torch.equal(outputs(loaded), outputs(pruned))
