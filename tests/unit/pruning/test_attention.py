@@ -77,6 +77,28 @@ def test_per_block_head_counts_are_kept_by_the_rewrite():
         assert relative_diff(outputs(model), outputs(work)) <= REWRITE_TOLERANCE.rtol
 
 
+class SequenceFirst(nn.Module):
+    """nn.MultiheadAttention with batch_first=False: tokens first, [tokens, batch, dim]."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(3, DIM, 4, 4)
+        self.attn = nn.MultiheadAttention(DIM, 4, dropout=0.1)
+        self.head = nn.Linear(DIM, 10)
+
+    def forward(self, x):
+        tokens = self.patches(x).flatten(2).permute(2, 0, 1)
+        return self.head(self.attn(tokens, tokens, tokens, need_weights=False)[0].mean(0))
+
+
+def test_sequence_first_attention_is_rewritten_with_equal_outputs():
+    model = SequenceFirst().eval()
+    work = explicit_attention(model, X)
+    assert not work.attn.batch_first and work.attn.attn_dropout == 0.1
+    assert relative_diff(outputs(model), outputs(work)) <= REWRITE_TOLERANCE.rtol
+    assert [s.in_h for s in measure_layer_shapes(work, X)][1:3] == [64, 64]  # tokens, not batch
+
+
 class CrossAttention(nn.Module):
     """nn.MultiheadAttention attending from the tokens to a learned memory: not self-attention."""
 
