@@ -315,6 +315,8 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
     times: dict[str, float] = {}
     device = pick_device(config.device)
     dense = dense.cpu().eval()
+    if pruning.has_attention(dense):  # the form every pruned copy has, checked equal (exportable)
+        dense = pruning.explicit_attention(dense, example)
     t = time.time()
     # The dense reference is exported and verified first: a model that cannot be exported is
     # refused in seconds, not after the search.

@@ -9,7 +9,7 @@ A model with self-attention gets transformer units instead (heads, MLP width, wh
 """
 
 from compressor.pruning.apply import apply_policy
-from compressor.pruning.attention import ExplicitAttention, explicit_attention
+from compressor.pruning.attention import ExplicitAttention, explicit_attention, has_attention
 from compressor.pruning.config import PruningConfig, kernel_channel_block
 from compressor.pruning.importance import IMPORTANCES
 from compressor.pruning.policies import global_ranking_policy, uniform_policy, uniform_policy_for_budget
@@ -30,7 +30,7 @@ from compressor.pruning.verify import build_skeleton, verify_skeleton
 
 __all__ = ["IMPORTANCES", "Exclusion", "ExplicitAttention", "LayerShape", "PruningConfig",
            "Skeleton", "TransformerSkeleton", "Unit", "apply_policy", "build_skeleton",
-           "check_policy", "explicit_attention", "global_ranking_policy", "kept_count",
+           "check_policy", "explicit_attention", "global_ranking_policy", "has_attention", "kept_count",
            "kernel_channel_block", "measure_layer_shapes", "precision_entries", "precision_key",
            "pruning_ratios", "uniform_policy", "uniform_policy_for_budget", "unit_precisions",
            "verify_skeleton"]

@@ -178,3 +178,20 @@ def test_a_model_whose_output_names_no_logits_is_refused_in_one_line(loaders):
     with pytest.raises(UserError, match=r"returns dict, not \[batch, classes\] logits"):
         compressor.compress(Unnamed(), train=loaders[0], val=loaders[1], flops_budget=0.6,
                             episodes=1, config=SMALL)
+
+
+def test_a_vision_transformer_compresses_by_heads_mlp_width_and_blocks():
+    import torchvision
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2,
+                                               num_heads=4, hidden_dim=64, mlp_dim=128,
+                                               num_classes=10)
+    images, labels = _data(160, shape=(3, 32, 32), classes=10)
+    result = compressor.compress(vit, train=(images, labels), latency_budget=0.6, method="ddpg",
+                                 episodes=4, final_epochs=0, config=SMALL)
+    assert result.verdict == "within budget" and result.latency_ratio <= 0.6
+    kinds = {u.name: u.kind for u in compressor.units(vit, torch.zeros(1, 3, 32, 32))}
+    assert set(result.policy) == set(kinds)
+    assert sorted(set(kinds.values())) == ["block", "heads", "mlp"]
+    assert result.model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
