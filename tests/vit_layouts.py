@@ -24,6 +24,24 @@ IMAGE, PATCH, DIM, MLP, CLASSES = 32, 4, 64, 128, 10
 TOKENS = (IMAGE // PATCH) ** 2 + 1
 
 
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state, to show later that nothing changed it."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max())
+
+
 def example(batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
 

@@ -16,26 +16,24 @@ from compressor.pruning.attention import (
     has_attention,
 )
 from compressor.pruning.shapes import measure_layer_shapes
-from tests.vit_layouts import DIM, TimmViT, example, hf_vit, timm_vit, torchvision_vit
+from tests.vit_layouts import (
+    DIM,
+    TimmViT,
+    example,
+    hf_vit,
+    relative_diff,
+    same_state,
+    state,
+    timm_vit,
+    torchvision_vit,
+)
+from tests.vit_layouts import outputs as shared_outputs
 
 X = example(2)
 
 
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def same_state(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def outputs(model: nn.Module, x: torch.Tensor = X) -> torch.Tensor:
-    with torch.no_grad():
-        return model.eval()(x)
-
-
-def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / a.abs().max())
+    return shared_outputs(model, x)
 
 
 # --- the rewrite ----------------------------------------------------------------------------------

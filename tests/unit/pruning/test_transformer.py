@@ -41,9 +41,13 @@ from tests.vit_layouts import (
     TOKENS,
     example,
     hf_vit,
+    relative_diff,
+    same_state,
+    state,
     timm_vit,
     torchvision_vit,
 )
+from tests.vit_layouts import outputs as shared_outputs
 from tests.work import work_of
 
 X = example(2)
@@ -62,21 +66,8 @@ def skeleton_of(layout: str) -> TransformerSkeleton:
     return build_skeleton(model_of(layout), X, CONFIG)  # verified: one real prune
 
 
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def same_state(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def outputs(model: nn.Module, x: torch.Tensor = X) -> torch.Tensor:
-    with torch.no_grad():
-        return model.eval()(x)
-
-
-def relative_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / a.abs().max())
+    return shared_outputs(model, x)
 
 
 # --- blocks and units -----------------------------------------------------------------------------
