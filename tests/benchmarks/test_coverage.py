@@ -84,13 +84,18 @@ def test_report_fields_read_units_ratio_verdict_and_every_parity_key():
                         "onnx": "run/model.onnx", "onnx_max_abs_diff": 2e-5,
                         "onnx_relative_diff": 1e-7, "parity": {"top1_agreement": 1.0}}}
     fields = report_fields(report)
-    assert fields == {"units": 3, "latency_ratio": 0.47, "verdict": "within budget",
+    assert fields == {"units": 3, "excluded_units": 0, "latency_ratio": 0.47,
+                      "verdict": "within budget",
                       "test_top1": 71.5,
                       "parity": {"onnx_max_abs_diff": 2e-5, "onnx_relative_diff": 1e-7,
                                  "parity.top1_agreement": 1.0}}
     # A report written after a failed export has no final latency: nothing is invented.
     partial = report_fields({"verdict": "export failed", "policy": {"a": 0.1}, "final": {}})
     assert partial["units"] == 1 and partial["latency_ratio"] is None and partial["parity"] == {}
+    # Groups kept dense are counted and named (the row becomes `partial`).
+    kept = report_fields({**report, "kept_dense": {"dw.0": "a concatenation", "fc2": "a gate"}})
+    assert kept["excluded_units"] == 2
+    assert kept["reason"] == "kept dense: dw.0: a concatenation; fc2: a gate"
 
 
 def _row(model, status, compress_code=0, seconds=(30.0, 200.0)):
@@ -107,12 +112,15 @@ def _doc(rows):
 
 def test_summary_counts_each_status_and_over_budget_exports():
     rows = [_row("a", "ok"), _row("b", "ok", compress_code=1), _row("c", "refused",
-            seconds=(5.0, 0.0)), _row("d", "failed", compress_code=3)]
+            seconds=(5.0, 0.0)), _row("d", "failed", compress_code=3),
+            _row("e", "partial", compress_code=1)]
     s = summarise(rows)
-    assert (s.ok, s.refused, s.failed, s.over_budget, s.slow_refusals) == (2, 1, 1, 1, 0)
+    assert (s.ok, s.partial, s.refused, s.failed, s.over_budget, s.slow_refusals) == \
+        (2, 1, 1, 1, 2, 0)
     assert not s.goal_met
     md = render_markdown(_doc(rows))
-    assert "**2 ok, 1 refused, 1 failed**" in md and "1 of the ok exports measured over" in md
+    assert "**2 ok, 1 partial, 1 refused, 1 failed**" in md
+    assert "2 of the ok or partial exports measured over" in md
     assert "in seconds: **not met**" in md and "vit_h_14 (631 M)" in md
     assert md.count("\n| ") == 1 + len(rows)  # header + one line per row
 
