@@ -362,8 +362,11 @@ def run_isolated(spec: str, timeout: float) -> dict:
         command = [sys.executable, "-m", "benchmarks.coverage_structure", "--worker", spec,
                    "--row", str(out)]
         started = time.monotonic()
+        root = str(Path(__file__).resolve().parents[1])  # `benchmarks` importable from any cwd
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
         with open(Path(tmp) / "stderr", "wb") as err:
-            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err,
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 code = proc.wait(timeout=timeout)
@@ -430,19 +433,25 @@ def torchvision_population(max_params: float) -> list[str]:
 
 
 def counts(rows: list[dict]) -> dict[str, Any]:
-    """Counts per status, over CNNs and over transformers, and the CNN share ok or partial."""
-    def by_status(family: str) -> dict[str, int]:
-        chosen = [r for r in rows if r.get("family", "cnn") == family or
-                  (family == "cnn" and r.get("family") is None)]
+    """Counts per status of the CNNs and of the transformers, the CNN share ok or partial, and
+    the slowest decision (seconds, model) among the CNNs and among every row."""
+    def of(family: str) -> list[dict]:
+        return [r for r in rows if (r.get("family") or "cnn") == family]
+
+    def by_status(chosen: list[dict]) -> dict[str, int]:
         return {s: sum(r["status"] == s for r in chosen)
                 for s in ("ok", "partial", "refused", "failed")}
 
-    cnn = by_status("cnn")
+    def slowest(chosen: list[dict]) -> list | None:
+        timed = [(r["seconds_to_decide"], r["model"]) for r in chosen
+                 if r.get("seconds_to_decide") is not None]
+        return list(max(timed)) if timed else None
+
+    cnn = by_status(of("cnn"))
     total = sum(cnn.values())
-    decided = [r["seconds_to_decide"] for r in rows if r.get("seconds_to_decide") is not None]
-    return {"cnn": cnn, "transformer": by_status("transformer"),
+    return {"cnn": cnn, "transformer": by_status(of("transformer")),
             "cnn_share_ok_or_partial": (cnn["ok"] + cnn["partial"]) / total if total else None,
-            "slowest_seconds_to_decide": max(decided) if decided else None}
+            "slowest_seconds_to_decide": {"cnn": slowest(of("cnn")), "all": slowest(rows)}}
 
 
 def parse_args(argv: list[str]) -> StructureConfig:
