@@ -8,15 +8,23 @@ subprocess in a temporary directory of its own, on a tiny baseline:
     compressor compress --model M --latency-budget 0.5 --episodes 8 --train-size 2000 \\
         --test-size 1000 --final-epochs 1 --candidates 1
 
-Each model gets one row: `ok`, `refused` (the CLI said no with a one-line message before training:
-pretrain exited 2, or compress exited 2 within `--refuse-within` seconds) or `failed` (a traceback,
-exit 3, an internal error, a late exit 2 after the search ran, a timeout, a kill). Rows land in
+Each model gets one row (`Row`): `ok`, `partial` (ok, with groups kept dense: the report's
+kept_dense), `refused` (the CLI said no with a one-line message before training: pretrain exited 2,
+or compress exited 2 within `--refuse-within` seconds) or `failed` (a traceback, exit 3, an
+internal error, a late exit 2 after the search ran, a timeout, a kill). Rows land in
 coverage.json and coverage.md in `--out` (default runs/bench/coverage) after every model, so an
 interrupted run resumes.
 It runs for hours and must have the machine to itself (latency is measured); not for CI.
 
     python -m benchmarks.coverage                        # every model under 100 M parameters
     python -m benchmarks.coverage --models squeezenet1_0 mobilenet_v3_small --out /tmp/cov
+
+`--mode structure` runs `benchmarks.coverage_structure` instead (untrained models, no training:
+the units decided, a 0.5 ratio exported and timed; minutes, not hours; torchvision or timm), in
+the same row format:
+
+    python -m benchmarks.coverage --mode structure --source timm --sample 60 \
+        --out results/coverage/timm.json
 """
 
 from __future__ import annotations
@@ -234,26 +242,67 @@ def classify(steps: list[Step], refuse_within: float = 60.0, report_found: bool 
 
 @dataclass
 class Row:
-    """One model's result, as stored in coverage.json."""
+    """One model's result: the row format of both modes (coverage.json's rows here, the JSON list
+    of `benchmarks.coverage_structure`). The first ten fields are the ones issue 36 names."""
 
     model: str
-    params_m: float | None
-    status: str
+    family: str | None = None
+    """"cnn" or "transformer" (a forward pass multiplies two activations: attention;
+    `coverage_structure.family_of`); None when the model ran on no input."""
+    status: str = "failed"
+    """ok, partial (ok with groups kept dense), refused (a one-line error) or failed."""
+    seconds_to_decide: float | None = None
+    """Structure mode: seconds until the skeleton was decided or the refusal given (the input
+    check plus build_skeleton). Not measured by the full mode (None)."""
+    excluded_units: int | None = None
+    """Coupled groups kept dense (the report's kept_dense)."""
+    excluded_macs_share: float | None = None
+    """Share of the dense conv/linear MACs in the layers the kept-dense groups set (structure
+    mode; None in the full mode)."""
     reason: str | None = None
+    """The refusal or failure, or the exclusions' reasons shortened."""
+    latency_ratio: float | None = None
+    """Measured pruned/dense latency: the shipped model's (full), a 0.5 ratio on every unit's
+    (structure)."""
+    verdict: str | None = None
+    """The compress run's verdict against its budget (full); None in structure mode."""
+    mode: str = "full"
+    """"full" (pretrain + compress through the CLI) or "structure" (untrained, no search)."""
+    input_size: int | None = None
+    """Input side the model ran at (32, or its minimum when it refuses 32)."""
+    params_m: float | None = None
     step: str | None = None
+    """Where it stopped: pretrain/compress (full), input/skeleton/export/latency (structure)."""
+    units: int | None = None
+    """Units searched."""
+    macs_ratio: float | None = None
+    """Structure mode: the pruned network's MACs over the dense one's."""
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    units: int | None = None
-    latency_ratio: float | None = None
-    verdict: str | None = None
     test_top1: float | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    """Structure mode: the paired measurement's block spread, dense ms and probe batch."""
     directory: str | None = None
 
 
+def family_and_size(model: str) -> tuple[str | None, int | None]:
+    """The family of `model` and the input side it runs at (32, else its minimum), from one
+    untrained forward pass; (None, None) when it runs at neither."""
+    from benchmarks.coverage_structure import accepting_size, build, family_of
+    from compressor.errors import UserError
+
+    try:
+        network = build(model).eval()
+        batch = accepting_size(model, network)
+    except (UserError, RuntimeError, ValueError):
+        return None, None
+    return family_of(network, batch[:1]), batch.shape[-1]
+
+
 def report_fields(report: dict) -> dict:
-    """units, latency ratio, verdict, top-1 and parity fields of a report.json, read as the one
-    record compress and apply write (`compressor.io.report.RunReport`).
+    """units, kept-dense groups, latency ratio, verdict, top-1 and parity fields of a
+    report.json, read as the one record compress and apply write (`compressor.io.report.RunReport`).
 
     Parity is the `final.parity` section's numbers that are there, plus the flat `final.onnx_*`
     keys of reports written before that section existed (compressor 0.1).
@@ -267,6 +316,10 @@ def report_fields(report: dict) -> dict:
                            if v is not None}} if run.final.parity else legacy
     return {
         "units": len(run.policy) if isinstance(report.get("policy"), dict) else None,
+        "excluded_units": len(run.kept_dense or {}),
+        **({"reason": "kept dense: " + "; ".join(f"{k}: {v}" for k, v in
+                                                 list(run.kept_dense.items())[:3])[:600]}
+           if run.kept_dense else {}),
         "latency_ratio": run.final.latency_ratio,
         "verdict": run.verdict,
         "test_top1": run.final.test_top1,
@@ -318,6 +371,9 @@ def run_model(config: CoverageConfig, model: str, params: int | None) -> Row:
                 fields = {"parity": {"report_error": f"{type(exc).__name__}: {exc}"}}
             for key, value in fields.items():
                 setattr(row, key, value)
+        if row.status == "ok" and row.excluded_units:
+            row.status = "partial"
+        row.family, row.input_size = family_and_size(model)
         if config.keep:
             row.directory = str(work)
         return row
@@ -337,6 +393,8 @@ class Summary(NamedTuple):
     over_budget: int
     slow_refusals: int
     """Refusals that took longer than `refuse_within` (a pretrain that refused after training)."""
+    partial: int = 0
+    """Compressed, with groups kept dense."""
 
     @property
     def goal_met(self) -> bool:
@@ -350,10 +408,11 @@ def summarise(rows: list[dict], refuse_within: float = 60.0) -> Summary:
         ok=sum(r["status"] == "ok" for r in rows),
         refused=sum(r["status"] == "refused" for r in rows),
         failed=sum(r["status"] == "failed" for r in rows),
-        over_budget=sum(r["status"] == "ok" and r.get("exit_codes", {}).get("compress") == 1
-                        for r in rows),
+        over_budget=sum(r["status"] in ("ok", "partial")
+                        and r.get("exit_codes", {}).get("compress") == 1 for r in rows),
         slow_refusals=sum(r["status"] == "refused" and total_seconds(r) > refuse_within
-                          for r in rows))
+                          for r in rows),
+        partial=sum(r["status"] == "partial" for r in rows))
 
 
 def _cell(value: Any) -> str:
@@ -383,8 +442,9 @@ def render_markdown(doc: dict) -> str:
         f"{config['train_size']} train / {config['test_size']} test images, "
         f"{config['final_epochs']} final epoch, {config['candidates']} candidate.",
         "",
-        f"**{s.ok} ok, {s.refused} refused, {s.failed} failed** "
-        f"(of {len(rows)} run; {s.over_budget} of the ok exports measured over budget).  ",
+        f"**{s.ok} ok, {s.partial} partial, {s.refused} refused, {s.failed} failed** "
+        f"(of {len(rows)} run; {s.over_budget} of the ok or partial exports measured over "
+        "budget).  ",
         f"{GOAL}: **{'met' if s.goal_met else 'not met'}**"
         + ("" if s.goal_met else
            f" ({s.failed} failed, {s.slow_refusals} refusals slower than "
@@ -457,6 +517,16 @@ def main(argv: list[str] | None = None) -> int:
     from compressor.provenance import provenance
 
     argv = sys.argv[1:] if argv is None else argv
+    if "--mode" in argv:
+        i = argv.index("--mode")
+        mode, argv = (argv[i + 1:i + 2] or [""])[0], argv[:i] + argv[i + 2:]
+        if mode == "structure":
+            from benchmarks import coverage_structure
+
+            return coverage_structure.main(argv)
+        if mode != "full":
+            print(f"error: --mode {mode!r}: choose full or structure", file=sys.stderr)
+            return 2
     config = parse_args(argv)
     out = Path(config.out)
     previous: dict = {}
@@ -523,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({secs}){extra}  [{(time.monotonic() - started) / 60:.0f} min so far]",
               flush=True)
     s = summarise(doc["rows"], config.refuse_within)
-    print(f"{s.ok} ok, {s.refused} refused, {s.failed} failed; goal "
+    print(f"{s.ok} ok, {s.partial} partial, {s.refused} refused, {s.failed} failed; goal "
           f"{'met' if s.goal_met else 'not met'}; wrote {out / 'coverage.md'}, "
           f"{out / 'coverage.json'}")
     return 0 if s.goal_met else 1

@@ -7,7 +7,9 @@ runs (a split into a cross-stage concat, a user's hard-coded reshape, an excepti
 torch-pruning). Rather than refuse the model, the units are really pruned (at 0.5, as an episode
 would) and checked: the units a wrong shape implicates, or that a failure is narrowed down to by
 halving the set, are kept dense and listed with the reason (`Skeleton.excluded`). The model is
-refused only when no unit is left.
+refused only when no unit is left. Each check re-traces the model, so the checks together get a
+time limit (`VERIFY_SECONDS`), as the trace has: units still unverified when it passes are kept
+dense too.
 
     skeleton = build_skeleton(model, x, PruningConfig())
     policy = skeleton.policy_from_vector([0.5] * len(skeleton.units))
@@ -17,6 +19,7 @@ refused only when no unit is left.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import NamedTuple
@@ -36,6 +39,18 @@ log = logging.getLogger(__name__)
 
 TRIAL_RATIO = 0.5
 """Pruning ratio every checked unit is pruned at (the middle of the action range)."""
+
+VERIFY_SECONDS = 90.0
+"""Longest the checks may take together, after the trace (which has its own `TRACE_SECONDS`); a
+check under way when it passes is finished, not interrupted. Each check re-traces the model: on a
+2-core Xeon timm's eca_vovnet39b (ECA gates, whose channel reshape torch-pruning expands index by
+index) takes 31-46 s a check and regnetz_d8_evos (79 units, nearly all failing alone) ~150
+checks of 2 s; either took over 4 minutes before this limit. Most CNNs check in one pass under
+a second (results/coverage)."""
+
+
+class _OutOfTime(Exception):
+    """The checks ran past their time limit."""
 
 
 class Failure(NamedTuple):
@@ -114,23 +129,32 @@ def build_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
 
 
 def verify_skeleton(skeleton: Skeleton, model: nn.Module, x: torch.Tensor,
-                    config: PruningConfig) -> Skeleton:
+                    config: PruningConfig, time_limit: float = VERIFY_SECONDS) -> Skeleton:
     """`skeleton` without the units that do not prune as it predicts (kept dense, in
-    `excluded`); a UserError naming the reasons when no unit is left."""
+    `excluded`); a UserError naming the reasons when no unit is left. Units still unverified
+    after `time_limit` seconds of checks are kept dense as well, with that reason."""
     model_name = type(model).__name__
-
     reasons: dict[str, str] = {}
+    deadline, checks = time.monotonic() + time_limit, [0]
 
     def check(names: Sequence[str]) -> Failure | None:
+        if time.monotonic() > deadline:
+            raise _OutOfTime
+        checks[0] += 1
         return prune_and_compare(skeleton.without(reasons), model, x, config, names)
 
     remaining = list(skeleton.names)
-    failure = check(remaining) if remaining else None
-    while failure is not None and remaining:
-        found = culprits(remaining, check, failure)
-        reasons |= found
-        remaining = [name for name in remaining if name not in found]
+    try:
         failure = check(remaining) if remaining else None
+        while failure is not None and remaining:
+            found = culprits(remaining, check, failure)
+            reasons |= found
+            remaining = [name for name in remaining if name not in found]
+            failure = check(remaining) if remaining else None
+    except _OutOfTime:
+        why = (f"not verified: checking the units did not finish in {time_limit:.0f} s "
+               f"({checks[0]} checks, each re-tracing {model_name})")
+        reasons |= {name: why for name in remaining if name not in reasons}
     result = skeleton.without(reasons)
     for gone in result.excluded:
         log.warning("%s: unit %s kept dense: %s", model_name, gone.name, gone.reason)
@@ -141,5 +165,5 @@ def verify_skeleton(skeleton: Skeleton, model: nn.Module, x: torch.Tensor,
     return result
 
 
-__all__ = ["TRIAL_RATIO", "Failure", "build_skeleton", "culprits", "prune_and_compare",
+__all__ = ["TRIAL_RATIO", "VERIFY_SECONDS", "Failure", "build_skeleton", "culprits", "prune_and_compare",
            "verify_skeleton"]

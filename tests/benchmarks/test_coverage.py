@@ -84,13 +84,18 @@ def test_report_fields_read_units_ratio_verdict_and_every_parity_key():
                         "onnx": "run/model.onnx", "onnx_max_abs_diff": 2e-5,
                         "onnx_relative_diff": 1e-7, "parity": {"top1_agreement": 1.0}}}
     fields = report_fields(report)
-    assert fields == {"units": 3, "latency_ratio": 0.47, "verdict": "within budget",
+    assert fields == {"units": 3, "excluded_units": 0, "latency_ratio": 0.47,
+                      "verdict": "within budget",
                       "test_top1": 71.5,
                       "parity": {"onnx_max_abs_diff": 2e-5, "onnx_relative_diff": 1e-7,
                                  "parity.top1_agreement": 1.0}}
     # A report written after a failed export has no final latency: nothing is invented.
     partial = report_fields({"verdict": "export failed", "policy": {"a": 0.1}, "final": {}})
     assert partial["units"] == 1 and partial["latency_ratio"] is None and partial["parity"] == {}
+    # Groups kept dense are counted and named (the row becomes `partial`).
+    kept = report_fields({**report, "kept_dense": {"dw.0": "a concatenation", "fc2": "a gate"}})
+    assert kept["excluded_units"] == 2
+    assert kept["reason"] == "kept dense: dw.0: a concatenation; fc2: a gate"
 
 
 def _row(model, status, compress_code=0, seconds=(30.0, 200.0)):
@@ -107,12 +112,15 @@ def _doc(rows):
 
 def test_summary_counts_each_status_and_over_budget_exports():
     rows = [_row("a", "ok"), _row("b", "ok", compress_code=1), _row("c", "refused",
-            seconds=(5.0, 0.0)), _row("d", "failed", compress_code=3)]
+            seconds=(5.0, 0.0)), _row("d", "failed", compress_code=3),
+            _row("e", "partial", compress_code=1)]
     s = summarise(rows)
-    assert (s.ok, s.refused, s.failed, s.over_budget, s.slow_refusals) == (2, 1, 1, 1, 0)
+    assert (s.ok, s.partial, s.refused, s.failed, s.over_budget, s.slow_refusals) == \
+        (2, 1, 1, 1, 2, 0)
     assert not s.goal_met
     md = render_markdown(_doc(rows))
-    assert "**2 ok, 1 refused, 1 failed**" in md and "1 of the ok exports measured over" in md
+    assert "**2 ok, 1 partial, 1 refused, 1 failed**" in md
+    assert "2 of the ok or partial exports measured over" in md
     assert "in seconds: **not met**" in md and "vit_h_14 (631 M)" in md
     assert md.count("\n| ") == 1 + len(rows)  # header + one line per row
 
@@ -171,3 +179,156 @@ def test_every_command_that_made_rows_is_listed():
     doc = {**_doc([_row("a", "ok")]), "commands": ["python -m x --models a", "python -m x --rerun"]}
     md = render_markdown(doc)
     assert "Command: `python -m x --models a`" in md and "Command: `python -m x --rerun`" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure mode (benchmarks/coverage_structure.py): untrained models, one subprocess each.
+
+HAND_BUILT = '''
+import torch
+from torch import nn
+
+
+def cbr(i, o, k=3, g=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, 1, k // 2, groups=g, bias=False), nn.BatchNorm2d(o),
+                         nn.ReLU())
+
+
+class ConcatDepthwise(nn.Module):
+    """Two branches concatenated into a depthwise conv: that group is kept dense."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.stem, self.a, self.b = cbr(3, 32), cbr(32, 32), cbr(32, 32)
+        self.dw, self.pw = cbr(64, 64, g=64), cbr(64, 64, k=1)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.pw(self.dw(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.head(x.mean((2, 3)))
+
+
+def make(num_classes=10):
+    return ConcatDepthwise(num_classes)
+
+
+def hang():
+    import time
+    time.sleep(600)
+
+
+def crash():
+    import os
+    os._exit(7)
+'''
+
+ISSUE_FIELDS = ["model", "family", "status", "seconds_to_decide", "excluded_units",
+                "excluded_macs_share", "reason", "latency_ratio", "verdict", "mode"]
+
+
+@pytest.fixture
+def hand_built(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(HAND_BUILT)
+    return path
+
+
+def _structure_rows(models, out, timeout=240):
+    import json
+
+    from benchmarks import coverage_structure
+
+    argv = ["--models", *models, "--out", str(out), "--timeout", str(timeout)]
+    assert coverage_structure.main(argv) == 0
+    return {row["model"]: row for row in json.loads(out.read_text())}
+
+
+def _assert_decided(row, status, excluded):
+    assert list(row)[:len(ISSUE_FIELDS)] == ISSUE_FIELDS  # the issue's fields, first, in order
+    assert row["status"] == status, row["reason"]
+    assert row["mode"] == "structure" and row["verdict"] is None and row["family"] == "cnn"
+    assert row["input_size"] == 32 and 0 <= row["seconds_to_decide"] < 60
+    assert row["excluded_units"] == excluded and (row["excluded_macs_share"] > 0) == bool(excluded)
+    assert row["units"] >= 1 and 0 < row["macs_ratio"] < 1
+    assert 0 < row["latency_ratio"] < 2 and row["latency"]["batch_size"] >= 1
+    assert row["parity"]["pruned_relative_diff"] < 1e-3
+
+
+def test_structure_mode_decides_a_torchvision_cnn_and_a_hand_built_partial(tmp_path, hand_built):
+    spec = f"{hand_built}:make"
+    rows = _structure_rows(["squeezenet1_1", spec], tmp_path / "rows.json")
+    _assert_decided(rows["squeezenet1_1"], "ok", 0)
+    assert rows["squeezenet1_1"]["reason"] is None
+    _assert_decided(rows[spec], "partial", 1)
+    assert rows[spec]["reason"].startswith("1 kept dense (dw.0): torch-pruning maps")
+    # The group kept dense sets the out channels of both branches (a.0, b.0: 9.4 M MACs each)
+    # and dw.0 (0.6 M), and pw.0's in channels (4.2 M), of 24.5 M (stem 0.9 M, head 640).
+    macs = {"stem": 3 * 9 * 32, "a": 32 * 9 * 32, "b": 32 * 9 * 32, "dw": 9 * 64, "pw": 64 * 64}
+    share = (macs["a"] + macs["b"] + macs["dw"] + macs["pw"]) / (sum(macs.values()) + 640 / 1024)
+    assert rows[spec]["excluded_macs_share"] == pytest.approx(share, abs=1e-4)
+
+
+def test_structure_mode_resumes_and_a_hang_or_a_crash_costs_one_failed_row(tmp_path, hand_built):
+    out = tmp_path / "rows.json"
+    rows = _structure_rows([f"{hand_built}:hang", f"{hand_built}:crash"], out, timeout=20)
+    hang, crash = rows[f"{hand_built}:hang"], rows[f"{hand_built}:crash"]
+    assert hang["status"] == crash["status"] == "failed"
+    assert hang["reason"] == "timed out after 20 s during build" and hang["step"] == "build"
+    assert crash["reason"].startswith("worker exited 7 during build")
+    before = out.read_text()
+    _structure_rows([f"{hand_built}:hang"], out, timeout=20)  # already there: not run again
+    assert out.read_text() == before
+
+
+def test_structure_mode_on_a_timm_cnn(tmp_path):
+    pytest.importorskip("timm")
+    rows = _structure_rows(["timm:lcnet_050"], tmp_path / "rows.json")
+    _assert_decided(rows["timm:lcnet_050"], "ok", 0)
+
+
+def test_family_is_transformer_only_when_two_activations_are_multiplied():
+    import torch
+    from torch import nn
+
+    from benchmarks.coverage_structure import family_of
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.qkv = nn.Conv2d(3, 8, 3), nn.Linear(8, 24)
+
+        def forward(self, x):
+            t = self.stem(x).flatten(2).transpose(1, 2)
+            q, k, v = self.qkv(t).chunk(3, -1)
+            return ((q @ k.transpose(1, 2)).softmax(-1) @ v).mean(1)
+
+    class Gate(nn.Module):  # squeeze-excite: a product with an activation, but elementwise
+        def __init__(self):
+            super().__init__()
+            self.stem, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 8)
+
+        def forward(self, x):
+            y = self.stem(x)
+            return (y * self.fc(y.mean((2, 3))).sigmoid()[..., None, None]).mean((2, 3))
+
+    x = torch.randn(1, 3, 16, 16)
+    assert family_of(Attention(), x) == "transformer"
+    assert family_of(Gate(), x) == "cnn"
+    assert family_of(torchvision.models.resnet18(num_classes=10), x) == "cnn"
+    assert family_of(torchvision.models.vit_b_16(image_size=32, num_classes=10),
+                     torch.randn(1, 3, 32, 32)) == "transformer"
+
+
+def test_structure_counts_leave_transformers_out_of_the_cnn_share():
+    from benchmarks.coverage_structure import counts
+
+    rows = [{"model": m, "family": "cnn", "status": s, "seconds_to_decide": t}
+            for m, s, t in (("a", "ok", 1.0), ("b", "partial", 7.5), ("c", "refused", 2.0),
+                            ("d", "failed", None))]
+    rows.append({"model": "v", "family": "transformer", "status": "failed",
+                 "seconds_to_decide": 30.0})
+    c = counts(rows)
+    assert c["cnn"] == {"ok": 1, "partial": 1, "refused": 1, "failed": 1}
+    assert c["transformer"]["failed"] == 1 and c["cnn_share_ok_or_partial"] == 0.5
+    assert c["slowest_seconds_to_decide"] == {"cnn": [7.5, "b"], "all": [30.0, "v"]}

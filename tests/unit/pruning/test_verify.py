@@ -217,3 +217,47 @@ def test_culprits_keeps_dense_the_units_that_only_fail_together():
 
     found = culprits(list("abcd"), check, Failure("breaks", ()))
     assert set(found) == set("abcd") and all("only together" in r for r in found.values())
+
+
+def test_checks_past_their_time_limit_keep_the_unverified_units_dense(monkeypatch):
+    """Each check re-traces the model; a model whose checks would take minutes (timm's
+    eca_vovnet39b: 31-46 s a check) is decided once the time limit has passed, not after them."""
+    from compressor.pruning import verify
+
+    real, checked = verify.prune_and_compare, []
+
+    def slow(skeleton, model, x, config, names):
+        checked.append(tuple(names))
+        time.sleep(0.3)
+        return real(skeleton, model, x, config, names)
+
+    monkeypatch.setattr(verify, "prune_and_compare", slow)
+    model = BreaksWhenNarrowed().eval()
+    skeleton = verify.trace_skeleton(model, X, CONFIG)
+    # Time for the first check (which fails: stem.0 breaks the forward pass) and one more.
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"nothing in BreaksWhenNarrowed .*not verified: checking "
+                                        r"the units did not finish in 0 s \(2 checks"):
+        verify.verify_skeleton(skeleton, model, X, CONFIG, time_limit=0.45)
+    assert len(checked) == 2 and time.monotonic() - start < 0.45 + 0.3 + 1.0
+    # Without the limit the same model keeps only stem.0 dense.
+    assert [e.name for e in verify.verify_skeleton(skeleton, model, X, CONFIG).excluded] == \
+        ["stem.0"]
+
+
+def test_a_unit_found_before_the_time_limit_keeps_its_reason_and_the_unconfirmed_rest_stays_dense(
+        monkeypatch):
+    from compressor.pruning import verify
+
+    model = BreaksWhenNarrowed().eval()
+    skeleton = verify.trace_skeleton(model, X, CONFIG)
+    # Checks: all three units (fail), stem.0 alone (fails), mid.0 + tail.0 (pass); the limit
+    # passes before the last check, which would confirm mid.0 and tail.0 together.
+    clock = iter([0.0, 0.0, 0.0, 0.0, 1e9])
+    monkeypatch.setattr(verify.time, "monotonic", lambda: next(clock))
+    with pytest.raises(UserError) as refused:
+        verify.verify_skeleton(skeleton, model, X, CONFIG, time_limit=60.0)
+    said = str(refused.value)
+    assert "stem.0: the network no longer runs once it is pruned" in said
+    assert "mid.0: not verified: checking the units did not finish in 60 s (3 checks" in said
+    assert "tail.0: not verified" in said
