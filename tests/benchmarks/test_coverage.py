@@ -338,3 +338,10 @@ def test_structure_counts_leave_transformers_out_of_the_cnn_share():
     assert "Slowest decision: cnn 7.5 s (b); all 30.0 s (v)." in md
     assert [line.split(" | ")[0] for line in md.splitlines()[7:]] == ["| a", "| b", "| c", "| d",
                                                                      "| v"]  # CNNs first
+
+
+def test_the_full_mode_rows_get_the_family_and_the_input_size_too():
+    from benchmarks.coverage import family_and_size
+
+    assert family_and_size("squeezenet1_0") == ("cnn", 32)
+    assert family_and_size("alexnet") == ("cnn", 63)  # refuses 32 px: torchvision's minimum
