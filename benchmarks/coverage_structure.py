@@ -25,6 +25,7 @@ written to `--out` (a JSON list) after every model; a rerun skips models already
     python -m benchmarks.coverage --mode structure --source timm --out results/coverage/timm.json
     python -m benchmarks.coverage --mode structure --models resnet18 timm:ghostnet_100 \\
         --out /tmp/rows.json
+    python -m benchmarks.coverage_structure --summarize /tmp/rows.json "A title" > rows.md
 """
 
 from __future__ import annotations
@@ -454,6 +455,36 @@ def counts(rows: list[dict]) -> dict[str, Any]:
             "slowest_seconds_to_decide": {"cnn": slowest(of("cnn")), "all": slowest(rows)}}
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(rows: list[dict], title: str) -> str:
+    """A table of `rows` (CNNs first, then transformers) under the counts of `counts`."""
+    c = counts(rows)
+    share = c["cnn_share_ok_or_partial"]
+    lines = [f"# {title}", "",
+             "CNNs: " + ", ".join(f"{v} {k}" for k, v in c["cnn"].items())
+             + (f" ({share:.1%} ok or partial)" if share is not None else "")
+             + "; transformers (not counted): "
+             + ", ".join(f"{v} {k}" for k, v in c["transformer"].items()) + ".  ",
+             "Slowest decision: " + "; ".join(f"{k} {v[0]:.1f} s ({v[1]})" for k, v in
+                                               c["slowest_seconds_to_decide"].items() if v) + ".",
+             "", "| model | family | status | px | seconds to decide | units | kept dense | "
+             "their MACs share | MACs ratio at 0.5 | latency ratio at 0.5 | reason |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (r.get("family") != "cnn", r["model"])):
+        lines.append("| " + " | ".join(_cell(r.get(k)) for k in (
+            "model", "family", "status", "input_size", "seconds_to_decide", "units",
+            "excluded_units", "excluded_macs_share", "macs_ratio", "latency_ratio", "reason"))
+            + " |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str]) -> StructureConfig:
     d = StructureConfig()
     p = argparse.ArgumentParser(description="coverage, structure mode")
@@ -498,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return worker(argv[1], Path(argv[argv.index("--row") + 1]))
+    if argv[:1] == ["--summarize"]:  # --summarize ROWS.json TITLE: the table, to stdout
+        print(render_markdown(json.loads(Path(argv[1]).read_text()), " ".join(argv[2:]) or
+                              argv[1]), end="")
+        return 0
     config = parse_args(argv)
     out = Path(config.out)
     rows: list[dict] = json.loads(out.read_text()) if out.exists() else []

@@ -44,8 +44,8 @@ VERIFY_SECONDS = 90.0
 """Longest the checks may take together, after the trace (which has its own `TRACE_SECONDS`); a
 check under way when it passes is finished, not interrupted. Each check re-traces the model: on a
 2-core Xeon timm's eca_vovnet39b (ECA gates, whose channel reshape torch-pruning expands index by
-index) takes 31-46 s a check and regnetz_d8_evos (79 units, nearly all failing alone) ~150
-checks of 2 s; either took over 4 minutes before this limit. Most CNNs check in one pass under
+index) takes 31-46 s a check and regnetz_d8_evos (79 units, nearly all failing alone) over
+110 checks of ~2 s; either took over 4 minutes before this limit. Most CNNs check in one pass under
 a second (results/coverage)."""
 
 

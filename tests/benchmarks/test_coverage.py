@@ -322,6 +322,7 @@ def test_family_is_transformer_only_when_two_activations_are_multiplied():
 
 def test_structure_counts_leave_transformers_out_of_the_cnn_share():
     from benchmarks.coverage_structure import counts
+    from benchmarks.coverage_structure import render_markdown as render_structure
 
     rows = [{"model": m, "family": "cnn", "status": s, "seconds_to_decide": t}
             for m, s, t in (("a", "ok", 1.0), ("b", "partial", 7.5), ("c", "refused", 2.0),
@@ -332,3 +333,15 @@ def test_structure_counts_leave_transformers_out_of_the_cnn_share():
     assert c["cnn"] == {"ok": 1, "partial": 1, "refused": 1, "failed": 1}
     assert c["transformer"]["failed"] == 1 and c["cnn_share_ok_or_partial"] == 0.5
     assert c["slowest_seconds_to_decide"] == {"cnn": [7.5, "b"], "all": [30.0, "v"]}
+    md = render_structure(rows, "t")
+    assert "CNNs: 1 ok, 1 partial, 1 refused, 1 failed (50.0% ok or partial)" in md
+    assert "Slowest decision: cnn 7.5 s (b); all 30.0 s (v)." in md
+    assert [line.split(" | ")[0] for line in md.splitlines()[7:]] == ["| a", "| b", "| c", "| d",
+                                                                     "| v"]  # CNNs first
+
+
+def test_the_full_mode_rows_get_the_family_and_the_input_size_too():
+    from benchmarks.coverage import family_and_size
+
+    assert family_and_size("squeezenet1_0") == ("cnn", 32)
+    assert family_and_size("alexnet") == ("cnn", 63)  # refuses 32 px: torchvision's minimum
