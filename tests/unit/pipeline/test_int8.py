@@ -261,4 +261,7 @@ def test_a_searched_policy_runs_its_units_in_the_precisions_it_names(tmp_path):
     # The agent's FP32 unit costs latency the latency model's own choice does not pay.
     int8 = {**chosen, precision_key(unit): 1.0}
     assert found.latency_ratio(chosen) > found.latency_ratio(int8)
-    assert found.latency_ratio(int8) == pytest.approx(found.latency_ratio(policy))
+    # With every unit INT8 the agent pays at least the DP's own choice, the cheapest assignment:
+    # equal when the measured switch costs leave every layer INT8 (CI on the Xeon once measured
+    # switches that made the DP keep a layer FP32: 0.358 against all-INT8's 0.366).
+    assert found.latency_ratio(policy) <= found.latency_ratio(int8) * (1 + 1e-9)
