@@ -36,7 +36,6 @@ import os
 import random
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -358,6 +357,8 @@ def worker(spec: str, out: Path) -> int:
 
 def run_isolated(spec: str, timeout: float) -> dict:
     """`worker(spec)` in a subprocess of its own session, killed after `timeout` seconds."""
+    from benchmarks.coverage import _kill_group  # the harness's one way to end a child's group
+
     with tempfile.TemporaryDirectory(prefix="coverage-row-") as tmp:
         out = Path(tmp) / "row.json"
         command = [sys.executable, "-m", "benchmarks.coverage_structure", "--worker", spec,
@@ -373,9 +374,9 @@ def run_isolated(spec: str, timeout: float) -> dict:
                 code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 code = None
-                _kill(proc)
+                _kill_group(proc)
             except BaseException:
-                _kill(proc)
+                _kill_group(proc)
                 raise
         seconds = round(time.monotonic() - started, 1)
         row = json.loads(out.read_text()) if out.exists() else {"model": spec,
@@ -392,14 +393,6 @@ def run_isolated(spec: str, timeout: float) -> dict:
     from benchmarks.coverage import Row
 
     return asdict(Row(**row))  # one row format for both modes: an unknown key is an error
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def timm_population(max_params: float) -> tuple[list[str], dict[str, int]]:
