@@ -17,12 +17,15 @@ from compressor.pruning.importance import (
     needs_gradients,
     unit_importance,
 )
+from compressor.pruning.attention import has_attention
 from compressor.pruning.skeleton import Skeleton, trace
+from compressor.pruning.transformer import unit_scores
 
 
 def uniform_policy(skeleton: Skeleton, ratio: float) -> dict[str, float]:
-    """Every unit at the same pruning ratio."""
-    return {name: ratio for name in skeleton.names}
+    """Every unit at the same pruning ratio; transformer blocks are all kept (the same width in
+    every block, as Minitron keeps: a shared ratio >= 0.5 would remove every block)."""
+    return {u.name: 0.0 if u.kind == "block" else ratio for u in skeleton.units}
 
 
 def _check_max_ratio(max_ratio: float) -> None:
@@ -64,10 +67,16 @@ def global_ranking_policy(model: nn.Module, example_input: torch.Tensor, config:
                           calibration_batches: Iterable | None = None) -> dict[str, float]:
     """torch-pruning's global ranking as a policy: the least-important fraction of all channels.
 
-    All units' channels are ranked together by their mean-normalised importance; the global fraction
+    All units' channels are ranked together by their mean-normalised importance (a transformer's
+    heads and MLP channels by weight magnitude, each unit's scores over their mean; its blocks are
+    kept, as in Torch-Pruning's ViT examples); the global fraction
     removed is bisected until `cost(policy) <= limit`, each unit's ratio capped at `max_ratio`.
     """
     _check_max_ratio(max_ratio)
+    if has_attention(model):
+        scores = {name: s / s.mean().clamp_min(1e-12)
+                  for name, s in unit_scores(model, example_input, config).items()}
+        return _ranked_policy(scores, cost, limit, max_ratio)
     device = next(model.parameters()).device
     work = copy.deepcopy(model)
     traced = trace(work, example_input.to(device), config)
@@ -76,6 +85,13 @@ def global_ranking_policy(model: nn.Module, example_input: torch.Tensor, config:
     criterion = criterion_for(config.importance, config.seed)
     scores = {name: unit_importance(name, group, traced.channel_groups[name], criterion)
               for name, group in traced.groups.items()}
+    return _ranked_policy(scores, cost, limit, max_ratio)
+
+
+def _ranked_policy(scores: dict[str, torch.Tensor], cost: Callable[[dict[str, float]], float],
+                   limit: float, max_ratio: float) -> dict[str, float]:
+    """Remove the globally lowest-scored channels (heads) of all `scores`' units, the fraction
+    bisected until `cost(policy) <= limit`; units without scores (blocks) stay at 0."""
     ranked = torch.sort(torch.cat(list(scores.values()))).values
 
     def policy_at(fraction: float) -> dict[str, float]:

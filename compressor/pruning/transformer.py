@@ -455,6 +455,27 @@ def _magnitudes(rows: Sequence[nn.Linear], columns: Sequence[nn.Linear], p: floa
     return total
 
 
+def unit_scores(model: nn.Module, example_input: torch.Tensor, config: PruningConfig
+                ) -> dict[str, torch.Tensor]:
+    """Per heads and MLP unit, the score of each head or hidden channel that pruning ranks by
+    (`config.importance`), by unit name; block units have none (global ranking keeps them)."""
+    ranking = _magnitude_power(config)
+    example_input = example_input.to(next(model.parameters()).device)
+    work = explicit_attention(model, example_input)
+    scores = {}
+    for block in find_blocks(work, example_input):
+        attention = work.get_submodule(block.attention)
+        fc1, fc2 = work.get_submodule(block.fc1), work.get_submodule(block.fc2)
+        for name, count, rows, columns in (
+                (block.attention, attention.num_heads, attention.projections(),
+                 (attention.proj,)),
+                (block.fc1, fc1.out_features, (fc1,), (fc2,))):
+            scores[name] = ranking.unit_scores(name, count) \
+                if isinstance(ranking, RandomImportance) \
+                else _magnitudes(rows, columns, ranking, count)
+    return scores
+
+
 def _kept_indices(scores: torch.Tensor, kept: int) -> list[int]:
     """The `kept` highest-scored positions, in order (ties keep the earlier)."""
     dropped = set(prune_indices(scores, 1, kept))

@@ -18,7 +18,8 @@ Action Space:
     below, with the undecided units in their cheapest precisions).
 
 Observation Space:
-    Box(0, 1, (11,), float32): unit index, kind, output channels, input channels, kernel, stride,
+    Box(0, 1, (11,), float32): unit index, kind (`KINDS`), output channels (heads, MLP width, 1
+    for a block), input channels (the residual width for a transformer unit), kernel, stride,
     MACs and params the unit controls, MACs already removed by earlier choices, MACs of the units
     still to come, and the previous action. Static features are divided by their maximum over the
     units (AMC scales every feature to [0, 1] over the episode's layers); the MACs features by the
@@ -60,7 +61,9 @@ import numpy as np
 from compressor.budgets import wall as walls
 from compressor.pruning.skeleton import precision_key
 
-KINDS = ("conv", "linear", "depthwise", "residual")
+KINDS = ("conv", "linear", "depthwise", "residual", "heads", "mlp", "block")
+"""Unit kinds in the order of the observation's kind feature (CNN units, then transformer units:
+attention heads, MLP width, a whole block)."""
 OBS_DIM = 11
 
 

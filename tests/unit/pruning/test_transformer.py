@@ -337,3 +337,34 @@ def test_a_pruned_vit_checkpoint_rebuilds_from_its_policy(tmp_path):
     loaded, _ = load_pruned_checkpoint(tmp_path / "vit.pt", base_model=timm_vit(seed=1))
     assert isinstance(loaded.blocks[1], RemovedBlock) and loaded.blocks[0].attn.num_heads == 2
     assert torch.equal(outputs(loaded), outputs(pruned))
+
+
+# --- the rivals' policies on transformer units ---------------------------------------------------
+
+
+def test_uniform_keeps_every_block_and_prunes_heads_and_mlp_alike():
+    skeleton = skeleton_of("torchvision")
+    policy = uniform_policy(skeleton, 0.5)
+    kept = skeleton.kept_channels(policy)
+    assert {u.kind for u in skeleton.units if policy[u.name] == 0.0} == {"block"}
+    assert all(kept[u.name] == 1 for u in skeleton.units if u.kind == "block")
+    assert all(kept[u.name] < u.channels for u in skeleton.units if u.kind != "block")
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "timm"])
+def test_global_ranking_prunes_heads_and_mlp_to_the_cost_limit_and_keeps_blocks(layout):
+    from compressor.pruning import global_ranking_policy
+
+    skeleton = skeleton_of(layout)
+    dense = skeleton.macs({})
+
+    def cost(policy):
+        return skeleton.macs(policy) / dense
+
+    policy = global_ranking_policy(model_of(layout), X, CONFIG, cost, 0.6)
+    assert cost(policy) <= 0.6
+    assert all(policy.get(u.name, 0.0) == 0.0 for u in skeleton.units if u.kind == "block")
+    assert len({round(policy[u.name], 3) for u in skeleton.units if u.kind != "block"}) > 1, \
+        "global ranking gives the units different ratios"
+    pruned = apply_policy(model_of(layout), policy, X, CONFIG)
+    assert measure_layer_shapes(pruned, X) == skeleton.layer_shapes(policy)

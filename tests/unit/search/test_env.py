@@ -7,7 +7,7 @@ from gymnasium.utils.env_checker import check_env
 from compressor.budgets.wall import Budget
 from compressor.errors import UserError
 from compressor.pruning import PruningConfig, build_skeleton
-from compressor.search.env import OBS_DIM, Evaluation, PruningEnv, reward_error
+from compressor.search.env import OBS_DIM, Evaluation, PruningEnv, reward_error, unit_features
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,13 @@ def test_the_precision_wall_flips_only_a_choice_that_breaks_the_budget(skeleton)
             assert info["int8"] and info["applied_action"] == 1.0
         if done:
             break
+
+
+def test_transformer_units_are_told_apart_by_their_kind_feature():
+    from tests.vit_layouts import example, torchvision_vit
+
+    skeleton = build_skeleton(torchvision_vit(layers=2), example(1), PruningConfig(round_to=16))
+    features = unit_features(skeleton.units)
+    by_kind = {u.kind: features[i, 1] for i, u in enumerate(skeleton.units)}
+    assert set(by_kind) == {"block", "heads", "mlp"}
+    assert len(set(by_kind.values())) == 3 and all(0.0 < v <= 1.0 for v in by_kind.values())
