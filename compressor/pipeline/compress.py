@@ -234,7 +234,11 @@ class Plan:
 
 def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_name: str,
          say=log.info) -> Plan:
-    """Units, latency model and budgets of `model`'s architecture (weights do not matter)."""
+    """Units, latency model and budgets of `model`'s architecture (weights do not matter).
+    Attention is timed in the explicit form every pruned copy has (torchvision's fused kernel
+    does not even export)."""
+    if pruning.has_attention(model):
+        model = pruning.explicit_attention(model.eval(), example)
     skeleton = pruning.build_skeleton(model, example, config.pruning)
     latency_model = latency.load_or_build(
         Path(config.models_dir) / "latency", cache_name, model, example, config.probe,

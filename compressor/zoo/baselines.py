@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ from compressor.errors import UserError
 from compressor.provenance import provenance, seed_everything
 from compressor.training.train import TrainConfig, evaluate_top1, pretraining_warning, train
 from compressor.zoo import models
+from compressor.zoo.embedded import EMBEDDED
 from compressor.zoo.datasets import DataConfig, Dataset
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,20 @@ def expected_metadata(data_config: DataConfig, dataset: Dataset) -> dict:
             "dataset": dataset.name}
 
 
+def with_recipe(model_name: str, config: TrainConfig) -> TrainConfig:
+    """`config` with the fields it leaves at their defaults taken from the model's own recipe
+    (`zoo.embedded`; a ViT does not learn at the CNN recipe's SGD rates): what a user sets wins.
+
+    >>> config = with_recipe("vit_tiny", TrainConfig(epochs=2))
+    >>> config.optimizer, config.epochs, with_recipe("resnet18", config) == config
+    ('adamw', 2, True)
+    """
+    recipe = EMBEDDED[model_name].recipe if model_name in EMBEDDED else {}
+    defaults = TrainConfig()
+    return replace(config, **{k: v for k, v in recipe.items()
+                              if getattr(config, k) == getattr(defaults, k)})
+
+
 def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_config: TrainConfig,
              path: Path, device: torch.device, weights: str | None = None,
              progress: bool = True) -> tuple[nn.Module, dict]:
@@ -34,6 +49,7 @@ def pretrain(model_name: str, dataset: Dataset, data_config: DataConfig, train_c
     A baseline far below the recipe's accuracy is logged as a warning and recorded under the
     metadata's "warning" key (`pretraining_warning`).
     """
+    train_config = with_recipe(model_name, train_config)
     seed_everything(train_config.seed)
     model = models.build_model(model_name, dataset.num_classes, weights)
     size = data_config.input_size

@@ -16,6 +16,7 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.io import atomic
+from compressor.zoo.embedded import EMBEDDED, build_embedded
 from compressor.zoo.factories import build_from_factory, is_factory_spec
 
 BASELINE_FORMAT = "compressor-baseline-v1"
@@ -31,8 +32,9 @@ CONSTRUCTOR_OVERRIDES: dict[str, dict] = {
 
 
 def list_classification_models() -> list[str]:
-    """Names of torchvision's classification models (detection, video, etc. excluded)."""
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    """Names of our embedded models (`zoo.embedded`) and torchvision's classification models
+    (detection, video, etc. excluded)."""
+    return [*EMBEDDED, *sorted(torchvision.models.list_models(module=torchvision.models))]
 
 
 def check_model_name(name: str) -> None:
@@ -96,7 +98,8 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 
 def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.Module:
-    """A torchvision model by name with its head sized for `num_classes`.
+    """A model of ours (`zoo.embedded`) or torchvision's by name, its head sized for
+    `num_classes`.
 
     `weights` is a torchvision weights name (`IMAGENET1K_V1`, `ResNet18_Weights.IMAGENET1K_V1`,
     `DEFAULT`), loaded from the torch hub cache or its URL, or a path to a checkpoint of ours.
@@ -110,6 +113,12 @@ def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.M
                             "takes a checkpoint path")
         if weights is None:
             return build_from_factory(name, num_classes)
+    if name in EMBEDDED:
+        if weights is not None and not Path(weights).exists():
+            raise UserError(f"--weights {weights} names torchvision weights; {name} is ours and "
+                            "takes a checkpoint path")
+        if weights is None:
+            return build_embedded(name, num_classes)
     if weights is None:
         return torchvision.models.get_model(name, num_classes=num_classes,
                                             **CONSTRUCTOR_OVERRIDES.get(name, {}))

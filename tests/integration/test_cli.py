@@ -309,3 +309,28 @@ def test_units_lists_the_units_and_the_groups_kept_dense_with_why(tmp_path, caps
     assert main(["units", "resnet18"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("resnet18: 12 units searched, 0 kept dense") and "layer1.0.conv1" in out
+
+
+def test_the_embedded_vit_pretrains_by_its_recipe_compresses_and_its_policy_applies(tmp_path):
+    root = tmp_path
+    assert main(["pretrain", "--model", "vit_tiny", "--epochs", "1", "--models-dir",
+                 str(root / "models"), *SLICE]) == 0
+    _, meta = models.load_baseline(root / "models" / "vit_tiny-fashion-mnist.pt", "vit_tiny", 10)
+    assert meta["train_config"]["optimizer"] == "adamw" and meta["train_config"]["epochs"] == 1
+    out = root / "run"
+    args = [a if a != "resnet18" else "vit_tiny" for a in _compress_args(root, out)]
+    code = main(args)
+    report = json.loads((root / "results" / "run" / "report.json").read_text())
+    assert code == (0 if report["verdict"] == "within budget" else 1)
+    policy = json.loads((root / "policies" / "run.json").read_text())
+    assert len(policy["policy"]) == 18  # 6 blocks: block, heads, mlp each
+    assert any(name.endswith("self_attention") for name in policy["policy"])
+    parity = report["final"]["parity"]
+    assert parity["top1_agreement"] >= 0.9
+    applied = root / "applied"
+    assert main(["apply", "--model", "vit_tiny", "--models-dir", str(root / "models"), *SLICE,
+                 "--policy", str(root / "policies" / "run.json"), "--out", str(applied),
+                 "--latency-batch-size", "2"]) == 0
+    applied_report = RunReport.from_dict(json.loads((applied / "report.json").read_text()))
+    assert applied_report.policy == policy["policy"]
+    assert applied_report.final.parity.top1_agreement >= 0.9
