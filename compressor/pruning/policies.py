@@ -10,6 +10,7 @@ from torch import nn
 
 from compressor.bisection import least_feasible
 from compressor.errors import UserError
+from compressor.pruning.attention import has_attention
 from compressor.pruning.config import PruningConfig
 from compressor.pruning.importance import (
     accumulate_gradients,
@@ -17,7 +18,6 @@ from compressor.pruning.importance import (
     needs_gradients,
     unit_importance,
 )
-from compressor.pruning.attention import has_attention
 from compressor.pruning.skeleton import Skeleton, trace
 from compressor.pruning.transformer import unit_scores
 

@@ -14,8 +14,8 @@ from compressor.errors import UserError
 from compressor.provenance import provenance, seed_everything
 from compressor.training.train import TrainConfig, evaluate_top1, pretraining_warning, train
 from compressor.zoo import models
-from compressor.zoo.embedded import EMBEDDED
 from compressor.zoo.datasets import DataConfig, Dataset
+from compressor.zoo.embedded import EMBEDDED
 
 log = logging.getLogger(__name__)
 
