@@ -98,8 +98,9 @@ class Pretrain:
         from compressor.zoo import baselines, models
         from compressor.zoo.datasets import load_dataset
 
-        model, epochs = self.baseline.model, self.train.epochs
+        model = self.baseline.model
         models.check_model_name(model)
+        epochs = baselines.with_recipe(model, self.train).epochs
         dataset = load_dataset(self.data)
         check_compressible(model, dataset.num_classes, self.data.input_size)
         path = Path(self.out or models.baseline_path(self.baseline.models_dir, model, dataset.name))

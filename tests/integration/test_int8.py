@@ -12,6 +12,7 @@ from compressor.cli import main
 from compressor.pruning import PruningConfig, build_skeleton
 from compressor.pruning.shapes import measure_layer_shapes
 from compressor.quantize import layer_nodes
+from compressor.quantize.int8 import MEASURED_BY_DEFAULT
 from compressor.zoo.models import build_model
 from tests.integration.conftest import SLICE
 from tests.integration.test_cli import _compress_args
@@ -34,8 +35,7 @@ def test_compress_int8_ships_a_checked_int8_model_or_says_why_not(workdir, capsy
     report, _ = _compress_run(workdir, out, INT8)
     final = report["final"]
     plan = final["int8"]["plan"]
-    assert {t["format"] for t in plan["choice"]["trials"]} == {"qdq-u8s8", "qoperator-u8s8",
-                                                               "qdq-s8s8"}
+    assert {t["format"] for t in plan["choice"]["trials"]} == set(MEASURED_BY_DEFAULT)
     if final["precision"] != "fp32":
         # Layers INT8 costs accuracy on in the dense network stay FP32: the model ships mixed.
         assert final["precision"] == ("mixed" if plan["sensitive_layers"] else "int8")
