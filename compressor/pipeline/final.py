@@ -94,7 +94,8 @@ def _fit(ws: Workspace, row: CandidateRow) -> None:
     fitted = latency.fit_to_latency(row.policy, ws.skeleton.names,
                                     lambda p: ws.latency_ratio({**p, **precisions}),
                                     lambda p: _measure(ws, {**p, **precisions}), limit,
-                                    ws.config.max_ratio, ws.config.budget.margin, measured=first)
+                                    ws.config.max_ratio, ws.config.budget.margin, measured=first,
+                                    key=lambda p: ws.evaluator.key({**p, **precisions}))
     row.latency_measured_as_searched, row.latency_measured = first.ratio, fitted.measured
     row.fit_margin = fitted.margin
     row.fitted = [asdict(step) for step in fitted.steps]
@@ -355,7 +356,9 @@ def _margin_note(config) -> str:
             "(the latency model's held-out error plus the paired measurement spread, "
             "results/latency-model); before fine-tuning each candidate is rescaled "
             "and measured again until it measures between 12% and the margin under "
-            "the budget, at most 3 times, the margin widened to half the "
+            "the budget, at most 3 times, then refined (a step aimed just under, then "
+            "bisection between the safe and unsafe measured scales, at most 3 more "
+            "networks measured) to land within 1% under that level, the margin widened to half the "
             "measurement's own block spread when that is wider (see each candidate's "
             "fit_margin); a candidate never measured within the budget is rejected; "
             "a measurement (the fit's or the final one) near the budget is repeated "
