@@ -82,6 +82,9 @@ class ShippedModel:
     """The paired measurement of what ships against dense FP32 (`PairedLatency.as_dict`); left
     out when export or measurement failed."""
     latency_rounds: int | None = field(default=None, metadata=_OPTIONAL)
+    latency_from_fit: bool | None = field(default=None, metadata=_OPTIONAL)
+    """Whether `latency` is the final stage's fit measurement of the same architecture (the
+    fine-tune changed weights, not shapes) rather than a measurement of its own."""
     fp32_latency: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
     """The FP32 export's paired measurement (the same as `latency` when FP32 ships)."""
     onnx: str | None = field(default=None, metadata=_OPTIONAL)
@@ -334,7 +337,9 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
         tol = parity["tolerance"]
         lines += [
             "Latency settings: " + ", ".join(f"{k}={v}" for k, v in lat["settings"].items())
-            + f"; {final.get('latency_rounds', 1)} round(s), in this process after the search.",
+            + f"; {final.get('latency_rounds', 1)} round(s), in this process after the search"
+            + (" (the fit's measurement of the same architecture: the fine-tune changed weights, "
+               "not shapes)." if final.get("latency_from_fit") else "."),
             f"ONNX parity: max abs difference {parity['max_abs_diff']:.2e} at max |output| "
             f"{parity['max_abs_output']:.3g} (relative {parity['relative_diff']:.1e}; tolerance "
             f"{tol['atol']:g} + {tol['rtol']:g} x max |output|), top-1 agreement "

@@ -15,6 +15,7 @@ from compressor.latency.probe import (
     Probe,
     ProbeSettings,
     Session,
+    architecture_key,
     auto_batch_size,
     check_same_input,
     fresh_rounds,
@@ -27,6 +28,6 @@ from compressor.latency.probe import (
 )
 
 __all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
-           "Quantize", "Session", "auto_batch_size", "check_same_input", "fit_to_latency",
+           "Quantize", "Session", "architecture_key", "auto_batch_size", "check_same_input", "fit_to_latency",
            "fresh_rounds", "load_or_build", "make_session", "measure_against_limit", "measure_ms",
            "measure_pair", "pool_rounds", "resolve_batch_size"]
