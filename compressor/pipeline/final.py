@@ -423,6 +423,7 @@ def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
         episodes=len(episodes), cache_hits=sum(bool(e.get("cached")) for e in episodes),
         # The run directory's log, named rather than copied beside the report.
         episodes_log=str(run_dir / "episodes.jsonl") if episodes else None,
+        probe_bias_median=report.probe_bias_median(episodes),
         per_episode_seconds=_per_episode(episodes), time=dict(ws.times),
         config=asdict(config), provenance=provenance())
 

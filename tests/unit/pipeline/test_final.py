@@ -296,6 +296,25 @@ def test_the_verdict_is_the_fits_measurement_when_the_fine_tune_changed_only_wei
     assert other.paired.architecture is None and other.paired.ratio > fitted.ratio
 
 
+def test_the_probe_correction_reaches_the_wall_only_when_asked(root, dense, ws):
+    # Off (the default) every probe is still observed, for the logged bias; on, the wall's
+    # latency cost is the corrected prediction.
+    assert isinstance(ws.latency_ratio, latency.ProbeCorrection)
+    assert not ws.latency_ratio.enabled and ws.evaluator.correction is ws.latency_ratio
+    corrected = _workspace(root, dense, BudgetConfig(latency=LATENCY_BUDGET,
+                                                     probe_correction=True))
+    correction = corrected.evaluator.correction
+    assert correction.enabled and corrected.latency_ratio is correction
+    (wall_latency,) = [b for b in corrected.budgets if b.name == "latency"]
+    half = _uniform(corrected, 0.5)
+    vector = [half[name] for name in corrected.skeleton.names]
+    before = wall_latency.cost(vector)
+    for _ in range(5):  # the probes measured 20% over the model
+        correction.observe(half, 1.2 * correction.predict(half))
+    assert wall_latency.cost(vector) > 1.1 * before
+    assert corrected.latency_ratio(half) == pytest.approx(wall_latency.cost(vector))
+
+
 def test_judge_run_reports_each_requested_budget(ws, flops_ws):
     policy = _uniform(ws, 0.5)
     flops = ws.skeleton.macs(policy) / ws.skeleton.macs({})
