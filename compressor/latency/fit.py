@@ -69,14 +69,14 @@ class FitStep:
 class FitResult:
     policy: dict[str, float]
     measured: float
-    """The last measured latency ratio (of `policy`)."""
+    """The measured latency ratio of `policy`."""
     ok: bool
     """`measured <= limit`."""
     margin: float
     """The margin `measured` needed (`needed_margin`)."""
     steps: list[FitStep] = field(default_factory=list)
-    """One per keep scale tried after the first (a network already measured is not measured
-    again); empty when the policy already fitted."""
+    """One per network measured after the first (each is measured once); empty when the policy
+    already fitted."""
 
 
 def scale_policy(policy: dict[str, float], units: Sequence[str], keep_scale: float,
@@ -133,16 +133,17 @@ class _Fit:
 
     def at(self, keep_scale: float, kind: str | None = None,
            measured: float | Spread | None = None) -> _Point:
-        """The measured point at `keep_scale` (measured now unless its network was already);
-        a `kind` records it as a step."""
+        """The measured point at `keep_scale`: measured now (`measured`: already) and recorded
+        as a step of `kind`, unless its network was measured before."""
         policy = self.policy(keep_scale)
         name = self.key(policy)
-        if name not in self.seen:
+        fresh = name not in self.seen
+        if fresh:
             self.seen[name] = measured if measured is not None else self.measure(policy)
         result = self.seen[name]
         point = _Point(keep_scale, policy, _ratio(result), needed_margin(result, self.margin))
         self.points.append(point)
-        if kind is not None:
+        if fresh and kind is not None:
             self.steps.append(FitStep(keep_scale, self.predict(policy), point.measured,
                                       point.margin, kind))
         return point

@@ -208,6 +208,7 @@ def test_the_fit_measures_each_network_once_and_a_few_at_most(ratios, limit):
     result = fit_known(dict(zip(CHANNELS, ratios, strict=True)), limit, measure)
     assert len(calls) <= 1 + 3 + 3  # the first, the aimed tries, the refinement
     assert len({tuple(kept_channels(p).values()) for p in calls}) == len(calls)
+    assert len(result.steps) == len(calls) - 1  # one step per measurement after the first
     assert result.ok and result.measured <= limit
 
 
