@@ -129,21 +129,21 @@ def choose_candidates(ws: Workspace, best: list[Candidate]) -> CandidateStage:
     for cand in best[: fin.candidates]:
         row = CandidateRow(cand.episode, cand.reward, cand.top1, dict(cand.policy))
         rows.append(row)
-        measured = _fit(ws, row)
+        fitted_latency = _fit(ws, row)
         if row.rejected:
             continue
         model = ws.evaluator.prune(row.policy)
         ws.evaluator.recover(model, fin.candidate_steps)
         row.finetuned_top1 = ws.evaluator.evaluate(model, row.policy)  # INT8's when searched
-        scored.append((row, model, measured))
+        scored.append((row, model, fitted_latency))
     if not scored:
         measured = ", ".join(f"{r.latency_measured:.3f}" for r in rows)
         raise UserError(f"every candidate policy measured over the latency budget "
                         f"{ws.request.latency:.3f} even after shrinking (measured {measured}); "
                         "raise the budget or --max-ratio (see the run's episodes.jsonl)")
-    row, model, measured = max(scored, key=lambda s: s[0].finetuned_top1)
+    row, model, fitted_latency = max(scored, key=lambda s: s[0].finetuned_top1)
     row.chosen = True
-    return CandidateStage(rows, row, model, time.time() - started, measured)
+    return CandidateStage(rows, row, model, time.time() - started, fitted_latency)
 
 
 @dataclass
