@@ -42,6 +42,12 @@ class BudgetConfig:
     episode is also measured. `probe`: every episode is exported and measured (slow, exact)."""
     probe_every: Annotated[int, flag("--probe-every")] = 10
     """With `latency_source=model`, measure every k-th episode too (0: never)."""
+    probe_correction: Annotated[bool, flag("--probe-correction")] = False
+    """Correct the latency model the wall sees by the probes' measured/predicted ratios, learned
+    as the search goes (`latency.correction`: a ridge fit of the log ratio on the units'
+    pruning ratios). Off by default: the corrected cost can change between episodes and is not
+    proven non-increasing in every ratio, which the wall assumes. Either way the probes' bias is
+    logged (`probe_bias_median`)."""
 
     def __post_init__(self) -> None:
         if self.latency_source not in LATENCY_SOURCES:

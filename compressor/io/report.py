@@ -10,6 +10,7 @@ file, not written as null). Readers (the benchmarks) take it back with `RunRepor
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ class ShippedModel:
     """The paired measurement of what ships against dense FP32 (`PairedLatency.as_dict`); left
     out when export or measurement failed."""
     latency_rounds: int | None = field(default=None, metadata=_OPTIONAL)
+    latency_from_fit: bool | None = field(default=None, metadata=_OPTIONAL)
+    """Whether `latency` is the final stage's fit measurement of the same architecture (the
+    fine-tune changed weights, not shapes) rather than a measurement of its own."""
     fp32_latency: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
     """The FP32 export's paired measurement (the same as `latency` when FP32 ships)."""
     onnx: str | None = field(default=None, metadata=_OPTIONAL)
@@ -140,6 +144,9 @@ class RunReport:
     episodes: int | None = field(default=None, metadata=_OPTIONAL)
     cache_hits: int | None = field(default=None, metadata=_OPTIONAL)
     episodes_log: str | None = None
+    probe_bias_median: float | None = field(default=None, metadata=_OPTIONAL)
+    """Median of measured / predicted latency - 1 over the search's probes (`probe_bias_median`
+    of the episodes; the prediction is what the wall saw); None without probes."""
     """The run directory's episodes.jsonl (named, not copied beside the report); None when the
     run logged no episode."""
     per_episode_seconds: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)
@@ -177,6 +184,15 @@ def headline(top1: float, base_top1: float, precision: str, latency_ratio: float
 def write_report_json(out_dir: Path, report: RunReport) -> Path:
     """report.json only (`compressor apply`, which has no search to summarise in report.md)."""
     return atomic.write_json(out_dir / "report.json", report.as_dict())
+
+
+def probe_bias_median(episodes: list[dict]) -> float | None:
+    """Median of latency_measured / latency_predicted - 1 over the episodes probed (a cached
+    episode repeats an earlier one's measurement and is not counted again); None without any."""
+    ratios = [e["latency_measured"] / e["latency_predicted"] - 1 for e in episodes
+              if not e.get("cached") and e.get("latency_measured") is not None
+              and e.get("latency_predicted")]
+    return statistics.median(ratios) if ratios else None
 
 
 def read_episodes(path: Path) -> list[dict]:
@@ -296,6 +312,21 @@ def _kept_dense_lines(kept_dense: dict[str, str] | None) -> list[str]:
                                                       kept_dense.items()) + ".", ""]
 
 
+def _search_lines(report: dict[str, Any]) -> list[str]:
+    """report.md's line on the search: method, evaluations, time, where and how far off its
+    latency probes were."""
+    search = report.get("search") or {}
+    if not search:
+        return []
+    probes = search.get("latency_measured")
+    bias = report.get("probe_bias_median")
+    return [f"Search: {search.get('method')}, {search.get('evaluations')} evaluations in "
+            f"{search.get('seconds', 0):.0f} s"
+            + (f"; its latency probes ran {probes}" if probes else "")
+            + (f"; probes measured {bias:+.1%} against the prediction (median)"
+               if bias is not None else "") + ".", ""]
+
+
 def write_report(out_dir: Path, run_report: RunReport) -> None:
     """report.json, and a short markdown summary of it (also of a failed final stage)."""
     write_report_json(out_dir, run_report)
@@ -334,17 +365,14 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
         tol = parity["tolerance"]
         lines += [
             "Latency settings: " + ", ".join(f"{k}={v}" for k, v in lat["settings"].items())
-            + f"; {final.get('latency_rounds', 1)} round(s), in this process after the search.",
+            + f"; {final.get('latency_rounds', 1)} round(s), in this process after the search"
+            + (" (the fit's measurement of the same architecture: the fine-tune changed weights, "
+               "not shapes)." if final.get("latency_from_fit") else "."),
             f"ONNX parity: max abs difference {parity['max_abs_diff']:.2e} at max |output| "
             f"{parity['max_abs_output']:.3g} (relative {parity['relative_diff']:.1e}; tolerance "
             f"{tol['atol']:g} + {tol['rtol']:g} x max |output|), top-1 agreement "
             f"{parity['top1_agreement']:.0%}.", ""]
-    search = report.get("search") or {}
-    if search:
-        probes = search.get("latency_measured")
-        lines += [f"Search: {search.get('method')}, {search.get('evaluations')} evaluations in "
-                  f"{search.get('seconds', 0):.0f} s"
-                  + (f"; its latency probes ran {probes}." if probes else "."), ""]
+    lines += _search_lines(report)
     lines += [
         "## Time",
         _row(["phase", "seconds"]), _row(["---", "---"]),

@@ -7,6 +7,7 @@
     paired.ratio  # candidate / dense, measured in alternating blocks
 """
 
+from compressor.latency.correction import ProbeCorrection
 from compressor.latency.fit import FitResult, fit_to_latency
 from compressor.latency.model import LatencyModel, Quantize, load_or_build
 from compressor.latency.probe import (
@@ -15,6 +16,7 @@ from compressor.latency.probe import (
     Probe,
     ProbeSettings,
     Session,
+    architecture_key,
     auto_batch_size,
     check_same_input,
     fresh_rounds,
@@ -26,7 +28,8 @@ from compressor.latency.probe import (
     resolve_batch_size,
 )
 
-__all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeSettings",
-           "Quantize", "Session", "auto_batch_size", "check_same_input", "fit_to_latency",
-           "fresh_rounds", "load_or_build", "make_session", "measure_against_limit", "measure_ms",
-           "measure_pair", "pool_rounds", "resolve_batch_size"]
+__all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeCorrection",
+           "ProbeSettings", "Quantize", "Session", "architecture_key", "auto_batch_size",
+           "check_same_input", "fit_to_latency", "fresh_rounds", "load_or_build", "make_session",
+           "measure_against_limit", "measure_ms", "measure_pair", "pool_rounds",
+           "resolve_batch_size"]

@@ -121,6 +121,14 @@ class PairedLatency(NamedTuple):
     reference_ms: float
     block_ratios: list[float]
     settings: dict[str, Any]
+    architecture: str | None = None
+    """`architecture_key` of the candidate timed, when known (`Probe.measure`): a later
+    measurement of the same shapes can pool with this one instead of re-rolling the dice."""
+
+    @property
+    def rounds(self) -> int:
+        """Paired rounds pooled into this measurement (`pool_rounds`)."""
+        return max(1, len(self.block_ratios) // max(int(self.settings.get("blocks", 1)), 1))
 
     @property
     def spread(self) -> tuple[float, float]:
@@ -136,7 +144,8 @@ class PairedLatency(NamedTuple):
     def as_dict(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "candidate_ms": self.candidate_ms,
                 "reference_ms": self.reference_ms, "block_ratios": self.block_ratios,
-                "spread": list(self.spread), "iqr": list(self.iqr), "settings": self.settings}
+                "spread": list(self.spread), "iqr": list(self.iqr), "settings": self.settings,
+                **({"architecture": self.architecture} if self.architecture else {})}
 
 
 class Session:
@@ -385,6 +394,28 @@ def resolve_batch_size(settings: ProbeSettings, reference: Session) -> ProbeSett
     return replace(settings, batch_size=auto_batch_size(reference, settings.input_shape))
 
 
+_WEIGHTS = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16 (onnx.TensorProto)
+
+
+def architecture_key(model: bytes | str | Path) -> str:
+    """A hash of what decides an ONNX model's latency: its graph (operators, attributes, input,
+    output and initializer names, shapes and types) without the values of its float
+    initializers. Fine-tuning changes those values only, so a pruned network and the same network
+    fine-tuned share a key; any change of a shape, operator or integer constant (a reshape's
+    target) changes it. Denormal weights could change a latency without changing the key; the
+    weights a fine-tune leaves are not denormal."""
+    import hashlib
+
+    import onnx
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    for tensor in proto.graph.initializer:
+        if tensor.data_type in _WEIGHTS:
+            for name in ("raw_data", "float_data", "double_data", "int32_data"):
+                tensor.ClearField(name)
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
 class Probe:
     """Paired ONNX Runtime measurement of pruned networks against the dense one, timed on inputs
     shaped like `example` (its batch replaced by the probe's): the example decides the shape,
@@ -405,8 +436,10 @@ class Probe:
                 fp32_layers: Sequence[str] | None = None) -> PairedLatency:
         """One paired round; near `limit`, `recheck_rounds` more on fresh sessions, pooled
         (`measure_against_limit`): a decision near the limit should not hang on one window.
-        `fp32_layers`: what `convert` keeps float (None: its own choice)."""
+        `fp32_layers`: what `convert` keeps float (None: its own choice). The result names the
+        architecture timed (`architecture_key` of what was timed, INT8 when converted)."""
         data = onnx_bytes(model, self.example)
         candidate = self.convert(data, model, fp32_layers) if self.convert else data
-        return measure_against_limit(candidate, self.dense_onnx, self.settings, limit,
-                                     recheck_rounds, near, reference_session=self.reference)[0]
+        paired = measure_against_limit(candidate, self.dense_onnx, self.settings, limit,
+                                       recheck_rounds, near, reference_session=self.reference)[0]
+        return paired._replace(architecture=architecture_key(candidate))

@@ -344,7 +344,13 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
         if p.int8 is not None and p.int8.format else None
     probe = latency.Probe(dense, example, settings, convert=convert)
     times["latency_model"] = time.time() - t
-    latency_ratio = p.latency_ratio
+    # Every probe is observed (its bias logged); with --probe-correction the wall sees the
+    # corrected prediction.
+    correction = latency.ProbeCorrection(p.latency_ratio, p.skeleton.names,
+                                         enabled=config.budget.probe_correction)
+    latency_ratio = correction
+    if correction.enabled:
+        p.budgets = wall_budgets(p.request, _costs(p.skeleton, correction), config.budget.margin)
     source_probe = config.budget.latency_source == "probe"
     searched = None
     if p.int8 is not None and p.int8.format is not None and p.int8.config.searched \
@@ -358,7 +364,7 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
         latency_ratio=latency_ratio, probe=probe,
         probe_every=1 if source_probe else config.budget.probe_every,
         latency_limit=p.request.latency if source_probe else None, score=score,
-        finetune=finetune, int8=searched)
+        finetune=finetune, int8=searched, correction=correction)
     return Workspace(config, dataset, dense, meta, example, p.skeleton, latency_ratio, probe,
                      p.request, p.budgets, evaluator, device, dense_export, times,
                      test_score=test_score, finetune=finetune, model_spec=model_spec,

@@ -167,6 +167,7 @@ def worker_evaluator(evaluator):
     prediction and the probe stay on the driver), the cache and the call counter."""
     shipped = copy.copy(evaluator)
     shipped.latency_ratio, shipped.probe, shipped.probe_every = None, None, 0
+    shipped.correction = None
     shipped.cache, shipped.calls = {}, 0
     return shipped
 

@@ -70,11 +70,14 @@ class EpisodeEvaluator:
                  device: torch.device, latency_ratio=None, probe: latency.Probe | None = None,
                  probe_every: int = 0, latency_limit: float | None = None,
                  score: Callable[[nn.Module], float] | None = None,
-                 finetune: Callable[[nn.Module, int], None] | None = None, int8=None):
+                 finetune: Callable[[nn.Module, int], None] | None = None, int8=None,
+                 correction: latency.ProbeCorrection | None = None):
         self.dense, self.skeleton, self.example = dense, skeleton, example
         self.pruning_config, self.config, self.device = pruning_config, config, device
         self.latency_ratio = latency_ratio  # policy -> predicted ratio, or None without a model
         self.probe, self.probe_every = probe, probe_every
+        # Learns from every probe (`latency.correction`); `latency_ratio` is it when it corrects.
+        self.correction = correction
         # With `--latency-source probe` a measured ratio over this limit voids the reward.
         self.latency_limit = latency_limit
         # A user's own scoring and fine-tune (`compressor.compress(evaluate=..., finetune=...)`)
@@ -156,9 +159,21 @@ class EpisodeEvaluator:
                                         fp32_layers=fp32_layers)
             metrics["latency_measured"] = paired.ratio
             metrics["latency_measured_spread"] = list(paired.spread)
+            if self.correction is not None:
+                probed = self.correction.observe(policy, paired.ratio)
+                metrics["probe_bias_median"] = self.correction.used_bias_median
+                if self.correction.enabled:
+                    metrics["latency_predicted_uncorrected"] = probed.predicted
             if self.latency_limit is not None:
                 metrics["over_budget"] = paired.ratio > self.latency_limit
         return metrics
+
+    def replay_probes(self, records: list[dict[str, Any]]) -> None:
+        """A resumed search's logged episodes: the probes among them observed again in order
+        (the correction learns as the uninterrupted search's did)."""
+        if self.correction is not None:
+            self.correction.replay([(r["policy"], r["latency_measured"]) for r in records
+                                    if "latency_measured" in r and not r.get("cached")])
 
     def __call__(self, policy: dict[str, float]) -> Evaluation:
         self.calls += 1

@@ -322,6 +322,9 @@ def _open_run(run_dir: Path, config_dict: dict, resume: bool, evaluator
         if state is not None:
             evaluator.cache.update(state.cache)
             evaluator.calls = state.evaluator_calls
+            replay = getattr(evaluator, "replay_probes", None)  # `EpisodeEvaluator`'s
+            if replay is not None and log_path.exists():
+                replay([json.loads(line) for line in log_path.read_text().splitlines()])
     else:
         if (run_dir / CHECKPOINT).exists() or log_path.exists():
             raise UserError(f"{run_dir} already holds a search; pass --resume {run_dir} to "

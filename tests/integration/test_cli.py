@@ -75,6 +75,14 @@ def test_compress_writes_every_output_and_exits_by_its_verdict(workdir, capsys):
     episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert all(e["latency_predicted"] <= 0.6 for e in episodes)
     assert any("latency_measured" in e for e in episodes)
+    # The probes' bias against the prediction, as each probed episode logged it so far and as
+    # the report gives it for the run.
+    probed = [e for e in episodes if "latency_measured" in e and not e["cached"]]
+    assert probed[-1]["probe_bias_median"] == pytest.approx(report["probe_bias_median"])
+    # The verdict is the fit's measurement of the winner's shapes, not a second window.
+    winner = next(c for c in report["candidates"] if c["chosen"])
+    assert report["final"]["latency_from_fit"] is True
+    assert report["final"]["latency"]["ratio"] == winner["latency_measured"]
     assert {"prune", "recover", "evaluate", "latency"} <= set(
         next(e for e in episodes if not e["cached"])["seconds"])
     # The exported checkpoint reloads without any search and matches the ONNX model's shapes.

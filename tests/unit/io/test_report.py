@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
-from compressor.io.report import ExportParity, RunReport, ShippedModel, headline, write_report_json
+import pytest
+
+from compressor.io.report import (
+    ExportParity,
+    RunReport,
+    ShippedModel,
+    headline,
+    probe_bias_median,
+    write_report_json,
+)
 
 FINAL = ShippedModel(test_top1=91.5, fp32_test_top1=91.5, macs=10, params=20,
                      checkpoint="run/model.pt", policy_file="policy.json",
@@ -40,3 +49,17 @@ def test_the_headline_names_the_precision_and_the_ratio_when_measured():
     assert headline(91.5, 92.0, "int8", 0.45) == \
         "91.50% top-1 (-0.50) in INT8 at 0.450 of the dense latency"
     assert headline(92.25, 92.0, "fp32", None) == "92.25% top-1 (+0.25)"
+
+
+def test_the_probe_bias_is_the_median_over_fresh_probes_only():
+    episodes = [{"latency_predicted": 0.5, "latency_measured": 0.55},  # +10%
+                {"latency_predicted": 0.4, "latency_measured": 0.38},  # -5%
+                {"latency_predicted": 0.4, "latency_measured": 0.38, "cached": True},
+                {"latency_predicted": 0.5, "latency_measured": 0.51},  # +2%
+                {"latency_predicted": 0.3}]  # not probed
+    assert probe_bias_median(episodes) == pytest.approx(0.02)
+    assert probe_bias_median([{"latency_predicted": 0.3}]) is None
+    searched = RunReport(model="m", dataset="d", run="r", command="c", headline="h",
+                         final=FINAL, search={"method": "ddpg", "evaluations": 3},
+                         probe_bias_median=0.02)
+    assert RunReport.from_dict(searched.as_dict()).probe_bias_median == 0.02

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import statistics
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -38,10 +41,10 @@ def test_scale_one_keeps_the_policy_and_missing_units_count_as_unpruned():
     assert fit.scale_policy({}, UNITS, 0.5, 0.8) == dict.fromkeys(UNITS, 0.5)
 
 
-def test_a_policy_within_the_budget_is_not_touched():
-    calls = []
+def test_a_policy_just_under_the_safe_level_is_not_touched():
+    calls = []  # 0.476 is within 1% (`close`) of the safe level 0.5 * (1 - 0.04) = 0.48
     result = fit.fit_to_latency({"a": 0.2}, UNITS, lambda p: 0.5,
-                                lambda p: calls.append(p) or 0.45, limit=0.5, max_ratio=0.8)
+                                lambda p: calls.append(p) or 0.476, limit=0.5, max_ratio=0.8)
     assert result.ok and result.steps == [] and result.policy == {"a": 0.2}
     assert len(calls) == 1
 
@@ -68,17 +71,20 @@ def test_a_policy_far_under_the_budget_grows_into_it():
 def test_keeps_the_best_policy_within_budget_when_later_tries_overshoot():
     measurements = iter([0.3, 0.6, 0.7, 0.8])  # the later tries measure over 0.5
     result = fit.fit_to_latency(dict.fromkeys(UNITS, 0.5), UNITS, true_ratio,
-                                lambda p: next(measurements), limit=0.5, max_ratio=0.8)
+                                lambda p: next(measurements), limit=0.5, max_ratio=0.8,
+                                refine=0)
     assert result.ok and result.measured == 0.3 and result.policy == dict.fromkeys(UNITS, 0.5)
     assert len(result.steps) == 3
 
 
 def test_bias_correction_aims_the_shrink_at_the_measured_limit():
-    # A latency model that is 20% optimistic everywhere: one step, aimed with the measured bias.
+    # A latency model that is 20% optimistic everywhere: one step aimed with the measured bias
+    # 1.5 margins under the limit, then one aimed just under the safe level 0.5 * (1 - 0.04).
     result = fit.fit_to_latency({}, UNITS, lambda p: true_ratio(p) / 1.2, true_ratio, limit=0.5,
                                 max_ratio=0.8, margin=0.04)
-    assert result.ok and len(result.steps) == 1
-    assert result.measured == pytest.approx(0.5 * 0.94, rel=1e-3)
+    assert result.ok and [s.kind for s in result.steps] == ["aimed", "up"]
+    assert result.steps[0].measured == pytest.approx(0.5 * 0.94, rel=1e-3)
+    assert result.measured == pytest.approx(0.48 * (1 - 0.01 / 2), rel=1e-3)
 
 
 def test_fits_a_real_pruned_network_to_a_measured_budget():
@@ -123,7 +129,7 @@ def test_the_margin_widens_to_half_a_noisy_measurements_spread():
 def test_a_noisy_measurement_just_under_the_budget_is_not_trusted():
     # 0.47 for a 0.5 budget would pass a 4% margin, but its own blocks spread 13% either side.
     quiet = fit.fit_to_latency({"a": 0.2}, UNITS, true_ratio, lambda p: _paired(0.47, 0.01),
-                               limit=0.5, max_ratio=0.8)
+                               limit=0.5, max_ratio=0.8, refine=0)
     assert quiet.ok and not quiet.steps and quiet.margin == 0.04
 
     def noisy(policy):
@@ -136,3 +142,93 @@ def test_a_noisy_measurement_just_under_the_budget_is_not_trusted():
     assert result.margin == pytest.approx(0.13)
     assert 0.5 * (1 - 0.12 - 0.09) <= result.measured <= 0.5 * (1 - 0.13)
     assert result.steps[-1].margin == pytest.approx(0.13)
+
+
+# A network with a known latency: four units in a chain, each costing its input times its output
+# channels (kept channels rounded to multiples of STEP), measured exactly; the latency model is
+# MACs without the rounding and 25% optimistic about pruning the last unit (the bias the search
+# exploits in issue 33).
+CHANNELS = {"a": 32, "b": 64, "c": 128, "d": 256}
+STEP = 8
+
+
+def kept_channels(policy):
+    return {n: max(STEP, round((1 - policy.get(n, 0.0)) * c / STEP) * STEP)
+            for n, c in CHANNELS.items()}
+
+
+def chain_cost(kept):
+    widths = [3, *kept.values()]
+    return sum(i * o for i, o in zip(widths, widths[1:], strict=False))
+
+
+def exact_latency(policy):
+    return chain_cost(kept_channels(policy)) / chain_cost(CHANNELS)
+
+
+def optimistic_model(policy):
+    widths = [3] + [(1 - policy.get(n, 0.0)) * c for n, c in CHANNELS.items()]
+    macs = sum(i * o for i, o in zip(widths, widths[1:], strict=False)) / chain_cost(CHANNELS)
+    return macs * (1 - 0.25 * policy.get("d", 0.0))
+
+
+def one_step_costs(policy):
+    """What one more channel step on each unit that can take one costs, measured."""
+    kept, base = kept_channels(policy), chain_cost(kept_channels(policy))
+    costs = []
+    for name, channels in CHANNELS.items():
+        if kept[name] + STEP <= channels:
+            costs.append((chain_cost({**kept, name: kept[name] + STEP}) - base)
+                         / chain_cost(CHANNELS))
+    return costs
+
+
+def fit_known(start, limit, measure=exact_latency):
+    return fit.fit_to_latency(start, list(CHANNELS), optimistic_model, measure, limit,
+                              max_ratio=0.8, key=lambda p: tuple(kept_channels(p).values()))
+
+
+def within_one_step(result, limit):
+    """Safe, and less than the largest one-channel step of any unit under the safe level."""
+    safe = limit * (1 - 0.04)
+    return result.ok and result.measured <= safe and \
+        safe - result.measured <= max(one_step_costs(result.policy), default=1.0)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.7), min_size=4, max_size=4),
+       st.floats(min_value=0.25, max_value=0.7))
+@settings(max_examples=100, deadline=None, derandomize=True)
+def test_the_fit_measures_each_network_once_and_a_few_at_most(ratios, limit):
+    calls = []
+
+    def measure(policy):
+        calls.append(policy)
+        return exact_latency(policy)
+
+    result = fit_known(dict(zip(CHANNELS, ratios, strict=True)), limit, measure)
+    assert len(calls) <= 1 + 3 + 3  # the first, the aimed tries, the refinement
+    assert len({tuple(kept_channels(p).values()) for p in calls}) == len(calls)
+    assert len(result.steps) == len(calls) - 1  # one step per measurement after the first
+    assert result.ok and result.measured <= limit
+
+
+def test_the_fit_lands_within_one_channel_step_under_the_safe_level():
+    # The keep scale moves every unit at once, so where two units round up at the same scale
+    # the next network on its path is two steps away (1 start in 2000 here), and three aimed
+    # tries can end just over the safe level (1 in 2000); per-unit steps would close both.
+    rng = random.Random(0)
+    starts = [({n: rng.uniform(0, 0.7) for n in CHANNELS}, rng.uniform(0.25, 0.7))
+              for _ in range(300)]
+    landed = [within_one_step(fit_known(start, limit), limit) for start, limit in starts]
+    assert sum(landed) >= 0.99 * len(starts)
+    # Aimed steps alone (the fit before the refinement) stop further under: the median safe
+    # result lands 0.955 of the safe level against 0.975 refined (300 starts).
+    aimed_only = [fit.fit_to_latency(start, list(CHANNELS), optimistic_model, exact_latency,
+                                     limit, max_ratio=0.8, refine=0) for start, limit in starts]
+    refined = [fit_known(start, limit) for start, limit in starts]
+
+    def median_use(results):
+        return statistics.median(r.measured / (limit * 0.96) for r, (_, limit)
+                                 in zip(results, starts, strict=True) if r.ok)
+
+    assert median_use(refined) >= 0.97 and median_use(refined) > median_use(aimed_only) + 0.01

@@ -302,3 +302,25 @@ def test_a_measurement_near_the_limit_is_repeated_on_fresh_sessions(dense_bytes)
     assert rounds == 3 and len(near.block_ratios) == 3 * QUICK.blocks
     over, rounds = latency.measure_against_limit(dense_bytes, dense_bytes, QUICK, 0.2, 2, near=0.5)
     assert rounds == 1  # clearly over the limit: nothing to decide
+    assert over.rounds == 1 and near.rounds == 3  # what the pooled blocks say of themselves
+
+
+def test_the_architecture_key_ignores_weights_and_sees_shapes(resnet, dense_bytes):
+    trained = copy.deepcopy(resnet)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.mul_(1.5).add_(0.01)
+    same = onnx_bytes(trained, torch.randn(16, 3, 32, 32))  # another batch: the axis is dynamic
+    assert same != dense_bytes
+    assert latency.architecture_key(same) == latency.architecture_key(dense_bytes)
+    pruned = onnx_bytes(tp_prune(resnet, 0.25, torch.zeros(1, 3, 32, 32)),
+                        torch.zeros(1, 3, 32, 32))
+    assert latency.architecture_key(pruned) != latency.architecture_key(dense_bytes)
+    other = onnx_bytes(build_model("resnet18", 7).eval(), torch.zeros(1, 3, 32, 32))
+    assert latency.architecture_key(other) != latency.architecture_key(dense_bytes)
+
+
+def test_the_probe_names_the_architecture_it_timed(resnet, dense_bytes):
+    paired = latency.Probe(resnet, torch.zeros(1, 3, 32, 32), QUICK).measure(resnet)
+    assert paired.architecture == latency.architecture_key(dense_bytes)
+    assert paired.as_dict()["architecture"] == paired.architecture

@@ -269,6 +269,52 @@ def test_export_and_measure_writes_both_onnx_files_and_a_paired_ratio(ws, tmp_pa
     assert len(paired.block_ratios) == 4 and measured.rounds == 1  # latency_blocks, no recheck
 
 
+def test_the_verdict_is_the_fits_measurement_when_the_fine_tune_changed_only_weights(tight_ws,
+                                                                                   tmp_path):
+    # The fit lands the candidate in the measured budget, the fine-tune moves its weights, and
+    # the verdict of the exported model is the fit's pooled measurement of those shapes: the
+    # same ratio, the same blocks, not a second, independently noisy window.
+    fitting = _final(tight_ws, fit=True)
+    fitting = replace(fitting, config=replace(fitting.config, budget=replace(
+        fitting.config.budget, margin=0.3)))
+    stage = final.choose_candidates(fitting, [Candidate(0, -0.1, 95.0, {})])
+    before = copy.deepcopy(stage.model.state_dict())
+    tuned = final.finetune_winner(fitting, stage)
+    assert any(not torch.equal(before[k], v) for k, v in tuned.model.state_dict().items())
+    measured = final.export_and_measure(fitting, tuned.model, tmp_path, stage.winner_latency)
+    fitted = stage.winner_latency
+    assert measured.from_fit and measured.paired == fitted
+    assert measured.paired.ratio == stage.winner.latency_measured <= TIGHT
+    assert fitted.architecture == latency.architecture_key(measured.onnx_path)
+    assert measured.rounds == len(fitted.block_ratios) // 4  # the probe's 4 blocks a round
+    assert final.judge_run(fitting, stage.winner.policy, measured.paired.ratio)["latency"].ok
+    # Another architecture's measurement is not the verdict: the export is measured afresh
+    # (the final stage's own blocks), here the unpruned network.
+    other = final.export_and_measure(fitting, fitting.evaluator.prune({}), tmp_path / "other",
+                                     stage.winner_latency)
+    assert not other.from_fit and len(other.paired.block_ratios) == 4
+    assert other.paired.architecture is None and other.paired.ratio > fitted.ratio
+
+
+def test_the_probe_correction_reaches_the_wall_only_when_asked(root, dense, ws):
+    # Off (the default) every probe is still observed, for the logged bias; on, the wall's
+    # latency cost is the corrected prediction.
+    assert isinstance(ws.latency_ratio, latency.ProbeCorrection)
+    assert not ws.latency_ratio.enabled and ws.evaluator.correction is ws.latency_ratio
+    corrected = _workspace(root, dense, BudgetConfig(latency=LATENCY_BUDGET,
+                                                     probe_correction=True))
+    correction = corrected.evaluator.correction
+    assert correction.enabled and corrected.latency_ratio is correction
+    (wall_latency,) = [b for b in corrected.budgets if b.name == "latency"]
+    half = _uniform(corrected, 0.5)
+    vector = [half[name] for name in corrected.skeleton.names]
+    before = wall_latency.cost(vector)
+    for _ in range(5):  # the probes measured 20% over the model
+        correction.observe(half, 1.2 * correction.predict(half))
+    assert wall_latency.cost(vector) > 1.1 * before
+    assert corrected.latency_ratio(half) == pytest.approx(wall_latency.cost(vector))
+
+
 def test_judge_run_reports_each_requested_budget(ws, flops_ws):
     policy = _uniform(ws, 0.5)
     flops = ws.skeleton.macs(policy) / ws.skeleton.macs({})
@@ -313,6 +359,10 @@ def test_finish_writes_the_report_and_every_file(tight_ws, tmp_path):
     assert report["headline"] in md and "Verdict: **within budget**" in md
     assert "The final stage failed" not in md
     assert "in this process after the search" in md  # where the latency was measured
+    # The verdict is the candidate stage's measurement of the winner's architecture.
+    assert report["final"]["latency_from_fit"] is True
+    assert outcome.latency_ratio == report["candidates"][1]["latency_measured"]
+    assert "the fit's measurement of the same architecture" in md
     assert (tmp_path / "results" / "policy.png").exists()
 
 
