@@ -100,7 +100,8 @@ def load_or_pretrain(model_name: str, dataset: Dataset, data_config: DataConfig,
     if path.exists():
         return models.load_baseline(path, model_name, dataset.num_classes, expect)
     say(f"No cached baseline at {path}: pretraining {model_name} on {dataset.name} for "
-        f"{with_recipe(model_name, train_config).epochs} epochs. This happens once; later runs reuse the cache.")
+        f"{with_recipe(model_name, train_config).epochs} epochs. This happens once; later runs "
+        "reuse the cache.")
     return pretrain(model_name, dataset, data_config, train_config, path, device)
 
 
