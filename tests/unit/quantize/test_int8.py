@@ -136,3 +136,24 @@ def test_layer_nodes_finds_the_nodes_a_module_runs_by_position_and_scope():
     names = [s.name for s in measure_layer_shapes(mobilenet, example)]
     assert layer_nodes(onnx_bytes(mobilenet, example), names, ["features.1.conv.0.0"]) == [
         "/features/features.1/conv/conv.0/conv.0.0/Conv"]
+
+
+def test_dynamic_int8_quantizes_a_vits_matmuls_with_parity():
+    from compressor.pruning import explicit_attention
+    from tests.vit_layouts import example, torchvision_vit
+
+    x = example(2)
+    vit = explicit_attention(torchvision_vit(layers=2).eval(), x)
+    fp32 = onnx_bytes(vit, x)
+    int8 = quantize_bytes(fp32, random_calibration(tuple(x.shape)), FORMATS["dynamic-u8s8"],
+                          QuantizeConfig(mode="int8"))
+    ops = op_types(int8)
+    assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops  # nothing calibrated
+    assert ops.count("MatMulInteger") >= 4 * 2  # q/k/v/proj or qkv, fc1, fc2 per block
+
+    def run(data):
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+    want, got = run(fp32), run(int8)
+    assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
