@@ -20,6 +20,7 @@ its table, not by layer tables (`LatencyModel`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,9 +29,9 @@ from torch import nn
 
 from compressor.io.export import onnx_bytes
 from compressor.latency.tables import LayerTable
-from compressor.pruning.attention import record_calls
+from compressor.pruning.attention import record_calls, set_module
 from compressor.pruning.shapes import LayerShape
-from compressor.pruning.transformer import find_blocks, pruned_block
+from compressor.pruning.transformer import RemovedBlock, find_blocks, pruned_block
 
 FORMAT = "compressor-block-tables-v1"
 
@@ -142,3 +143,14 @@ def measure_block_tables(model: nn.Module, example_input: torch.Tensor, batch: i
                           (batch, *x.shape[1:])) for w in hidden] for h in heads]
         tables[site.signature] = BlockTable(heads, hidden, ms)
     return BlockTables(sites, tables)
+
+
+def without_blocks(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """A copy of a rewritten transformer with every encoder block replaced by the identity: what
+    runs outside the blocks (embedding, final norm, head), timed as the model's constant rest.
+    Measured directly rather than as the dense network minus its block tables: on a busy machine
+    that difference is mostly the tables' noise."""
+    work = copy.deepcopy(model)
+    for block in find_blocks(model, example_input):
+        set_module(work, block.name, RemovedBlock(block.returns))
+    return work

@@ -30,6 +30,11 @@ Python over a few dozen small tables (tens of microseconds), so the budget wall 
 hundreds of times per episode. Models are cached on disk per network, input, batch, threads,
 onnxruntime version and CPU, since they hold only for the machine that measured them.
 
+Transformers (`pruning.has_attention`): a ViT's Linears are a minority of its time (44% of the
+32-px ViT of results/vit-latency); the attention matmuls, softmax, norms and GELU shrink with
+the heads and blocks pruned. So each encoder block is priced whole by a block table over (heads,
+MLP width) (`latency.blocks`), the rest of the network as a constant, with no traffic term.
+
 INT8 (`quantize` given: FP32 ONNX bytes and the input shape -> the INT8 graph in the shipped
 format): every lone layer and the dense network are quantized before they are timed, so the tables
 hold the quantized kernels' time (the Quantize/DequantizeLinear and layout nodes a lone layer needs
@@ -60,7 +65,7 @@ from torch import nn
 
 from compressor.io import atomic
 from compressor.latency.blocks import FORMAT as BLOCKS_FORMAT
-from compressor.latency.blocks import BlockTables, measure_block_tables
+from compressor.latency.blocks import BlockTables, measure_block_tables, without_blocks
 from compressor.latency.probe import (
     ProbeSettings,
     make_session,
@@ -77,6 +82,10 @@ from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 log = logging.getLogger(__name__)
 
 FORMAT = "compressor-latency-model-v6"  # v6: the tables time the layers' edge nodes too
+
+BLOCK_RUNS = 4
+"""A block table's grid points run this many times `target_ms`: with ~8 runs per point, a busy
+moment on a shared machine shifted single points of the 32-px ViT's table by 5-10%."""
 
 EDGE_OPS = ("Reorder", "QuantizeLinear", "DequantizeLinear", "Transpose")
 """Nodes a lone layer's graph runs at its edges but the layer does not run inside the network
@@ -452,7 +461,8 @@ def _block_tables(dense_model: nn.Module, one: torch.Tensor, batch: int, setting
 
     def time_graph(data: bytes, dims: tuple[int, ...]) -> float:
         graph = data if quantize is None else quantize(data, dims)
-        return _time_graph(graph, dims, settings, target_ms, profile_dir, edge_ops=()).layer_ms
+        return _time_graph(graph, dims, settings, BLOCK_RUNS * target_ms, profile_dir,
+                           edge_ops=()).layer_ms
 
     return measure_block_tables(
         dense_model, one, batch, lambda heads: channel_grid(heads, 1, grid_points),
@@ -470,8 +480,9 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
 
     A transformer (`pruning.has_attention`; rewritten by `pruning.explicit_attention` first) gets
     block tables instead for the layers of its encoder blocks (`latency.blocks`), and the rest
-    of its time (embedding, final norm, head, per-run overhead) as a constant: the dense
-    network's kernel time minus its tables; no traffic term, no calibration. `price_blocks`
+    of its time as a constant: the kernel time of the network with its blocks removed
+    (`blocks.without_blocks`) less the tables of the layers outside the blocks (patch
+    embedding, head); no traffic term, no calibration. `price_blocks`
     False times a transformer's layers alone as a CNN's (the ablation of results/vit-latency).
     `settings.batch_size` None picks it with `auto_batch_size`. `target_ms` is the time each grid
     point is run for. Calibration uses `settings`' blocks and runs. With `quantize` (and the
@@ -503,8 +514,9 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
         tables, distinct = _layer_tables(shapes, blocks.inside if blocks else set(),
                                          one.shape[1], round_to, grid_points, batch, settings,
                                          target_ms, profile_dir, quantize)
-        dense_kernel_ms = _time_graph(dense_onnx, (batch, *one.shape[1:]), settings, target_ms,
-                                      profile_dir, edge_ops=()).layer_ms if blocks else 0.0
+        without_ms = _time_graph(export(without_blocks(dense_model, one)), (batch, *one.shape[1:]),
+                              settings, BLOCK_RUNS * target_ms, profile_dir,
+                              edge_ops=()).layer_ms if blocks else 0.0
     table_seconds = time.perf_counter() - started
     dense = measure_ms(dense_session, replace(settings, statistic="min"))
     dense_median = statistics.median(dense.runs_ms)
@@ -517,9 +529,10 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
             sum(len(t.heads) * len(t.hidden) for t in blocks.tables.values()) if blocks else 0),
         "table_seconds": table_seconds, "dense_min_ms": dense.min_ms}
     model = LatencyModel(tables, 0.0, 0.0, dense_median, shapes, metadata, blocks)
-    if blocks is not None:
-        rest = max(0.0, dense_kernel_ms - model.dense_sum)
-        metadata.update({"dense_kernel_ms": dense_kernel_ms, "rest_ms": rest,
+    if blocks is not None:  # the layers outside the blocks (patch embedding, head) have tables
+        rest = max(0.0, without_ms - sum(tables[s.name](s.in_channels, s.out_channels)
+                                         for s in shapes if s.name in tables))
+        metadata.update({"without_blocks_ms": without_ms, "rest_ms": rest,
                          "block_tables": len(blocks.tables)})
         return _finish(LatencyModel(tables, 0.0, 0.0, dense_median, shapes, metadata, blocks,
                                     rest), dense.min_ms, [], started)
