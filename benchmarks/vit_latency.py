@@ -7,6 +7,9 @@
    is it faster, and is a pruned ViT with a different head count per block still correct?
 
     python -m benchmarks.vit_latency --out results/vit-latency    # ~1 minute on 2 cores
+    python -m benchmarks.latency_model --model vit32 --policies 50 --blocks 6 --runs 10 \
+        --calibration 0 --out results/vit-latency                    # ~4 minutes
+    python -m benchmarks.vit_latency --summary results/vit-latency   # summary.json of both
 
 The ViT is benchmarks.latency_model's `vit32` (torchvision, 32 px, patch 4: 65 tokens, width 96,
 4 heads, MLP 192, 6 blocks), batch 16 (what `auto_batch_size` picked for it), 1 thread.
@@ -132,11 +135,71 @@ def fusion(dense: torch.nn.Module, x: torch.Tensor, profile_dir: str) -> dict:
     return found
 
 
+def summary(out: Path, model: str = "vit32") -> dict:
+    """The rows behind results/vit-latency/README.md, from the two benchmarks' files."""
+    errors = json.loads((out / f"latency_model_{model}.json").read_text())
+    found = json.loads((out / f"vit_latency_{model}.json").read_text())
+    rows = [{k: row[k] for k in ("measured", "predicted", "error", "kernel_ratio", "macs")}
+            | {"per_layer_tables": row["variants"]["per-layer tables (no block tables)"],
+               "spread": row["spread"]} for row in errors["rows"]]
+    return {"busy_machine": True, "model": model, "config": found["config"], "cpu": found["cpu"],
+            "load_average": {"latency_model": [errors["load_average_before"],
+                                               errors["load_average_after"]],
+                             "vit_latency": [found["load_average_before"],
+                                             found["load_average_after"]]},
+            "latency_model": {"median_error": errors["median_error"],
+                              "max_error": errors["max_error"],
+                              "ablations": errors["ablations"],
+                              "batch_size": errors["latency_model"]["batch_size"],
+                              "build_seconds": errors["build_seconds"],
+                              "command": errors["command"]},
+            "steps": found["steps"], "uniform_policies_vs_kernel_time": found["uniform"],
+            "fusion": {name: {k: v for k, v in row.items() if not k.startswith("kernel_ms_by")}
+                       for name, row in found["fusion"].items()},
+            "versions": found["versions"], "rows": rows}
+
+
+def uniform(dense: torch.nn.Module, x: torch.Tensor, profile_dir: str, rounds: int = 2
+            ) -> list[dict]:
+    """The block-table latency model against the kernel-time ratio (each node's fastest run,
+    summed) of ViTs pruned the same way in every block, `rounds` times: what the model gets
+    right by structure, with less of the load's noise than a wall-time ratio."""
+    config = pruning.PruningConfig(round_to=16)
+    skeleton = pruning.build_skeleton(dense, x, config)
+    model = lm.build_latency_model(dense, x, SETTINGS, round_to=16, grid_points=4)
+    blocks = [u.name for u in skeleton.units if u.kind == "block"]
+    heads = [u.name for u in skeleton.units if u.kind == "heads"]
+    mlps = [u.name for u in skeleton.units if u.kind == "mlp"]
+    cases = {"every second block removed": {b: 0.5 for b in blocks[1::2]},
+             "2 of 4 heads": dict.fromkeys(heads, 0.5), "1 of 4 heads": dict.fromkeys(heads, 0.75),
+             "MLP 96 of 192": dict.fromkeys(mlps, 0.5), "MLP 16 of 192": dict.fromkeys(mlps, 0.9),
+             "1 head, MLP 16": dict.fromkeys(heads, 0.75) | dict.fromkeys(mlps, 0.9)}
+    shape = (SETTINGS.batch_size, *x.shape[1:])
+
+    def kernel(net: torch.nn.Module) -> float:
+        return sum(kernel_ms(onnx_bytes(net, x), shape, profile_dir).values())
+
+    rows = []
+    for i in range(rounds):
+        reference = kernel(dense)
+        for name, policy in cases.items():
+            measured = kernel(pruning.apply_policy(dense, policy, x, config)) / reference
+            predicted = model.predict_ratio(skeleton.layer_shapes(policy))
+            rows.append({"round": i, "policy": name, "kernel_ratio": measured,
+                         "predicted": predicted, "error": predicted / measured - 1})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit32", choices=sorted(VITS))
     parser.add_argument("--out", default="runs/bench/vit-latency")
+    parser.add_argument("--summary", type=Path, help="write DIR/summary.json from the files of "
+                        "both benchmarks in DIR, and nothing else")
     args = parser.parse_args(argv)
+    if args.summary:
+        atomic.write_json(args.summary / "summary.json", summary(args.summary, args.model))
+        return 0
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = benchmark_model(args.model)
@@ -147,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as profile_dir:
         result = {"model": args.model, "config": VITS[args.model],
                   "settings": SETTINGS.as_dict(), "steps": steps(dense, x, profile_dir),
-                  "fusion": fusion(dense, x, profile_dir)}
+                  "fusion": fusion(dense, x, profile_dir),
+                  "uniform": uniform(dense, x, profile_dir)}
     result.update({"seconds": time.time() - started, "load_average_before": load,
                    "load_average_after": os.getloadavg(), "cpu": cpu_name(),
                    "cores": os.cpu_count(), "versions": library_versions(),
                    "command": f"python -m benchmarks.vit_latency --model {args.model}"})
     atomic.write_json(Path(args.out) / f"vit_latency_{args.model}.json", result)
-    print(json.dumps({k: result[k] for k in ("steps", "seconds")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("steps", "uniform", "seconds")}, indent=1))
     for name, row in result["fusion"].items():
         print(name, row["heads"], row["fused_ops"]["bert"], f"parity {row['parity_max_relative']:.1e}",
               f"kernel {row['kernel_ms_fused']:.2f} vs {row['kernel_ms_unfused']:.2f} ms",
