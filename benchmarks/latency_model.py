@@ -2,6 +2,7 @@
 
     python -m benchmarks.latency_model --model resnet18 --policies 50 --seed 0
     python -m benchmarks.latency_model --model mobilenet_v2 --policies 50 --seed 0
+    python -m benchmarks.latency_model --model vit32 --policies 50 --seed 0 --out results/vit-latency
 
 Each run builds the latency model from scratch (timed: the build cost), draws random per-unit
 pruning policies, prunes with `compressor.pruning.apply_policy`, measures every pruned network
@@ -22,6 +23,7 @@ import os
 import random
 import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +39,20 @@ from compressor.zoo.models import build_model
 
 TARGETS = {"median": 0.05, "max": 0.10}
 
+VITS = {"vit32": dict(image_size=32, patch_size=4, num_layers=6, num_heads=4, hidden_dim=96,
+                      mlp_dim=192)}
+"""Small ViTs (torchvision's VisionTransformer) the benchmark builds itself: the shape of the
+embedded ViT (32 px, patch 4: 65 tokens, 6 blocks of 4 heads, MLP 2x)."""
+
+
+def benchmark_model(name: str, classes: int = 10) -> torch.nn.Module:
+    """A zoo model by name, or one of `VITS`."""
+    if name in VITS:
+        import torchvision
+
+        return torchvision.models.VisionTransformer(**VITS[name], num_classes=classes)
+    return build_model(name, classes)
+
 
 def random_policies(names: list[str], count: int, seed: int, max_ratio: float = 0.8
                     ) -> list[dict[str, float]]:
@@ -50,16 +66,28 @@ def random_policies(names: list[str], count: int, seed: int, max_ratio: float = 
     return policies
 
 
+def kernel_ms(onnx: bytes, batch: int, settings: latency.ProbeSettings) -> float:
+    """Sum over a network's nodes of each node's fastest run (onnxruntime's profiler): a second,
+    less load-sensitive measurement beside the paired wall-time ratio (a busy core adds time to
+    whole runs; the fastest run of each node is more likely to have been left alone)."""
+    with tempfile.TemporaryDirectory() as profile_dir:
+        return lm._time_graph(onnx, (batch, 3, settings.input_size, settings.input_size),
+                              settings, 300.0, profile_dir, edge_ops=()).layer_ms
+
+
 def busy() -> bool:
     """A `compressor pretrain` job is running (it would add noise to every measurement)."""
     found = subprocess.run(["pgrep", "-f", "compressor.*pretrain"], capture_output=True)
     return found.returncode == 0
 
 
-def variants(model: lm.LatencyModel, calibration: list[tuple[float, float, float]]
-             ) -> dict[str, lm.LatencyModel]:
+def variants(model: lm.LatencyModel, calibration: list[tuple[float, float, float]],
+             layers_only: lm.LatencyModel | None) -> dict[str, lm.LatencyModel]:
     """The built model and its ablations, sharing its tables: the plain layer sum, and the
-    traffic term fitted on calibration networks instead of the dense excess."""
+    traffic term fitted on calibration networks instead of the dense excess. A transformer's
+    model (block tables) has as its ablation `layers_only`: its layers timed alone, as a CNN's."""
+    if model.blocks is not None:
+        return {"latency model": model, "per-layer tables (no block tables)": layers_only}
     def with_fit(beta: float, knee: float) -> lm.LatencyModel:
         return lm.LatencyModel(model.tables, beta, knee, model.dense_ms, model.dense_shapes,
                                model.metadata)
@@ -74,8 +102,10 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
           measure: latency.ProbeSettings, grid_points: int, calibration: int,
           say=print) -> dict:
     torch.manual_seed(seed)
-    dense = build_model(model_name, 10).eval()  # weights do not change latency; shapes do
+    dense = benchmark_model(model_name).eval()  # weights do not change latency; shapes do
     x = torch.randn(1, 3, settings.input_size, settings.input_size)
+    if pruning.has_attention(dense):  # the form every pruned copy has (as the pipeline does)
+        dense = pruning.explicit_attention(dense, x)
     config = pruning.PruningConfig()
     skeleton = pruning.build_skeleton(dense, x, config)
     load_before = os.getloadavg()
@@ -97,6 +127,11 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         return latency.measure_pair(latency.make_session(onnx_bytes(pruned, x), probe),
                                     reference, probe)
 
+    dense_kernel = kernel_ms(onnx_bytes(dense, x), model.batch_size, measure)
+
+    layers_only = None if model.blocks is None else lm.build_latency_model(
+        dense, x, replace(settings, batch_size=model.batch_size), round_to=config.round_to,
+        grid_points=grid_points, model_name=model_name, price_blocks=False)
     started = time.perf_counter()
     probe = replace(settings, batch_size=model.batch_size)
     calibrated = []
@@ -105,7 +140,7 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         calibrated.append((model.layer_sum(shapes), lm.traffic_mb(shapes, model.batch_size),
                            measured(policy, probe).ratio))
     calibration_seconds = time.perf_counter() - started
-    models = variants(model, calibrated)
+    models = variants(model, calibrated, layers_only)
 
     dense_macs = skeleton.macs({})
     rows = []
@@ -116,27 +151,34 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         row = {"measured": paired.ratio, "predicted": predicted["latency model"],
                "variants": predicted, "spread": list(paired.spread),
                "macs": skeleton.macs(policy) / dense_macs,
+               "kernel_ratio": kernel_ms(onnx_bytes(pruning.apply_policy(
+                   dense, policy, x, config), x), model.batch_size, measure) / dense_kernel,
                "traffic_mb": lm.traffic_mb(shapes, model.batch_size),
                "candidate_ms": paired.candidate_ms, "reference_ms": paired.reference_ms}
         row["error"] = row["predicted"] / paired.ratio - 1
         rows.append(row)
         say(f"  {i:3d}: measured {paired.ratio:.3f} ({paired.spread[0]:.3f}-"
             f"{paired.spread[1]:.3f}) predicted {row['predicted']:.3f} ({row['error']:+.1%}), "
-            f"MACs {row['macs']:.3f}")
+            f"MACs {row['macs']:.3f}, kernel-time ratio {row['kernel_ratio']:.3f}")
     started = time.perf_counter()
     shapes = skeleton.layer_shapes(random_policies(list(skeleton.names), 1, seed)[0])
     for _ in range(1000):
         model.predict_ratio(shapes)
     predict_us = (time.perf_counter() - started) * 1000.0
 
-    def summary(predicted: list[float]) -> dict[str, float]:
-        errors = [abs(p / r["measured"] - 1) for p, r in zip(predicted, rows, strict=True)]
-        signed = [p / r["measured"] - 1 for p, r in zip(predicted, rows, strict=True)]
+    def summary(predicted: list[float], against: str = "measured") -> dict[str, float]:
+        errors = [abs(p / r[against] - 1) for p, r in zip(predicted, rows, strict=True)]
+        signed = [p / r[against] - 1 for p, r in zip(predicted, rows, strict=True)]
         return {"median": statistics.median(errors), "max": max(errors),
                 "mean_signed": statistics.mean(signed)}
 
     ablations = {name: summary([r["variants"][name] for r in rows]) for name in models}
     ablations["MACs ratio (proxy)"] = summary([r["macs"] for r in rows])
+    ablations["kernel-time ratio (a second measurement)"] = summary(
+        [r["kernel_ratio"] for r in rows])
+    for name in models:
+        ablations[f"{name} vs the kernel-time ratio"] = summary(
+            [r["variants"][name] for r in rows], "kernel_ratio")
     return {
         "model": model_name, "policies": policies, "seed": seed,
         "median_error": ablations["latency model"]["median"],

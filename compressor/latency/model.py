@@ -30,6 +30,11 @@ Python over a few dozen small tables (tens of microseconds), so the budget wall 
 hundreds of times per episode. Models are cached on disk per network, input, batch, threads,
 onnxruntime version and CPU, since they hold only for the machine that measured them.
 
+Transformers (`pruning.has_attention`): a ViT's Linears are a minority of its time (44% of the
+32-px ViT of results/vit-latency); the attention matmuls, softmax, norms and GELU shrink with
+the heads and blocks pruned. So each encoder block is priced whole by a block table over (heads,
+MLP width) (`latency.blocks`), the rest of the network as a constant, with no traffic term.
+
 INT8 (`quantize` given: FP32 ONNX bytes and the input shape -> the INT8 graph in the shipped
 format): every lone layer and the dense network are quantized before they are timed, so the tables
 hold the quantized kernels' time (the Quantize/DequantizeLinear and layout nodes a lone layer needs
@@ -41,7 +46,6 @@ of FP32 in INT8, results/int8), which one curve over the FP32 ratio cannot know.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
@@ -60,6 +64,8 @@ import torch
 from torch import nn
 
 from compressor.io import atomic
+from compressor.latency.blocks import FORMAT as BLOCKS_FORMAT
+from compressor.latency.blocks import BlockTables, measure_block_tables, without_blocks
 from compressor.latency.probe import (
     ProbeSettings,
     make_session,
@@ -68,12 +74,18 @@ from compressor.latency.probe import (
     resolve_batch_size,
     session_options,
 )
+from compressor.latency.tables import LayerTable, channel_grid
 from compressor.provenance import cpu_name
+from compressor.pruning.attention import explicit_attention, has_attention
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 
 log = logging.getLogger(__name__)
 
 FORMAT = "compressor-latency-model-v6"  # v6: the tables time the layers' edge nodes too
+
+BLOCK_RUNS = 4
+"""A block table's grid points run this many times `target_ms`: with ~8 runs per point, a busy
+moment on a shared machine shifted single points of the 32-px ViT's table by 5-10%."""
 
 EDGE_OPS = ("Reorder", "QuantizeLinear", "DequantizeLinear", "Transpose")
 """Nodes a lone layer's graph runs at its edges but the layer does not run inside the network
@@ -84,75 +96,6 @@ Quantize = Callable[[bytes, tuple[int, ...]], bytes]
 
 
 # --- per-layer tables ----------------------------------------------------------------------------
-
-
-def _grid(full: int, step: int, points: int) -> list[int]:
-    """Up to `points` channel counts from `step` to `full`: multiples of `step`, plus `full`."""
-    if full <= step or points < 2:
-        return [full]
-    values = np.linspace(step, full, points)
-    return sorted({min(full, max(step, int(round(v / step)) * step)) for v in values} | {full})
-
-
-def _interp(x: float, xs: list[float], ys: list[float]) -> float:
-    """Piecewise-linear interpolation, clamped at the ends (plain Python: ~10x np.interp on these
-    1-6 point grids, and the budget wall calls it thousands of times per episode)."""
-    if len(xs) == 1 or x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    i = bisect.bisect_right(xs, x)
-    x0, x1 = xs[i - 1], xs[i]
-    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
-
-
-class LayerTable:
-    """Latency (ms) of one layer over a grid of (in, out) channel counts, bilinear in between.
-
-    Depthwise convs have one axis (in = out = groups): `ins` is then a single placeholder row.
-    `entry_ms` and `exit_ms` (same grid, zero when not given) time the lone graph's `EDGE_OPS`
-    before and after the layer: what the layer pays where the network switches precision at its
-    input or output (`edges`).
-    """
-
-    def __init__(self, ins: list[int], outs: list[int], ms, depthwise: bool,
-                 entry_ms=None, exit_ms=None):
-        self.ins, self.outs = [float(v) for v in ins], [float(v) for v in outs]
-
-        def grid(values) -> list[list[float]]:
-            if values is None:
-                return [[0.0] * len(self.outs) for _ in self.ins]
-            shaped = np.asarray(values, float).reshape(len(self.ins), len(self.outs))
-            return [[float(v) for v in row] for row in shaped]
-
-        self.ms, self.entry_ms, self.exit_ms = grid(ms), grid(entry_ms), grid(exit_ms)
-        self.depthwise = depthwise
-
-    def _lookup(self, grid: list[list[float]], cin: int, cout: int) -> float:
-        if len(self.ins) == 1:
-            return _interp(cout, self.outs, grid[0])
-        i = bisect.bisect_right(self.ins, cin)
-        if i == 0 or cin >= self.ins[-1]:  # clamped: one row
-            return _interp(cout, self.outs, grid[0 if i == 0 else -1])
-        x0, x1 = self.ins[i - 1], self.ins[i]
-        lo = _interp(cout, self.outs, grid[i - 1])
-        hi = _interp(cout, self.outs, grid[i])
-        return lo + (hi - lo) * (cin - x0) / (x1 - x0)
-
-    def __call__(self, cin: int, cout: int) -> float:
-        return self._lookup(self.ms, cin, cout)
-
-    def edges(self, cin: int, cout: int) -> tuple[float, float]:
-        """(entry, exit) ms of the layer's edge nodes at these channel counts."""
-        return self._lookup(self.entry_ms, cin, cout), self._lookup(self.exit_ms, cin, cout)
-
-    def to_json(self) -> dict:
-        return {"ins": self.ins, "outs": self.outs, "ms": self.ms, "depthwise": self.depthwise,
-                "entry_ms": self.entry_ms, "exit_ms": self.exit_ms}
-
-    @classmethod
-    def from_json(cls, d: dict) -> LayerTable:
-        return cls(d["ins"], d["outs"], d["ms"], d["depthwise"], d["entry_ms"], d["exit_ms"])
 
 
 def _padding(shape: LayerShape) -> tuple[int, int]:
@@ -212,10 +155,13 @@ class GraphTime(NamedTuple):
 
 
 def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettings,
-                target_ms: float, profile_dir: str) -> GraphTime:
+                target_ms: float, profile_dir: str, edge_ops: tuple[str, ...] = EDGE_OPS
+                ) -> GraphTime:
     """Kernel time (ms) of the layer in a lone graph: the fastest run of each node, summed over
-    the nodes other than `EDGE_OPS`, from onnxruntime's profiler; the edge nodes' apart, split
-    into those run before the first layer node (entry) and after it (exit).
+    the nodes other than `edge_ops`, from onnxruntime's profiler; the edge nodes' apart, split
+    into those run before the first layer node (entry) and after it (exit). With `edge_ops`
+    empty, every node counts as the layer's (a whole block or network: its Transposes are its
+    own).
 
     Kernel time, not wall time: a lone graph also pays ~25 us of per-run overhead and two
     NCHW <-> NCHWc reorders that the layer does not pay inside the exported network (where
@@ -230,7 +176,8 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(profile_dir) / "layer")
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    feed = {"x": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+    feed = {session.get_inputs()[0].name:
+            np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
     spent, runs = 0.0, 0
     while runs < 2 + 5 or (spent < target_ms and runs < 60):  # two warm-up runs
         started = time.perf_counter()
@@ -245,7 +192,8 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
     for event in sorted(events, key=lambda e: e.get("ts", 0)):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             kernels.setdefault(event["name"], []).append(event["dur"] / 1000.0)
-            edge[event["name"]] = event["args"]["op_name"].startswith(EDGE_OPS)
+            edge[event["name"]] = bool(edge_ops) and \
+                event["args"]["op_name"].startswith(edge_ops)
     fastest = {name: min(times[2:]) for name, times in kernels.items()}
     first = next((i for i, name in enumerate(fastest) if not edge[name]), len(fastest))
     parts = [0.0, 0.0, 0.0]  # layer, entry, exit
@@ -264,10 +212,10 @@ def _signature(shape: LayerShape, first: bool) -> tuple:
 def _axes(shape: LayerShape, first: bool, round_to: int, points: int) -> tuple[list, list]:
     """Grid of in and out channel counts for one layer's table."""
     if shape.depthwise:
-        return [shape.in_channels], _grid(shape.out_channels, round_to, points)
+        return [shape.in_channels], channel_grid(shape.out_channels, round_to, points)
     step = math.lcm(round_to, shape.groups)  # grouped convs keep their groups: widths shrink
-    ins = [shape.in_channels] if first else _grid(shape.in_channels, step, points)
-    return ins, _grid(shape.out_channels, step, points)
+    ins = [shape.in_channels] if first else channel_grid(shape.in_channels, step, points)
+    return ins, channel_grid(shape.out_channels, step, points)
 
 
 def _measure_table(shape: LayerShape, first: bool, round_to: int, points: int, batch: int,
@@ -310,13 +258,17 @@ class LatencyModel:
     """
 
     def __init__(self, tables: dict[str, LayerTable], beta: float, knee_mb: float,
-                 dense_ms: float, dense_shapes: list[LayerShape], metadata: dict[str, Any]):
+                 dense_ms: float, dense_shapes: list[LayerShape], metadata: dict[str, Any],
+                 blocks: BlockTables | None = None, rest_ms: float = 0.0):
         self.tables, self.beta, self.knee_mb = tables, beta, knee_mb
+        self.blocks, self.rest_ms = blocks, rest_ms
+        self._inside = blocks.inside if blocks is not None else set()
         self.batch = int(metadata["batch_size"])
         self.bytes_per_value = 1 if metadata.get("precision") else 4
         self.dense_ms, self.metadata = dense_ms, metadata
         self.dense_shapes = list(dense_shapes)
-        missing = [s.name for s in dense_shapes if s.name not in tables]
+        missing = [s.name for s in dense_shapes if s.name not in tables
+                   and s.name not in self._inside]
         if missing:
             raise ValueError(f"latency model has no table for layers {missing[:5]}")
         self.dense_sum = self.layer_sum(dense_shapes)
@@ -335,9 +287,12 @@ class LatencyModel:
         return traffic_mb(shapes, self.batch, self.bytes_per_value)
 
     def layer_sum(self, shapes: list[LayerShape]) -> float:
-        """Sum of the layers' table latencies (ms)."""
+        """Sum of the layers' table latencies (ms); a transformer block's layers count through
+        its block table (`latency.blocks`)."""
         try:
-            return sum(self.tables[s.name](s.in_channels, s.out_channels) for s in shapes)
+            total = sum(self.tables[s.name](s.in_channels, s.out_channels) for s in shapes
+                        if s.name not in self._inside)
+            return total + (sum(self.blocks.block_ms(shapes).values()) if self.blocks else 0.0)
         except KeyError as exc:
             raise ValueError(f"layer {exc.args[0]!r} is not in the latency model of "
                              f"{self.metadata.get('model') or 'this network'}; shapes must "
@@ -345,7 +300,7 @@ class LatencyModel:
 
     def cost(self, layer_sum: float, traffic: float) -> float:
         """Modelled latency (ms) from a layer sum and the megabytes moved per run."""
-        return layer_sum + self.beta * max(0.0, traffic - self.knee_mb)
+        return layer_sum + self.rest_ms + self.beta * max(0.0, traffic - self.knee_mb)
 
     def predict_ratio(self, shapes: list[LayerShape]) -> float:
         """Latency of the network with these layer shapes over the dense network's latency."""
@@ -354,19 +309,36 @@ class LatencyModel:
     def layer_ratios(self, shapes: list[LayerShape]) -> list[float]:
         """Each layer's share of `predict_ratio(shapes)` (they sum to it): its table time plus
         its part of the traffic term, the knee split in proportion to the layers' traffic. What
-        a mixed-precision network adds up layer by layer from two models (`pipeline.int8`)."""
+        a mixed-precision network adds up layer by layer from two models (`pipeline.int8`).
+        A transformer block's time is split over its layers in proportion to their MACs, and
+        the constant rest over all layers in proportion to their time."""
         mb = [traffic_mb([s], self.batch, self.bytes_per_value) for s in shapes]
         total = sum(mb)
         excess = max(0.0, total - self.knee_mb)
         share = excess / total if total > 0 else 0.0
-        return [(self.tables[s.name](s.in_channels, s.out_channels) + self.beta * m * share)
-                / self.dense_cost for s, m in zip(shapes, mb, strict=True)]
+        times = self._layer_ms(shapes)
+        rest = self.rest_ms / sum(times) if sum(times) > 0 else 0.0
+        return [(t * (1 + rest) + self.beta * m * share) / self.dense_cost
+                for t, m in zip(times, mb, strict=True)]
+
+    def _layer_ms(self, shapes: list[LayerShape]) -> list[float]:
+        """Each layer's table time; inside a block, the block's time split by MACs."""
+        blocks = self.blocks.block_ms(shapes) if self.blocks else {}
+        owner = {layer: site.name for site in (self.blocks.sites if self.blocks else [])
+                 for layer in site.layers}
+        macs: dict[str, int] = {}
+        for s in shapes:
+            if s.name in owner:
+                macs[owner[s.name]] = macs.get(owner[s.name], 0) + s.macs
+        return [blocks[owner[s.name]] * s.macs / macs[owner[s.name]] if s.name in owner
+                else self.tables[s.name](s.in_channels, s.out_channels) for s in shapes]
 
     def layer_edges(self, shapes: list[LayerShape]) -> list[tuple[float, float]]:
         """Each layer's (entry, exit) edge time as ratios of the dense network's modelled cost:
         what a switch of precision at its input or output adds (`pipeline.int8`)."""
-        return [tuple(ms / self.dense_cost for ms in self.tables[s.name].edges(
-            s.in_channels, s.out_channels)) for s in shapes]
+        return [(0.0, 0.0) if s.name in self._inside else  # a block's table has no edges
+                tuple(ms / self.dense_cost for ms in self.tables[s.name].edges(
+                    s.in_channels, s.out_channels)) for s in shapes]
 
     def predict_ms(self, shapes: list[LayerShape]) -> float:
         """Absolute latency at the probe settings: the ratio times the dense network's measured
@@ -376,7 +348,8 @@ class LatencyModel:
     def to_json(self) -> dict:
         return {"format": FORMAT, "tables": {k: t.to_json() for k, t in self.tables.items()},
                 "beta": self.beta, "knee_mb": self.knee_mb, "dense_ms": self.dense_ms,
-                "dense_shapes": [list(s) for s in self.dense_shapes], "metadata": self.metadata}
+                "dense_shapes": [list(s) for s in self.dense_shapes], "metadata": self.metadata,
+                "blocks": self.blocks.to_json() if self.blocks else None, "rest_ms": self.rest_ms}
 
     @classmethod
     def from_json(cls, blob: dict) -> LatencyModel:
@@ -384,7 +357,9 @@ class LatencyModel:
             raise ValueError(f"not a {FORMAT} file")
         return cls({k: LayerTable.from_json(t) for k, t in blob["tables"].items()},
                    blob["beta"], blob["knee_mb"], blob["dense_ms"],
-                   [LayerShape(*s) for s in blob["dense_shapes"]], blob["metadata"])
+                   [LayerShape(*s) for s in blob["dense_shapes"]], blob["metadata"],
+                   BlockTables.from_json(blob["blocks"]) if blob.get("blocks") else None,
+                   blob.get("rest_ms", 0.0))
 
 
 def fit_traffic(dense_sum: float, dense_mb: float, excess_ms: float,
@@ -433,16 +408,21 @@ def _ort_version() -> str:
 
 
 def cache_key(model_name: str, dense_shapes: list[LayerShape], settings: ProbeSettings,
-              round_to: int, precision: str | None = None) -> dict[str, Any]:
+              round_to: int, precision: str | None = None, blocks: bool = False
+              ) -> dict[str, Any]:
     """What a latency model is valid for; a cached model with another key is rebuilt.
     `settings.example_shape` is the (C, H, W) the network runs on (`_for_example`); `precision`
-    the INT8 format of INT8 tables (None: FP32, and no entry, so FP32 caches stay valid)."""
+    the INT8 format of INT8 tables (None: FP32, and no entry, so FP32 caches stay valid);
+    `blocks` whether a transformer's blocks are priced by block tables (an entry only then: a
+    transformer's cache from before them is rebuilt, a CNN's stays valid)."""
     key = {"model": model_name, "layers": _fingerprint(dense_shapes),
            "input_shape": list(settings.example_shape), "batch_size": settings.batch_size,
            "threads": settings.threads, "graph_optimization": settings.graph_optimization,
            "round_to": round_to, "cpu": cpu_name(), "onnxruntime": _ort_version()}
     if precision is not None:
         key["precision"] = precision
+    if blocks:
+        key["blocks"] = BLOCKS_FORMAT
     return key
 
 
@@ -451,15 +431,59 @@ def _for_example(settings: ProbeSettings, example_input: torch.Tensor) -> ProbeS
     return replace(settings, input_shape=tuple(example_input.shape[1:]))
 
 
+def _layer_tables(shapes: list[LayerShape], skip: set[str], first_channels: int, round_to: int,
+                  grid_points: int, batch: int, settings: ProbeSettings, target_ms: float,
+                  profile_dir: str, quantize: Quantize | None) -> tuple[dict[str, LayerTable], int]:
+    """A table per layer (but those in `skip`, priced by block tables), shared by equal
+    signatures; and how many distinct tables were measured."""
+    by_signature: dict[tuple, LayerTable] = {}
+    tables: dict[str, LayerTable] = {}
+    for i, shape in enumerate(shapes):
+        if shape.name in skip:
+            continue
+        # The input's channels are never pruned: a layer that reads them keeps one row.
+        first = i == 0 or shape.in_channels == first_channels
+        key = _signature(shape, first)
+        if key not in by_signature:
+            by_signature[key] = _measure_table(shape, first, round_to, grid_points, batch,
+                                               settings, target_ms, profile_dir, quantize)
+        tables[shape.name] = by_signature[key]
+    return tables, len(by_signature)
+
+
+def _block_tables(dense_model: nn.Module, one: torch.Tensor, batch: int, settings: ProbeSettings,
+                  round_to: int, grid_points: int, target_ms: float, profile_dir: str,
+                  quantize: Quantize | None) -> BlockTables | None:
+    """Per-block tables of a transformer (`latency.blocks`), None for a network without
+    attention. Heads on a grid of step 1, hidden width of step `round_to`."""
+    if not has_attention(dense_model):
+        return None
+
+    def time_graph(data: bytes, dims: tuple[int, ...]) -> float:
+        graph = data if quantize is None else quantize(data, dims)
+        return _time_graph(graph, dims, settings, BLOCK_RUNS * target_ms, profile_dir,
+                           edge_ops=()).layer_ms
+
+    return measure_block_tables(
+        dense_model, one, batch, lambda heads: channel_grid(heads, 1, grid_points),
+        lambda hidden: channel_grid(hidden, round_to, grid_points), time_graph)
+
+
 def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
                         settings: ProbeSettings, round_to: int, grid_points: int = 4,
                         calibration_models: list[nn.Module] | None = None,
                         model_name: str = "", target_ms: float = 15.0,
                         quantize: Quantize | None = None,
-                        precision: str | None = None) -> LatencyModel:
+                        precision: str | None = None, price_blocks: bool = True) -> LatencyModel:
     """Time every layer over its grid, measure the dense network, set the traffic term from its
     excess or fit it on the `calibration_models` (pruned copies of `dense_model`; `fit_traffic`).
 
+    A transformer (`pruning.has_attention`; rewritten by `pruning.explicit_attention` first) gets
+    block tables instead for the layers of its encoder blocks (`latency.blocks`), and the rest
+    of its time as a constant: the kernel time of the network with its blocks removed
+    (`blocks.without_blocks`) less the tables of the layers outside the blocks (patch
+    embedding, head); no traffic term, no calibration. `price_blocks`
+    False times a transformer's layers alone as a CNN's (the ablation of results/vit-latency).
     `settings.batch_size` None picks it with `auto_batch_size`. `target_ms` is the time each grid
     point is run for. Calibration uses `settings`' blocks and runs. With `quantize` (and the
     format's name as `precision`) every graph timed is its INT8 version (module docstring).
@@ -469,7 +493,9 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
     started = time.perf_counter()
     one = example_input[:1].detach().cpu()
     settings = _for_example(settings, one)
-    dense_session = make_session(onnx_bytes(dense_model, one), settings)
+    dense_model = _explicit(dense_model, one)
+    dense_onnx = onnx_bytes(dense_model, one)
+    dense_session = make_session(dense_onnx, settings)
     settings = resolve_batch_size(settings, dense_session)
     batch = settings.batch_size
 
@@ -478,31 +504,38 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
         return data if quantize is None else quantize(data, (batch, *one.shape[1:]))
 
     if quantize is not None:
-        dense_session = make_session(export(dense_model), settings)
+        dense_onnx = export(dense_model)
+        dense_session = make_session(dense_onnx, settings)
     dense_session.prepare(batch)
     shapes = measure_layer_shapes(dense_model, one)
-    by_signature: dict[tuple, LayerTable] = {}
-    tables: dict[str, LayerTable] = {}
     with tempfile.TemporaryDirectory(prefix="compressor-latency-") as profile_dir:
-        for i, shape in enumerate(shapes):
-            # The input's channels are never pruned: a layer that reads them keeps one row.
-            first = i == 0 or shape.in_channels == one.shape[1]
-            key = _signature(shape, first)
-            if key not in by_signature:
-                by_signature[key] = _measure_table(shape, first, round_to, grid_points, batch,
-                                                   settings, target_ms, profile_dir, quantize)
-            tables[shape.name] = by_signature[key]
+        blocks = _block_tables(dense_model, one, batch, settings, round_to, grid_points,
+                               target_ms, profile_dir, quantize) if price_blocks else None
+        tables, distinct = _layer_tables(shapes, blocks.inside if blocks else set(),
+                                         one.shape[1], round_to, grid_points, batch, settings,
+                                         target_ms, profile_dir, quantize)
+        without_ms = _time_graph(export(without_blocks(dense_model, one)), (batch, *one.shape[1:]),
+                              settings, BLOCK_RUNS * target_ms, profile_dir,
+                              edge_ops=()).layer_ms if blocks else 0.0
     table_seconds = time.perf_counter() - started
     dense = measure_ms(dense_session, replace(settings, statistic="min"))
     dense_median = statistics.median(dense.runs_ms)
 
-    key = cache_key(model_name, shapes, settings, round_to, precision)
+    key = cache_key(model_name, shapes, settings, round_to, precision, blocks is not None)
     metadata: dict[str, Any] = {
         "key": key, **key, "grid_points": grid_points, "target_ms": target_ms,
-        "settings": settings.as_dict(), "distinct_tables": len(by_signature),
-        "grid_measurements": sum(len(t.ins) * len(t.outs) for t in by_signature.values()),
+        "settings": settings.as_dict(), "distinct_tables": distinct,
+        "grid_measurements": sum(len(t.ins) * len(t.outs) for t in set(tables.values())) + (
+            sum(len(t.heads) * len(t.hidden) for t in blocks.tables.values()) if blocks else 0),
         "table_seconds": table_seconds, "dense_min_ms": dense.min_ms}
-    model = LatencyModel(tables, 0.0, 0.0, dense_median, shapes, metadata)
+    model = LatencyModel(tables, 0.0, 0.0, dense_median, shapes, metadata, blocks)
+    if blocks is not None:  # the layers outside the blocks (patch embedding, head) have tables
+        rest = max(0.0, without_ms - sum(tables[s.name](s.in_channels, s.out_channels)
+                                         for s in shapes if s.name in tables))
+        metadata.update({"without_blocks_ms": without_ms, "rest_ms": rest,
+                         "block_tables": len(blocks.tables)})
+        return _finish(LatencyModel(tables, 0.0, 0.0, dense_median, shapes, metadata, blocks,
+                                    rest), dense.min_ms, [], started)
     excess = dense.min_ms - model.dense_sum
     calibration = []
     for pruned in calibration_models or []:
@@ -511,14 +544,27 @@ def build_latency_model(dense_model: nn.Module, example_input: torch.Tensor,
         ratio = measure_pair(session, dense_session, settings).ratio
         calibration.append((model.layer_sum(pruned_shapes), model.traffic(pruned_shapes), ratio))
     beta, knee = fit_traffic(model.dense_sum, model.traffic(shapes), excess, calibration)
-    model = LatencyModel(tables, beta, knee, dense_median, shapes, metadata)
-    metadata.update({
-        "dense_layer_sum_ms": model.dense_sum, "dense_excess_ms": excess,
-        "dense_traffic_mb": model.traffic(shapes), "beta_ms_per_mb": beta, "knee_mb": knee,
+    return _finish(LatencyModel(tables, beta, knee, dense_median, shapes, metadata), dense.min_ms,
+                   calibration, started)
+
+
+def _finish(model: LatencyModel, dense_min_ms: float,
+            calibration: list[tuple[float, float, float]], started: float) -> LatencyModel:
+    """The model with its fit and build time recorded in its metadata."""
+    model.metadata.update({
+        "dense_layer_sum_ms": model.dense_sum, "dense_excess_ms": dense_min_ms - model.dense_sum,
+        "dense_traffic_mb": model.traffic(model.dense_shapes), "beta_ms_per_mb": model.beta,
+        "knee_mb": model.knee_mb,
         "calibration": [{"measured": r, "predicted": model.cost(s, t) / model.dense_cost,
                          "traffic_mb": t} for s, t, r in calibration],
         "build_seconds": time.perf_counter() - started})
     return model
+
+
+def _explicit(model: nn.Module, one: torch.Tensor) -> nn.Module:
+    """A transformer in the form every pruned copy has (`pruning.explicit_attention`, checked
+    equal); any other network as it is."""
+    return explicit_attention(model, one) if has_attention(model) else model
 
 
 # --- cache ---------------------------------------------------------------------------------------
@@ -555,8 +601,9 @@ def load_or_build(cache_dir: str | Path, model_name: str, dense: nn.Module,
     say = say or log.info
     one = example_input[:1].detach().cpu()
     settings = _for_example(settings, one)
-    dense_shapes = measure_layer_shapes(dense, one)
-    key = cache_key(model_name, dense_shapes, settings, round_to, precision)
+    transformer = has_attention(dense)
+    dense_shapes = measure_layer_shapes(_explicit(dense, one), one)
+    key = cache_key(model_name, dense_shapes, settings, round_to, precision, transformer)
     # One file per setup, whatever the batch: an automatic batch then finds the model built with
     # the batch it picked last time.
     name = "-".join(str(v) for v in (model_name or "model",

@@ -29,6 +29,7 @@ width), the patch embedding, any conv layers (a conv stem) and the classifier st
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -582,3 +583,14 @@ def build_transformer_skeleton(model: nn.Module, example_input: torch.Tensor,
     if verify:
         verify_transformer_skeleton(skeleton, model, example_input, config)
     return skeleton
+
+
+def pruned_block(model: nn.Module, block: Block, heads: int, hidden: int) -> nn.Module:
+    """A copy of one block of a rewritten model, alone, pruned to `heads` heads and `hidden` MLP
+    channels (ranked by l2): what the latency model times (`latency.blocks`). `model` is left
+    as it was."""
+    work = copy.deepcopy(model.get_submodule(block.name))
+    inside = Block("", _relative(block.attention, block.name), _relative(block.fc1, block.name),
+                   _relative(block.fc2, block.name), block.removable, block.returns)
+    _prune_block(work, inside, {inside.attention: heads, inside.fc1: hidden}, 2.0)
+    return work

@@ -15,6 +15,7 @@ from torch import nn
 from compressor import latency
 from compressor.io.export import onnx_bytes
 from compressor.latency import model as lm
+from compressor.latency import tables
 from compressor.latency.probe import ProbeSettings
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.zoo.models import build_model, classifier_name
@@ -61,7 +62,7 @@ def built(resnet, pruned):
 @pytest.mark.parametrize("full, step, points", [(64, 8, 4), (512, 8, 5), (24, 8, 9), (8, 8, 3),
                                                 (3, 8, 3), (10, 8, 4), (96, 32, 3)])
 def test_grid_holds_multiples_of_the_step_and_the_full_count(full, step, points):
-    grid = lm._grid(full, step, points)
+    grid = tables.channel_grid(full, step, points)
     assert grid == sorted(set(grid)) and grid[-1] == full and len(grid) <= points + 1
     assert all(v % step == 0 for v in grid[:-1]) and grid[0] == min(full, step)
 

@@ -34,6 +34,7 @@ from compressor.pruning.transformer import (
     RemovedBlock,
     TransformerSkeleton,
     find_blocks,
+    pruned_block,
 )
 from tests.vit_layouts import (
     DIM,
@@ -155,6 +156,18 @@ def test_removing_heads_from_one_block_and_another_block_gives_the_predicted_sha
     kept = skeleton.kept_channels(policy)
     assert (kept[f"{TV}1"], kept[f"{TV}1.self_attention"], kept[f"{TV}1.mlp.0"]) == (0, 0, 0)
     assert outputs(pruned).shape == (2, 10)
+
+
+def test_a_pruned_block_alone_keeps_the_asked_heads_and_width_and_leaves_the_model():
+    model = explicit_attention(model_of("timm"), X)
+    before = state(model)
+    alone = pruned_block(model, find_blocks(model, X)[0], heads=2, hidden=32)
+    assert (alone.attn.num_heads, alone.attn.qkv.out_features, alone.attn.proj.in_features) == \
+        (2, 3 * 2 * 16, 2 * 16)
+    assert (alone.mlp.fc1.out_features, alone.mlp.fc2.in_features) == (32, 32)
+    with torch.no_grad():
+        assert alone(torch.randn(1, TOKENS, DIM)).shape == (1, TOKENS, DIM)
+    assert same_state(state(model), before)
 
 
 def test_macs_count_the_attention_matmuls_and_params_the_layers():
