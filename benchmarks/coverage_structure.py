@@ -12,10 +12,13 @@ timeout (a crash, a hang or an endless tracer loop costs one row, never the run)
 3. `compressor.pruning.build_skeleton` (trace, then every unit really pruned at 0.5 and checked
    against the prediction): `seconds_to_decide` is the wall time of the input check plus this;
    a UserError is a refusal;
-4. a 0.5 pruning ratio on every searched unit, both networks exported with
+4. a 0.5 pruning ratio on every searched unit (every second transformer block removed), both
+   networks exported with
    `compressor.io.export.export_onnx` (onnx checker + parity against PyTorch on 8 random images),
    and one paired latency ratio pruned/dense with compressor's probe (1 thread, batch chosen for
-   >= 10 ms, 4 blocks of 5 runs after 3 warm-up runs).
+   >= 10 ms, 4 blocks of 5 runs after 3 warm-up runs); for a transformer also the latency
+   model's prediction of that ratio (`latency.predicted`; block tables built on untrained
+   weights).
 
 Status: `ok`, `partial` (ok, with groups kept dense), `refused` (a one-line UserError) or
 `failed` (anything else: an exception, a parity failure, a timeout, a crash). `verdict` is null:
@@ -307,11 +310,13 @@ def _export_and_time(model, batch, skeleton, config, row: dict) -> None:
         measure_pair,
         resolve_batch_size,
     )
-    from compressor.pruning import apply_policy
+    from compressor.pruning import apply_policy, explicit_attention, has_attention
 
     example = batch[:1]
-    policy = {name: PRUNING_RATIO for name in skeleton.names}
+    policy = structure_policy(skeleton)
     pruned = apply_policy(model, policy, example, config).eval()
+    if has_attention(model):  # the form pruned copies have (torchvision's fast path: no ONNX)
+        model = explicit_attention(model, example)
     row["macs_ratio"] = round(skeleton.macs(policy) / skeleton.macs({}), 4)
     with tempfile.TemporaryDirectory(prefix="coverage-structure-") as tmp:
         dense = export_onnx(model, batch, Path(tmp) / "dense.onnx")
@@ -328,6 +333,27 @@ def _export_and_time(model, batch, skeleton, config, row: dict) -> None:
     row["latency"] = {"spread": [round(v, 4) for v in paired.spread],
                       "dense_ms": round(paired.reference_ms, 3),
                       "batch_size": settings.batch_size}
+    if row.get("family") == "transformer":
+        row["step"] = "latency model"
+        row["latency"]["predicted"] = _predicted_ratio(model, example, skeleton, policy, settings,
+                                                       config)
+
+
+def structure_policy(skeleton) -> dict[str, float]:
+    """PRUNING_RATIO on every unit; of transformer blocks every second one removed (all of them
+    at that ratio would leave no encoder), as `verify_transformer_skeleton` prunes."""
+    blocks = [u.name for u in skeleton.units if u.kind == "block"]
+    policy = {u.name: PRUNING_RATIO for u in skeleton.units if u.kind != "block"}
+    policy.update({name: PRUNING_RATIO if i % 2 else 0.0 for i, name in enumerate(blocks)})
+    return policy
+
+
+def _predicted_ratio(model, example, skeleton, policy, settings, config) -> float:
+    """The latency model's ratio for `policy`, built on the row's own probe settings."""
+    from compressor.latency.model import build_latency_model
+
+    latency_model = build_latency_model(model, example, settings, config.round_to)
+    return round(latency_model.predict_ratio(skeleton.layer_shapes(policy)), 4)
 
 
 def worker(spec: str, out: Path) -> int:

@@ -287,6 +287,15 @@ def test_structure_mode_on_a_timm_cnn(tmp_path):
     _assert_decided(rows["timm:lcnet_050"], "ok", 0)
 
 
+def test_structure_mode_prunes_a_vit_exports_it_and_predicts_its_latency(tmp_path):
+    row = _structure_rows(["vit_tiny"], tmp_path / "rows.json")["vit_tiny"]
+    assert row["status"] == "ok" and row["family"] == "transformer", row["reason"]
+    assert row["units"] == 18 and 0 < row["macs_ratio"] < 0.6  # 3 of 6 blocks removed
+    assert row["parity"]["dense_relative_diff"] < 1e-3
+    assert row["parity"]["pruned_relative_diff"] < 1e-3
+    assert 0 < row["latency_ratio"] < 1 and 0 < row["latency"]["predicted"] < 1
+
+
 def test_family_is_transformer_only_when_two_activations_are_multiplied():
     import torch
     from torch import nn
