@@ -42,6 +42,9 @@ class PruningConfig:
     ignored_layers: Annotated[tuple[str, ...], flag("--ignore"), REPEATABLE] = ()
     """Qualified names of Conv2d/Linear layers whose out channels are never pruned (the classifier
     is always kept)."""
+    depth: Annotated[bool, flag("--depth")] = True
+    """Transformer blocks are units too (pruning ratio >= 0.5 removes the block); `--no-depth`
+    searches heads and MLP width only (the benchmark's depth ablation, results/vit)."""
     taylor_batches: int = 4
     """Calibration batches whose gradients the taylor criterion accumulates."""
     seed: int = 0

@@ -335,7 +335,8 @@ def _block_units(model: nn.Module, block: Block, config: PruningConfig, ignored:
     projections = [f"{block.attention}.{n}" for n in (*attention.projection_names(), "proj")]
     inside = [n for n in ignored if n.startswith(block.name + ".")]
     candidates = [
-        (_Planned("block", block.name, 1, width, 1), block.removable and not inside),
+        (_Planned("block", block.name, 1, width, 1),
+         config.depth and block.removable and not inside),
         (_Planned("heads", block.attention, attention.num_heads, width, 1),
          not ignored.intersection(projections)),
         (_Planned("mlp", block.fc1, fc1.out_features, width, config.round_to),

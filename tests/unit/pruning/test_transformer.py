@@ -5,6 +5,7 @@ parts zeroed), the input untouched, and the result exported with parity."""
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import random
 
 import numpy as np
@@ -381,3 +382,8 @@ def test_global_ranking_prunes_heads_and_mlp_to_the_cost_limit_and_keeps_blocks(
         "global ranking gives the units different ratios"
     pruned = apply_policy(model_of(layout), policy, X, CONFIG)
     assert measure_layer_shapes(pruned, X) == skeleton.layer_shapes(policy)
+
+
+def test_without_depth_the_blocks_are_not_units():
+    skeleton = build_skeleton(model_of("torchvision"), X, replace(CONFIG, depth=False))
+    assert [u.kind for u in skeleton.units] == ["heads", "mlp"] * 3
