@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         "precision per --out")
     p.add_argument("--workers", type=int, default=1,
                    help="Ray workers scoring each row's episodes (compress --workers)")
+    p.add_argument("--no-depth", action="store_true",
+                   help="transformers: search heads and MLP width only, no whole blocks")
     p.add_argument("--out", default="runs/bench/methods")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -288,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     if other:
         raise SystemExit(f"{out} holds rows made with --agent-option {sorted(other)}; give the "
                          "same options or another --out")
+    if {r.get("depth", True) for r in rows} - {not args.no_depth}:
+        raise SystemExit(f"{out} holds rows of another --no-depth; give another --out")
     if {r.get("quantize", "none") for r in rows} - {args.quantize}:
         raise SystemExit(f"{out} holds rows of another --quantize; give another --out")
     # Every method runs every seed (uniform and greedy then differ only in the final fine-tune's
@@ -307,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                         evaluator=EvaluatorConfig(finetune_steps=args.episode_finetune_steps),
                         final=FinalConfig(epochs=args.final_epochs),
                         quantize=QuantizeConfig(mode=args.quantize),
+                        pruning=pruning.PruningConfig(depth=not args.no_depth),
                         distributed=DistributedConfig(workers=args.workers),
                         policies_dir=str(out / "policies"))
                     row = {**run_method(method, base, out), "command": command,
@@ -314,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                            "episode_finetune_steps": args.episode_finetune_steps,
                            "final_epochs": args.final_epochs,
                            "agent_options": args.agent_option, "quantize": args.quantize,
+                           "depth": not args.no_depth,
                            "workers": args.workers}
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "policy"}),

@@ -5,8 +5,8 @@ parts zeroed), the input untouched, and the result exported with parity."""
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
