@@ -244,7 +244,7 @@ def plot_search(episodes: list[dict], out_dir: Path, title: str) -> list[str]:
     return names
 
 
-def plot_policy(policy: dict[str, float], uniform: dict[str, float], out_dir: Path,
+def plot_policy(policy: dict[str, float], uniform: dict[str, float] | None, out_dir: Path,
                 title: str) -> str:
     import matplotlib
 
@@ -255,7 +255,8 @@ def plot_policy(policy: dict[str, float], uniform: dict[str, float], out_dir: Pa
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4.5))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [policy[n] for n in names], 0.4, label="agent")
-    ax.bar([x + 0.2 for x in xs], [uniform.get(n, 0) for n in names], 0.4, label="uniform")
+    if uniform is not None:  # None: no shared ratio reaches the budget
+        ax.bar([x + 0.2 for x in xs], [uniform.get(n, 0) for n in names], 0.4, label="uniform")
     ax.set_xticks(list(xs), names, rotation=75, fontsize=7)
     ax.set(ylabel="pruning ratio", title=title)
     ax.legend()
@@ -394,7 +395,7 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
         "",
         "## Policy (pruning ratio per unit)",
         _row(["unit", "chosen", "uniform at the same budget"]), _row(["---", "---", "---"]),
-        *[_row([n, f"{r:.3f}", f"{report['uniform_policy'].get(n, 0):.3f}"])
+        *[_row([n, f"{r:.3f}", _num((report.get("uniform_policy") or {}).get(n), ".3f")])
           for n, r in report["policy"].items()],
         "",
         *_kept_dense_lines(report.get("kept_dense")),

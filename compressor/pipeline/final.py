@@ -394,6 +394,16 @@ def _margin_note(config) -> str:
             "on the median of all blocks.")
 
 
+def _uniform_reference(ws: Workspace) -> dict[str, float] | None:
+    """The uniform policy at the budget, drawn beside the winner's; None when no shared ratio
+    reaches it (a transformer whose budget only removing blocks reaches: uniform keeps them)."""
+    try:
+        return pruning.uniform_policy_for_budget(ws.skeleton, ws.budget_cost, 1.0,
+                                                 ws.config.max_ratio)[0]
+    except UserError:
+        return None
+
+
 def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
                checks: dict[str, Check], verdict_text: str, failure: str | None,
                episodes: list[dict], run_dir: Path, argv: list[str] | None,
@@ -415,8 +425,7 @@ def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
                   "parity": {"max_abs_diff": ws.dense_export.max_abs_diff,
                              "relative_diff": ws.dense_export.relative_diff}},
         final=final, policy=pruning.pruning_ratios(policy),
-        uniform_policy=pruning.uniform_policy_for_budget(sk, ws.budget_cost, 1.0,
-                                                         config.max_ratio)[0],
+        uniform_policy=_uniform_reference(ws),
         unit_precisions={unit: "int8" if int8 else "fp32" for unit, int8 in precisions.items()}
         if precisions else None, kept_dense=sk.kept_dense() or None,
         candidates=[asdict(r) for r in stage.rows], search=search_info or {},

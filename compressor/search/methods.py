@@ -183,9 +183,12 @@ def agent_prepass(ctx: SearchContext) -> Prepass:
     measured = sensitivity.measure(ctx.evaluate_all, names, cfg.sensitivity_ratios)
     demonstrations = []
     if cfg.warm_start:
-        uniform, _ = pruning.uniform_policy_for_budget(ctx.skeleton, ctx.budget_cost, 1.0,
-                                                       ctx.max_ratio)
-        demonstrations.append(Demonstration("uniform", uniform))
+        try:
+            uniform, _ = pruning.uniform_policy_for_budget(ctx.skeleton, ctx.budget_cost, 1.0,
+                                                           ctx.max_ratio)
+            demonstrations.append(Demonstration("uniform", uniform))
+        except UserError as exc:  # a transformer's budget only removing blocks reaches
+            log.info("warm start without the uniform demonstration: %s", exc)
         try:
             demonstrations.append(Demonstration("greedy", sensitivity.greedy_policy(
                 measured, ctx.budget_cost, ctx.max_ratio)))
