@@ -57,6 +57,8 @@ def apply_policy_file(model_name: str, policy_path: str, out_dir: str, data: Dat
     dense, meta = baseline.load_or_pretrain(model_name, dataset, data, TrainConfig(seed=seed),
                                             models_dir, device, checkpoint, say=say)
     dense = dense.cpu().eval()
+    if pruning.has_attention(dense):  # exported as pruned copies are (the fast path does not)
+        dense = pruning.explicit_attention(dense, example)
     model = _prune_and_recover(dense, policy, example, pruning_config, dataset, seed, device,
                                finetune_epochs, finetune_lr)
     top1 = evaluate_top1(model, dataset.test.batches(500), torch.device("cpu"))
