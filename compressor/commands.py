@@ -326,8 +326,11 @@ class Units:
             return 0
         print(f"{self.model}: {len(skeleton.units)} units searched, {len(skeleton.excluded)} "
               f"kept dense; {total / 1e6:.1f} MMACs at {self.input_size} px")
+        width = max([40, *(len(u.name) for u in skeleton.units)])
+        counted = {"heads": "heads", "block": "block"}  # what a transformer unit's count counts
         for u in skeleton.units:
-            print(f"  {u.name:<40} {u.kind:<9} {u.channels:>5} ch  {u.macs / total:6.1%} of MACs")
+            print(f"  {u.name:<{width}} {u.kind:<9} {u.channels:>5} "
+                  f"{counted.get(u.kind, 'ch'):<5} {u.macs / total:6.1%} of MACs")
         for e in skeleton.excluded:
-            print(f"  {e.name:<40} kept dense ({e.macs / total:.1%} of MACs): {e.reason}")
+            print(f"  {e.name:<{width}} kept dense ({e.macs / total:.1%} of MACs): {e.reason}")
         return 0
