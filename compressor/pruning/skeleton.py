@@ -25,6 +25,7 @@ import re
 import signal
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -85,10 +86,25 @@ class Exclusion(NamedTuple):
     macs: int  # dense MACs of the layers whose in or out channels the group sets
 
 
+Term = tuple[int, int, int]
+"""(unit, segment, layer channels per unit channel): one segment of a unit sets this many of a
+layer's in or out channels per kept channel (2 for a ghost module's concat of a conv and its
+cheap depthwise copy, a flatten's spatial size for a classifier)."""
+
+
+class Segment(NamedTuple):
+    """A run of a unit's channels that every layer of the group sees whole or not at all: one
+    input of a concatenation, one output of a split. Each segment keeps the unit's ratio of its
+    own channels, rounded to `step`, so the layers it feeds shrink by a predictable count."""
+
+    channels: int
+    step: int  # kept counts are multiples of it (or all `channels`)
+
+
 class _Layer(NamedTuple):
     dense: LayerShape
-    out_unit: int  # unit setting the out channels, -1 for none
-    in_terms: tuple[tuple[int, int], ...]  # (unit, in channels per unit channel) feeding the input
+    out_terms: tuple[Term, ...]  # the unit segments whose pruning removes its out channels
+    in_terms: tuple[Term, ...]  # likewise its in channels
     depthwise: bool  # in channels and groups follow the out channels
 
 
@@ -99,32 +115,38 @@ class Skeleton:
     episode. `layers` mirror `measure_layer_shapes` (same names, same order).
     """
 
-    def __init__(self, units: Sequence[Unit], steps: Sequence[int], layers: Sequence[_Layer],
-                 excluded: Sequence[Exclusion] = ()):
+    def __init__(self, units: Sequence[Unit], segments: Sequence[Sequence[Segment]],
+                 layers: Sequence[_Layer], excluded: Sequence[Exclusion] = ()):
         self.units = tuple(units)
         self.excluded = tuple(excluded)
         """Groups kept dense, with the reason: the backend cannot prune them as predicted."""
         self.names = tuple(u.name for u in self.units)
         self.dense_shapes = [layer.dense for layer in layers]
         self._index = {name: i for i, name in enumerate(self.names)}
-        self._channels = [u.channels for u in self.units]
-        self._steps = list(steps)
+        self._segments = tuple(tuple(parts) for parts in segments)
+        """Per unit, its segments (one for a unit whose layers all see every channel)."""
         self._layers = tuple(layers)
         # Flat per-layer constants for the cost loops, which run hundreds of times per episode.
         self._costs = [(d.kernel_area * d.out_pixels, d.kernel_area, d.bias)
                        for d in self.dense_shapes]
 
-    def kept_vector(self, policy: dict[str, float]) -> list[int]:
-        """Kept channels per unit, in unit order."""
-        kept = list(self._channels)
+    def _cuts(self, policy: dict[str, float]) -> list[list[int]]:
+        """Channels removed per unit and segment."""
+        cuts = [[0] * len(parts) for parts in self._segments]
         for name, ratio in check_policy(policy, self._index).items():
             i = self._index[name]
-            kept[i] = kept_count(kept[i], self._steps[i], ratio)
-        return kept
+            cuts[i] = [s.channels - kept_count(s.channels, s.step, ratio)
+                       for s in self._segments[i]]
+        return cuts
+
+    def kept_vector(self, policy: dict[str, float]) -> list[int]:
+        """Kept channels per unit, in unit order."""
+        return [u.channels - sum(cut)
+                for u, cut in zip(self.units, self._cuts(policy), strict=True)]
 
     def layer_units(self) -> list[str | None]:
         """Per layer (`dense_shapes` order), the unit setting its output channels (None: none)."""
-        return [self.names[layer.out_unit] if layer.out_unit >= 0 else None
+        return [self.names[layer.out_terms[0][0]] if layer.out_terms else None
                 for layer in self._layers]
 
     def kept_channels(self, policy: dict[str, float]) -> dict[str, int]:
@@ -133,17 +155,18 @@ class Skeleton:
 
     def _channels_of(self, policy: dict[str, float]) -> list[tuple[int, int, int]]:
         """(in channels, out channels, groups) of every layer under `policy`."""
-        kept = self.kept_vector(policy)
-        cut = [full - k for full, k in zip(self._channels, kept, strict=True)]
+        cuts = self._cuts(policy)
         rows = []
-        for dense, out_unit, in_terms, depthwise in self._layers:
-            out = dense.out_channels if out_unit < 0 else kept[out_unit]
+        for dense, out_terms, in_terms, depthwise in self._layers:
+            out = dense.out_channels
+            for unit, segment, per_channel in out_terms:
+                out -= per_channel * cuts[unit][segment]
             if depthwise:
                 rows.append((out, out, out))
                 continue
             in_channels = dense.in_channels
-            for unit, per_channel in in_terms:
-                in_channels -= per_channel * cut[unit]
+            for unit, segment, per_channel in in_terms:
+                in_channels -= per_channel * cuts[unit][segment]
             rows.append((in_channels, out, dense.groups))
         return rows
 
@@ -168,25 +191,27 @@ class Skeleton:
 
     def setting(self, layer: str, side: str) -> list[str]:
         """The units that set the `side` ("out" or "in") channels of the named layer."""
-        found = [units for dense, out_unit, in_terms, depthwise in self._layers
-                 if dense.name == layer
-                 for units in ([out_unit] if side == "out" or depthwise
-                               else [u for u, _ in in_terms])]
-        return [self.names[i] for i in found if i >= 0]
+        found = [term[0] for layer_ in self._layers if layer_.dense.name == layer
+                 for term in (layer_.out_terms if side == "out" or layer_.depthwise
+                              else layer_.in_terms)]
+        return [self.names[i] for i in dict.fromkeys(found)]
 
     def without(self, reasons: dict[str, str]) -> Skeleton:
         """This skeleton with the named units kept dense (their layers keep every channel) and
         listed in `excluded` with their reasons."""
         kept = [u for u in self.units if u.name not in reasons]
         index = {u.index: i for i, u in enumerate(kept)}
-        layers = [layer._replace(out_unit=index.get(layer.out_unit, -1),
-                                 in_terms=tuple((index[u], m) for u, m in layer.in_terms
-                                                if u in index))
+
+        def remap(terms: tuple[Term, ...]) -> tuple[Term, ...]:
+            return tuple((index[u], s, m) for u, s, m in terms if u in index)
+
+        layers = [layer._replace(out_terms=remap(layer.out_terms), in_terms=remap(layer.in_terms))
                   for layer in self._layers]
         gone = [Exclusion(u.name, reasons[u.name], u.channels, u.macs)
                 for u in self.units if u.name in reasons]
         return Skeleton([u._replace(index=index[u.index]) for u in kept],
-                        [self._steps[u.index] for u in kept], layers, self.excluded + tuple(gone))
+                        [self._segments[u.index] for u in kept], layers,
+                        self.excluded + tuple(gone))
 
     def policy_from_vector(self, ratios: Sequence[float]) -> dict[str, float]:
         """`{unit name: ratio}` from ratios in unit order."""
@@ -237,10 +262,18 @@ def check_policy(policy: dict[str, float], valid: Iterable[str]) -> dict[str, fl
 # --- tracing -------------------------------------------------------------------------------------
 
 
+class Segmented(NamedTuple):
+    """A group's channels as the segments its layers see (`_segment`)."""
+
+    parts: tuple[tuple[int, ...], ...]  # the group's channel indices per segment, in order
+    reason: str  # why the segments cannot be predicted ("" when they can); parts is then one whole
+
+
 class _Traced(NamedTuple):
     graph: tp.DependencyGraph
     groups: dict[str, tp.Group]  # root name -> group with all indices, torch-pruning's order
     channel_groups: dict[str, int]  # root name -> groups every kept count must split evenly into
+    segments: dict[str, Segmented]  # root name -> its channels as segments
 
 
 def _ignored_modules(model: nn.Module, config: PruningConfig) -> list[nn.Module]:
@@ -279,6 +312,42 @@ def _channel_groups(graph: tp.DependencyGraph, group: tp.Group) -> int:
 _LOGGED_ONCE: set[str] = set()
 """torch-pruning warnings already logged by this process (a search traces a model many times)."""
 _ONCE_PREFIXES = ("Unwrapped parameters detected",)
+
+
+def _segment(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int) -> Segmented:
+    """Split a group's channels into the segments that each of its conv and linear layers sees
+    whole or not at all (by the group indices torch-pruning maps onto each layer): one segment
+    for a plain group; one per input of a concatenation (a ghost module's conv and its cheap
+    copy map every channel twice onto the consumer: one segment, two layer channels each).
+    Pruning each segment by the same ratio then shrinks every layer by a predictable count."""
+    channels = len(group[0].idxs)
+    whole = (tuple(range(channels)),)
+    parts = list(whole)
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, ROOT_TYPES):
+            continue
+        name = graph._module2name[module]
+        roots = getattr(item, "root_idxs", None) or [None]
+        if None in roots:
+            return Segmented(whole, f"torch-pruning does not say which of its channels reach {name}")
+        counts = Counter(roots)
+        if len(set(counts.values())) > 1:
+            return Segmented(whole, f"torch-pruning maps it unevenly onto {name} ({len(roots)} "
+                                    f"of its channels for {len(counts)} of the group's)")
+        parts = [p for part in parts
+                 for p in (tuple(c for c in part if c in counts),
+                           tuple(c for c in part if c not in counts)) if p]
+    if len(parts) > 1 and channel_groups > 1:
+        return Segmented(whole, f"its {channels} channels are segments (of a concatenation or "
+                                "split) feeding a grouped conv")
+    return Segmented(tuple(sorted(parts)), "")
+
+
+def segments_of(parts: Sequence[Sequence[int]], channel_groups: int, round_to: int
+                ) -> tuple[Segment, ...]:
+    """Each part's channel count and the step its kept count is a multiple of."""
+    return tuple(Segment(len(p), channel_step(len(p), channel_groups, round_to)) for p in parts)
 
 
 def _pass_on(caught: list[warnings.WarningMessage]) -> None:
@@ -357,7 +426,9 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
                         "and attention are unsupported, choose another model") from None
     _pass_on(caught)
     by_root = {graph._module2name[g[0].dep.target.module]: g for g in groups}
-    return _Traced(graph, by_root, {n: _channel_groups(graph, g) for n, g in by_root.items()})
+    channel_groups = {n: _channel_groups(graph, g) for n, g in by_root.items()}
+    return _Traced(graph, by_root, channel_groups,
+                   {n: _segment(graph, g, channel_groups[n]) for n, g in by_root.items()})
 
 
 def channel_step(channels: int, channel_groups: int, round_to: int) -> int:
@@ -365,71 +436,88 @@ def channel_step(channels: int, channel_groups: int, round_to: int) -> int:
     return step if channels % channel_groups == 0 else channels  # uneven groups: never prune
 
 
+def _covered(parts: Sequence[Sequence[int]], roots: Sequence[int]) -> list[tuple[int, int]]:
+    """(segment, layer channels per group channel) for each segment among the `roots`, the group
+    channels torch-pruning maps onto one layer (each segment lies wholly in or out of them)."""
+    counts = Counter(roots)
+    per_channel = next(iter(counts.values()), 0)
+    return [(s, per_channel) for s, part in enumerate(parts) if part[0] in counts]
+
+
+def _tabulate(graph: tp.DependencyGraph, root: str, group: tp.Group, parts: Sequence[Sequence[int]],
+              outs: dict[str, list[tuple[str, int, int]]],
+              ins: dict[str, list[tuple[str, int, int]]]) -> tuple[list[str], bool]:
+    """Record in `outs` and `ins` which segments of the unit `root` set which layers' out and in
+    channels; return the layers whose out channels it sets, and whether a residual add joins them."""
+    out_layers, added = [], False
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, tp.ops._ElementWiseOp) and str(module._grad_fn).startswith("Add"):
+            added = True
+        if not isinstance(module, ROOT_TYPES):
+            continue
+        name = graph._module2name[module]
+        terms = [(root, s, m) for s, m in _covered(parts, getattr(item, "root_idxs", item.idxs))]
+        if graph.is_out_channel_pruning_fn(item.dep.handler):  # includes depthwise in == out
+            outs.setdefault(name, []).extend(terms)
+            out_layers.append(name)
+        else:
+            ins.setdefault(name, []).extend(terms)
+    return out_layers, added
+
+
+def _kind(model: nn.Module, root: str, out_layers: Sequence[str], added: bool) -> str:
+    plain = [n for n in out_layers if not _is_depthwise(model.get_submodule(n))]
+    return ("residual" if added and len(plain) > 1
+            else "depthwise" if len(plain) < len(out_layers)
+            else "linear" if isinstance(model.get_submodule(root), nn.Linear) else "conv")
+
+
 def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: PruningConfig
                    ) -> Skeleton:
     """Trace `model` once (on a copy) and tabulate which unit sets which layer's channels.
 
-    Units whose channels torch-pruning maps onto part of a layer (a concatenation, a split, a
-    partial residual) cannot be predicted yet and are kept dense (`Skeleton.excluded`). Nothing
-    is pruned here: `pruning.build_skeleton` (in `verify`) also checks the prediction against
-    real prunes.
+    A unit whose channels torch-pruning maps onto part of a layer (a concatenation, a split) is
+    pruned by segment (`_segment`); one whose mapping cannot be predicted (uneven, as a residual
+    added into part of the channels) is kept dense (`Skeleton.excluded`). Nothing is pruned
+    here: `pruning.build_skeleton` (in `verify`) also checks the prediction against real prunes.
     """
     example_input = example_input.to(next(model.parameters()).device)
     work = copy.deepcopy(model)
     traced = trace(work, example_input, config)
-    graph = traced.graph
     dense = measure_layer_shapes(work, example_input)
     position = {}
     for i, shape in enumerate(dense):
         position.setdefault(shape.name, i)
 
-    outs: dict[str, str] = {}
-    ins: dict[str, list[tuple[str, int]]] = {}
+    outs: dict[str, list[tuple[str, int, int]]] = {}
+    ins: dict[str, list[tuple[str, int, int]]] = {}
     order, kinds = {}, {}
-    uneven: dict[str, str] = {}  # root -> why its pruned shapes cannot be predicted
     for root, group in traced.groups.items():
-        channels = graph.get_out_channels(group[0].dep.target.module)
-        out_layers, depthwise, added = [], False, False
-        for dep, idxs in group:
-            module = dep.target.module
-            if isinstance(module, tp.ops._ElementWiseOp) and str(module._grad_fn).startswith("Add"):
-                added = True
-            if not isinstance(module, ROOT_TYPES):
-                continue
-            name = graph._module2name[module]
-            if graph.is_out_channel_pruning_fn(dep.handler):  # includes depthwise in == out
-                if len(idxs) != channels:  # one segment of a concatenation (or of a split)
-                    uneven.setdefault(root, f"torch-pruning maps its {channels} channels onto "
-                                            f"{len(idxs)} of {name}'s (a concatenation, split or "
-                                            "partial residual)")
-                outs[name] = root
-                out_layers.append(name)
-                depthwise |= _is_depthwise(module)
-            else:
-                if len(idxs) % channels:  # e.g. a residual added into part of the channels
-                    uneven.setdefault(root, f"torch-pruning maps it unevenly onto {name} "
-                                            f"({len(idxs)} of its in channels for {channels})")
-                    continue
-                ins.setdefault(name, []).append((root, len(idxs) // channels))
+        out_layers, added = _tabulate(traced.graph, root, group, traced.segments[root].parts,
+                                      outs, ins)
         order[root] = min(position.get(n, len(dense)) for n in out_layers)
-        plain = [n for n in out_layers if not _is_depthwise(work.get_submodule(n))]
-        kinds[root] = ("residual" if added and len(plain) > 1 else "depthwise" if depthwise
-                       else "linear" if isinstance(work.get_submodule(root), nn.Linear) else "conv")
+        kinds[root] = _kind(work, root, out_layers, added)
 
     roots = sorted(traced.groups, key=lambda r: (order[r], r))
     index = {r: i for i, r in enumerate(roots)}
-    layers = [_Layer(shape, index[outs[shape.name]] if shape.name in outs else -1,
-                     tuple((index[r], mult) for r, mult in ins.get(shape.name, ())),
+
+    def terms(found: Iterable[tuple[str, int, int]]) -> tuple[Term, ...]:
+        return tuple((index[r], s, m) for r, s, m in found)
+
+    layers = [_Layer(shape, terms(outs.get(shape.name, ())), terms(ins.get(shape.name, ())),
                      shape.name in outs and _is_depthwise(work.get_submodule(shape.name)))
               for shape in dense]
-    units, steps = [], []
+    units, segments = [], []
     for i, root in enumerate(roots):
         touched = [layer.dense for layer in layers
-                   if layer.out_unit == i or any(u == i for u, _ in layer.in_terms)]
+                   if any(t[0] == i for t in layer.out_terms + layer.in_terms)]
         shape = next(s for s in dense if s.name == root)
         units.append(Unit(i, root, kinds[root], shape.out_channels, shape.in_channels,
                           max(shape.kernel_h, shape.kernel_w), max(shape.stride_h, shape.stride_w),
                           sum(s.macs for s in touched),
                           sum(s.params for s in touched)))
-        steps.append(channel_step(shape.out_channels, traced.channel_groups[root], config.round_to))
-    return Skeleton(units, steps, layers).without(uneven)
+        segments.append(segments_of(traced.segments[root].parts, traced.channel_groups[root],
+                                    config.round_to))
+    uneven = {r: seg.reason for r, seg in traced.segments.items() if seg.reason}
+    return Skeleton(units, segments, layers).without(uneven)
