@@ -1,0 +1,163 @@
+"""Concatenations pruned by segment: each input of a concatenation keeps the unit's ratio of its
+own channels (rounded to the block), so the skeleton predicts every pruned shape, the kept
+channels line up across the concat, and the pruned network exports and runs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compressor.io.export import export_onnx
+from compressor.pruning import PruningConfig, apply_policy, build_skeleton, measure_layer_shapes
+from compressor.pruning.skeleton import trace_skeleton
+
+CONFIG = PruningConfig(round_to=8)
+
+
+def cbr(i, o, k=3, s=1, g=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o),
+                         nn.ReLU())
+
+
+class IssueNet(nn.Module):
+    """Issue 36's own network: 1-channel 36x52 input, 7 classes, a grouped conv, two branches
+    of different widths concatenated into a depthwise conv and a squeeze-excite gate, a
+    depthwise-separable block and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(1, 32, s=2)
+        self.grouped = cbr(32, 32, g=4)
+        self.a, self.b = cbr(32, 32), cbr(32, 16, k=1)
+        self.dw = cbr(48, 48, g=48)
+        self.fc1, self.fc2 = nn.Conv2d(48, 16, 1), nn.Conv2d(16, 48, 1)
+        self.pw = cbr(48, 64, k=1)
+        self.sep = nn.Sequential(cbr(64, 64, g=64), cbr(64, 64, k=1))
+        self.head = nn.Linear(64, 7)
+
+    def forward(self, x):
+        x = self.grouped(self.stem(x))
+        x = self.dw(torch.cat([self.a(x), self.b(x)], 1))
+        x = x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        x = self.pw(x)
+        x = x + self.sep(x)
+        return self.head(x.mean((2, 3)))
+
+
+class GhostModule(nn.Module):
+    """GhostNet's module: a conv's output concatenated with a cheap depthwise conv of it."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.primary = cbr(i, o // 2, k=1)
+        self.cheap = cbr(o // 2, o // 2, g=o // 2)
+
+    def forward(self, x):
+        p = self.primary(x)
+        return torch.cat([p, self.cheap(p)], 1)
+
+
+class GhostBottleneck(nn.Module):
+    """GhostNet's bottleneck: a ghost module expands, a second projects back, a residual adds
+    the input, whose channel j then meets the projection's conv channel j and channel j + 16 its
+    cheap copy of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 32)
+        self.ghost1, self.ghost2 = GhostModule(32, 64), GhostModule(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head((x + self.ghost2(self.ghost1(x))).mean((2, 3)))
+
+
+class AddedIntoPart(nn.Module):
+    """A residual added into part of a layer's channels (rexnet's pattern): its unit's mapping
+    cannot be predicted."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.expand, self.mid = cbr(3, 32), cbr(32, 48), cbr(48, 48)
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.expand(x)
+        y = torch.cat([y[:, :32] + x, y[:, 32:]], 1)
+        return self.head(self.mid(y).mean((2, 3)))
+
+
+def pruned_as_predicted(model: nn.Module, x: torch.Tensor, ratio: float = 0.5):
+    skeleton = build_skeleton(model, x, CONFIG)
+    policy = {name: ratio for name in skeleton.names}
+    pruned = apply_policy(model, policy, x, CONFIG)
+    assert skeleton.layer_shapes(policy) == measure_layer_shapes(pruned, x)
+    return skeleton, policy, pruned
+
+
+def tag_channels(norm: nn.BatchNorm2d, first: int) -> None:
+    """Number the norm's channels in its running mean, to read which survive a prune."""
+    norm.running_mean.copy_(torch.arange(first, first + norm.num_features, dtype=torch.float))
+
+
+def tags(norm: nn.BatchNorm2d) -> list[int]:
+    return [int(v) for v in norm.running_mean]
+
+
+def test_the_issues_network_prunes_every_unit_by_segment_as_predicted_and_exports(tmp_path):
+    torch.manual_seed(0)
+    model, x = IssueNet().eval(), torch.randn(4, 1, 36, 52)
+    skeleton, policy, pruned = pruned_as_predicted(model, x)
+    assert skeleton.excluded == ()
+    # One unit couples the branches, the depthwise conv and the gate (named by its root, fc2).
+    assert skeleton.setting("a.0", "out") == skeleton.setting("dw.0", "out") == ["fc2"]
+    shapes = {s.name: s for s in measure_layer_shapes(pruned, x)}
+    # 32 + 16 concatenated channels, half of each kept: 16 + 8 (not 24 taken from either side).
+    assert (shapes["a.0"].out_channels, shapes["b.0"].out_channels) == (16, 8)
+    assert shapes["dw.0"].out_channels == shapes["dw.0"].groups == 24
+    assert shapes["fc2"].out_channels == skeleton.kept_channels(policy)["fc2"] == 24
+    assert skeleton.macs(policy) < skeleton.macs({})
+    report = export_onnx(pruned, x, tmp_path / "pruned.onnx")
+    assert report.max_abs_diff < 1e-3 and pruned(x).shape == (4, 7)
+
+
+def test_the_kept_channels_of_each_segment_line_up_with_the_concat_they_feed():
+    torch.manual_seed(0)
+    model, x = IssueNet().eval(), torch.randn(4, 1, 36, 52)
+    tag_channels(model.a[1], 0)
+    tag_channels(model.b[1], 32)
+    tag_channels(model.dw[1], 0)
+    _, _, pruned = pruned_as_predicted(model, x)
+    # The depthwise conv keeps exactly the channels the branches keep, in the concat's order.
+    assert tags(pruned.dw[1]) == tags(pruned.a[1]) + tags(pruned.b[1])
+    assert len(tags(pruned.a[1])) == 16 and all(t >= 32 for t in tags(pruned.b[1]))
+
+
+def test_ghost_modules_prune_by_segment_as_predicted_and_export(tmp_path):
+    torch.manual_seed(0)
+    model, x = GhostBottleneck().eval(), torch.randn(2, 3, 16, 16)
+    tag_channels(model.stem[1], 0)
+    tag_channels(model.ghost2.primary[1], 0)
+    skeleton, policy, pruned = pruned_as_predicted(model, x)
+    assert skeleton.excluded == ()
+    assert list(skeleton.names) == ["ghost2.cheap.0", "ghost1.cheap.0"]
+    shapes = {s.name: s for s in measure_layer_shapes(pruned, x)}
+    assert shapes["ghost1.primary.0"].out_channels == shapes["ghost1.cheap.0"].out_channels == 16
+    assert shapes["ghost2.primary.0"].in_channels == 32  # both halves of the concat, 16 each
+    # The residual keeps, for each kept conv channel j, the input's channels j and j + 16.
+    kept = tags(pruned.ghost2.primary[1])
+    assert len(kept) == 8 and tags(pruned.stem[1]) == kept + [j + 16 for j in kept]
+    assert export_onnx(pruned, x, tmp_path / "ghost.onnx").max_abs_diff < 1e-3
+
+
+def test_a_mapping_that_cannot_be_predicted_is_kept_dense_with_a_reason_not_an_error():
+    torch.manual_seed(0)
+    model, x = AddedIntoPart().eval(), torch.randn(2, 3, 16, 16)
+    traced = trace_skeleton(model, x, CONFIG)
+    assert [e.name for e in traced.excluded] == ["expand.0"]
+    assert "unevenly" in traced.excluded[0].reason
+    skeleton, _, pruned = pruned_as_predicted(model, x)
+    assert "expand.0" in skeleton.kept_dense() and "mid.0" in skeleton.names
+    assert pruned(x).shape == (2, 10)
