@@ -73,6 +73,23 @@ class GhostBottleneck(nn.Module):
         return self.head((x + self.ghost2(self.ghost1(x))).mean((2, 3)))
 
 
+class CrossStage(nn.Module):
+    """A CSP stage: the expanded channels split in two halves (`chunk`), blocks on one, the other
+    concatenated back unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = cbr(3, 64)
+        self.block = nn.Sequential(cbr(32, 32), cbr(32, 32))
+        self.transition = cbr(64, 64, k=1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        shortcut, x = self.expand(x).chunk(2, 1)
+        x = self.transition(torch.cat([shortcut, self.block(x)], 1))
+        return self.head(x.mean((2, 3)))
+
+
 class AddedIntoPart(nn.Module):
     """A residual added into part of a layer's channels (rexnet's pattern): its unit's mapping
     cannot be predicted."""
@@ -150,6 +167,20 @@ def test_ghost_modules_prune_by_segment_as_predicted_and_export(tmp_path):
     kept = tags(pruned.ghost2.primary[1])
     assert len(kept) == 8 and tags(pruned.stem[1]) == kept + [j + 16 for j in kept]
     assert export_onnx(pruned, x, tmp_path / "ghost.onnx").max_abs_diff < 1e-3
+
+
+def test_a_cross_stage_split_prunes_each_half_alike_as_predicted_and_exports(tmp_path):
+    torch.manual_seed(0)
+    model, x = CrossStage().eval(), torch.randn(2, 3, 16, 16)
+    tag_channels(model.expand[1], 0)
+    skeleton, policy, pruned = pruned_as_predicted(model, x)
+    assert skeleton.excluded == ()
+    shapes = {s.name: s for s in measure_layer_shapes(pruned, x)}
+    # Half of each half: the chunk still splits where the block's input begins.
+    kept = tags(pruned.expand[1])
+    assert [t < 32 for t in kept] == [True] * 16 + [False] * 16
+    assert shapes["block.0.0"].in_channels == 16 and shapes["transition.0"].in_channels == 32
+    assert export_onnx(pruned, x, tmp_path / "csp.onnx").max_abs_diff < 1e-3
 
 
 def test_a_mapping_that_cannot_be_predicted_is_kept_dense_with_a_reason_not_an_error():

@@ -144,25 +144,14 @@ def prunes_as_predicted(model: nn.Module):
     return skeleton
 
 
-def test_a_split_into_a_cross_stage_concat_is_kept_dense_and_the_rest_searched():
-    # torch-pruning maps the concatenated block onto the split's other half: the pruned network
-    # no longer runs, so the block's unit stays dense.
-    torch.manual_seed(0)
-    skeleton = prunes_as_predicted(CSP().eval())
-    assert [e.name for e in skeleton.excluded] == ["block.0"]
-    assert "no longer runs" in skeleton.excluded[0].reason
-    assert list(skeleton.names) == ["pw.0"]
-    assert all(e.reason and e.channels > 0 and e.macs > 0 for e in skeleton.excluded)
-    assert [u.index for u in skeleton.units] == [0]
-
-
 @pytest.mark.parametrize(("net", "units"), [
     (ConcatDepthwise, ["stem.0", "dw.0", "pw.0"]),  # concat into a depthwise conv: by segment
     (ConcatGate, ["stem.0", "fc2", "fc1", "pw.0"]),  # concat into a squeeze-excite gate: likewise
     (Ghost, ["stem.0", "cheap.0", "pw.0"]),
     (Shuffle, ["stem.0", "g.0", "pw.0"]),
+    (CSP, ["stem.0", "block.0", "pw.0"]),  # a split with a cross-stage concat: likewise
 ])
-def test_concatenations_ghost_modules_and_shuffles_are_searched_whole(net, units):
+def test_concatenations_splits_ghost_modules_and_shuffles_are_searched_whole(net, units):
     torch.manual_seed(0)
     skeleton = prunes_as_predicted(net().eval())
     assert skeleton.excluded == () and list(skeleton.names) == units
