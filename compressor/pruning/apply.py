@@ -14,10 +14,11 @@ from compressor.pruning.importance import (
     accumulate_gradients,
     criterion_for,
     needs_gradients,
-    prune_indices_by_segment,
+    prune_indices,
     unit_importance,
 )
-from compressor.pruning.skeleton import check_policy, kept_count, segments_of, trace
+from compressor.pruning.segments import drop_by_segment, segments_of
+from compressor.pruning.skeleton import check_policy, kept_count, trace
 from compressor.pruning.transformer import apply_transformer_policy
 
 
@@ -43,19 +44,25 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
     plans = []
     for name, ratio in ratios.items():
         group, groups = traced.groups[name], traced.channel_groups[name]
-        parts = traced.segments[name].parts
-        kept = [kept_count(s.channels, s.step, ratio)
-                for s in segments_of(parts, groups, config.round_to)]
-        if sum(kept) < len(group[0].idxs):
-            plans.append((name, group, groups, parts, kept))
+        segments = segments_of(traced.segments[name], groups, config.round_to)
+        kept = [kept_count(s.channels, s.step, ratio) for s in segments]
+        if kept != [s.channels for s in segments]:
+            plans.append((name, group, groups, traced.segments[name].parts, kept))
     if plans and needs_gradients(config.importance):
         accumulate_gradients(work, calibration_batches, config.taylor_batches, device)
     pruning = [(group[0].dep.target.module, group[0].dep.handler,
-                prune_indices_by_segment(unit_importance(name, group, groups, criterion), groups,
-                                         parts, kept))
+                _drop(unit_importance(name, group, groups, criterion), groups, parts, kept))
                for name, group, groups, parts, kept in plans]
     for root, handler, idxs in pruning:
         traced.graph.get_pruning_group(root, handler, idxs).prune()
     work.zero_grad(set_to_none=True)
     work.train(model.training)  # tracing switched the copy to eval mode
     return work
+
+
+def _drop(scores: torch.Tensor, channel_groups: int, parts: tuple, kept: list[int]) -> list[int]:
+    """The group channels to remove: a plain group's lowest-ranked (the same in every channel
+    group of a grouped conv), else each segment's own share (`segments.drop_by_segment`)."""
+    if len(parts) == 1 and all(len(cls) == 1 for cls in parts[0]):
+        return prune_indices(scores, channel_groups, kept[0])
+    return drop_by_segment(scores.tolist(), parts, kept)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -128,16 +128,3 @@ def prune_indices(scores: torch.Tensor, channel_groups: int, kept: int) -> list[
     drop = torch.argsort(scores, stable=True)[: size - kept // channel_groups]
     return sorted(int(i) + g * size for g in range(channel_groups) for i in drop)
 
-
-def prune_indices_by_segment(scores: torch.Tensor, channel_groups: int,
-                             parts: Sequence[Sequence[int]], kept: Sequence[int]) -> list[int]:
-    """The channels to remove: in each segment (`parts`, channel indices), its lowest-ranked
-    channels beyond the segment's `kept` count, so that every segment keeps its own share; one
-    segment is `prune_indices` (repeated in every channel group)."""
-    if len(parts) == 1:
-        return prune_indices(scores, channel_groups, kept[0])
-    drop = []
-    for part, count in zip(parts, kept, strict=True):
-        ranked = torch.argsort(scores[list(part)], stable=True)[: len(part) - count]
-        drop += [part[int(i)] for i in ranked]
-    return sorted(drop)

@@ -25,7 +25,6 @@ import re
 import signal
 import threading
 import warnings
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -36,13 +35,17 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.pruning.config import PruningConfig
+from compressor.pruning.segments import (
+    ROOT_TYPES,
+    Segment,
+    Segmented,
+    segment_group,
+    segments_of,
+)
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
 from compressor.zoo.models import classifier_name
 
 log = logging.getLogger(__name__)
-
-ROOT_TYPES = (nn.Conv2d, nn.Linear)
-
 
 class Unit(NamedTuple):
     """One coupled channel group: one agent decision."""
@@ -92,15 +95,6 @@ layer's in or out channels per kept channel (2 for a ghost module's concat of a 
 cheap depthwise copy, a flatten's spatial size for a classifier)."""
 
 
-class Segment(NamedTuple):
-    """A run of a unit's channels that every layer of the group sees whole or not at all: one
-    input of a concatenation, one output of a split. Each segment keeps the unit's ratio of its
-    own channels, rounded to `step`, so the layers it feeds shrink by a predictable count."""
-
-    channels: int
-    step: int  # kept counts are multiples of it (or all `channels`)
-
-
 class _Layer(NamedTuple):
     dense: LayerShape
     out_terms: tuple[Term, ...]  # the unit segments whose pruning removes its out channels
@@ -141,8 +135,9 @@ class Skeleton:
 
     def kept_vector(self, policy: dict[str, float]) -> list[int]:
         """Kept channels per unit, in unit order."""
-        return [u.channels - sum(cut)
-                for u, cut in zip(self.units, self._cuts(policy), strict=True)]
+        return [u.channels - sum(c * s.width for c, s in zip(cut, parts, strict=True))
+                for u, cut, parts in zip(self.units, self._cuts(policy), self._segments,
+                                         strict=True)]
 
     def layer_units(self) -> list[str | None]:
         """Per layer (`dense_shapes` order), the unit setting its output channels (None: none)."""
@@ -262,13 +257,6 @@ def check_policy(policy: dict[str, float], valid: Iterable[str]) -> dict[str, fl
 # --- tracing -------------------------------------------------------------------------------------
 
 
-class Segmented(NamedTuple):
-    """A group's channels as the segments its layers see (`_segment`)."""
-
-    parts: tuple[tuple[int, ...], ...]  # the group's channel indices per segment, in order
-    reason: str  # why the segments cannot be predicted ("" when they can); parts is then one whole
-
-
 class _Traced(NamedTuple):
     graph: tp.DependencyGraph
     groups: dict[str, tp.Group]  # root name -> group with all indices, torch-pruning's order
@@ -312,42 +300,6 @@ def _channel_groups(graph: tp.DependencyGraph, group: tp.Group) -> int:
 _LOGGED_ONCE: set[str] = set()
 """torch-pruning warnings already logged by this process (a search traces a model many times)."""
 _ONCE_PREFIXES = ("Unwrapped parameters detected",)
-
-
-def _segment(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int) -> Segmented:
-    """Split a group's channels into the segments that each of its conv and linear layers sees
-    whole or not at all (by the group indices torch-pruning maps onto each layer): one segment
-    for a plain group; one per input of a concatenation (a ghost module's conv and its cheap
-    copy map every channel twice onto the consumer: one segment, two layer channels each).
-    Pruning each segment by the same ratio then shrinks every layer by a predictable count."""
-    channels = len(group[0].idxs)
-    whole = (tuple(range(channels)),)
-    parts = list(whole)
-    for item in group:
-        module = item.dep.target.module
-        if not isinstance(module, ROOT_TYPES):
-            continue
-        name = graph._module2name[module]
-        roots = getattr(item, "root_idxs", None) or [None]
-        if None in roots:
-            return Segmented(whole, f"torch-pruning does not say which of its channels reach {name}")
-        counts = Counter(roots)
-        if len(set(counts.values())) > 1:
-            return Segmented(whole, f"torch-pruning maps it unevenly onto {name} ({len(roots)} "
-                                    f"of its channels for {len(counts)} of the group's)")
-        parts = [p for part in parts
-                 for p in (tuple(c for c in part if c in counts),
-                           tuple(c for c in part if c not in counts)) if p]
-    if len(parts) > 1 and channel_groups > 1:
-        return Segmented(whole, f"its {channels} channels are segments (of a concatenation or "
-                                "split) feeding a grouped conv")
-    return Segmented(tuple(sorted(parts)), "")
-
-
-def segments_of(parts: Sequence[Sequence[int]], channel_groups: int, round_to: int
-                ) -> tuple[Segment, ...]:
-    """Each part's channel count and the step its kept count is a multiple of."""
-    return tuple(Segment(len(p), channel_step(len(p), channel_groups, round_to)) for p in parts)
 
 
 def _pass_on(caught: list[warnings.WarningMessage]) -> None:
@@ -473,41 +425,22 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
     by_root = {graph._module2name[g[0].dep.target.module]: g for g in groups}
     channel_groups = {n: _channel_groups(graph, g) for n, g in by_root.items()}
     return _Traced(graph, by_root, channel_groups,
-                   {n: _segment(graph, g, channel_groups[n]) for n, g in by_root.items()})
+                   {n: segment_group(graph, g, channel_groups[n]) for n, g in by_root.items()})
 
 
-def channel_step(channels: int, channel_groups: int, round_to: int) -> int:
-    step = math.lcm(channel_groups, round_to)
-    return step if channels % channel_groups == 0 else channels  # uneven groups: never prune
-
-
-def _covered(parts: Sequence[Sequence[int]], roots: Sequence[int]) -> list[tuple[int, int]]:
-    """(segment, layer channels per group channel) for each segment among the `roots`, the group
-    channels torch-pruning maps onto one layer (each segment lies wholly in or out of them)."""
-    counts = Counter(roots)
-    per_channel = next(iter(counts.values()), 0)
-    return [(s, per_channel) for s, part in enumerate(parts) if part[0] in counts]
-
-
-def _tabulate(graph: tp.DependencyGraph, root: str, group: tp.Group, parts: Sequence[Sequence[int]],
+def _tabulate(root: str, group: tp.Group, segmented: Segmented,
               outs: dict[str, list[tuple[str, int, int]]],
               ins: dict[str, list[tuple[str, int, int]]]) -> tuple[list[str], bool]:
     """Record in `outs` and `ins` which segments of the unit `root` set which layers' out and in
     channels; return the layers whose out channels it sets, and whether a residual add joins them."""
-    out_layers, added = [], False
-    for item in group:
-        module = item.dep.target.module
-        if isinstance(module, tp.ops._ElementWiseOp) and str(module._grad_fn).startswith("Add"):
-            added = True
-        if not isinstance(module, ROOT_TYPES):
-            continue
-        name = graph._module2name[module]
-        terms = [(root, s, m) for s, m in _covered(parts, getattr(item, "root_idxs", item.idxs))]
-        if graph.is_out_channel_pruning_fn(item.dep.handler):  # includes depthwise in == out
-            outs.setdefault(name, []).extend(terms)
-            out_layers.append(name)
-        else:
-            ins.setdefault(name, []).extend(terms)
+    added = any(isinstance(dep.target.module, tp.ops._ElementWiseOp)
+                and str(dep.target.module._grad_fn).startswith("Add") for dep, _ in group)
+    out_layers = []
+    for layer, out, segments, per_class in segmented.members:
+        (outs if out else ins).setdefault(layer, []).extend(
+            (root, s, per_class) for s in segments)
+        if out:
+            out_layers.append(layer)
     return out_layers, added
 
 
@@ -539,8 +472,7 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
     ins: dict[str, list[tuple[str, int, int]]] = {}
     order, kinds = {}, {}
     for root, group in traced.groups.items():
-        out_layers, added = _tabulate(traced.graph, root, group, traced.segments[root].parts,
-                                      outs, ins)
+        out_layers, added = _tabulate(root, group, traced.segments[root], outs, ins)
         order[root] = min(position.get(n, len(dense)) for n in out_layers)
         kinds[root] = _kind(work, root, out_layers, added)
 
@@ -562,7 +494,7 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
                           max(shape.kernel_h, shape.kernel_w), max(shape.stride_h, shape.stride_w),
                           sum(s.macs for s in touched),
                           sum(s.params for s in touched)))
-        segments.append(segments_of(traced.segments[root].parts, traced.channel_groups[root],
+        segments.append(segments_of(traced.segments[root], traced.channel_groups[root],
                                     config.round_to))
     uneven = {r: seg.reason for r, seg in traced.segments.items() if seg.reason}
     return Skeleton(units, segments, layers).without(uneven)
