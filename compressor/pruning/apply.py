@@ -18,6 +18,7 @@ from compressor.pruning.importance import (
     unit_importance,
 )
 from compressor.pruning.segments import drop_by_segment, segments_of
+from compressor.pruning.sizes import refresh_sizes
 from compressor.pruning.skeleton import check_policy, kept_count, trace
 from compressor.pruning.transformer import apply_transformer_policy
 
@@ -55,6 +56,8 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
                for name, group, groups, parts, kept in plans]
     for root, handler, idxs in pruning:
         traced.graph.get_pruning_group(root, handler, idxs).prune()
+    if pruning:
+        refresh_sizes(work, example_input)  # split sizes a forward reads from attributes
     work.zero_grad(set_to_none=True)
     work.train(model.training)  # tracing switched the copy to eval mode
     return work

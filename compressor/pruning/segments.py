@@ -86,8 +86,10 @@ def _reached(group: tp.Group) -> dict[tuple, set[tuple[int, int]]]:
                 if mapping is not None:
                     mapped = mapping(mapped)
             pairs = {(i.idx, i.root_idx) for i in mapped}
+            if not pairs:
+                continue
             known = reached.setdefault((new_dep.target, new_dep.handler), set())
-            if pairs and not pairs <= known:
+            if not pairs <= known:
                 known |= pairs
                 stack.append((new_dep, mapped))
     return reached
@@ -147,7 +149,19 @@ def _layer_pairs(graph: tp.DependencyGraph, group: tp.Group
 
 
 def segment_group(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int) -> Segmented:
-    """The group's channels as classes and segments, and which segments set which layers."""
+    """The group's channels as classes and segments, and which segments set which layers; a
+    group whose mapping cannot be followed (even one raising inside torch-pruning's index
+    mappings) gets a reason instead, so that it is kept dense, never an internal error."""
+    try:
+        return _segment_group(graph, group, channel_groups)
+    except Exception as exc:  # torch-pruning's index mappings fail on shapes they do not know
+        text = " ".join(str(exc).split())[:160] or "no message"
+        return _unpredictable(graph, group, f"its channel mapping cannot be followed "
+                                            f"({type(exc).__name__}: {text})")
+
+
+def _segment_group(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int
+                   ) -> Segmented:
     channels = len(group[0].idxs)
     layers = _layer_pairs(graph, group)
     if isinstance(layers, str):
@@ -188,3 +202,43 @@ def drop_by_segment(scores: Sequence[float], parts: Sequence[Sequence[Sequence[i
         ranked = sorted(range(len(part)), key=mean.__getitem__)[: len(part) - count]
         drop += [c for i in ranked for c in part[i]]
     return sorted(drop)
+
+
+def _partial_out_layer(graph: tp.DependencyGraph, group: tp.Group, taken: set[str]):
+    """The first conv or linear layer whose out channels the group prunes only in part and that
+    is not in `taken` (a unit's root, or a layer whose wider group cannot be a unit)."""
+    for dep, idxs in group:
+        module = dep.target.module
+        if not isinstance(module, ROOT_TYPES) or not graph.is_out_channel_pruning_fn(dep.handler):
+            continue
+        if graph._module2name[module] not in taken and len(idxs) < _channels(module, True):
+            return dep
+    return None
+
+
+def widen_groups(graph: tp.DependencyGraph, groups: dict[str, tp.Group],
+                 ignored: Sequence[nn.Module]) -> dict[str, tp.Group]:
+    """Re-root a group that prunes only part of a layer's out channels at that layer, so that
+    all its channels are one unit pruned by segment. torch-pruning roots a group at the first
+    layer it meets: a CSP stage's block, whose group then holds half of the expand conv's
+    channels; the expand conv, already in that group, is no root of its own, so its other half
+    (the cross-stage shortcut) would never be pruned, and the split's halves could not stay
+    equal. The wider group replaces every group rooted at one of its layers."""
+    result, ignored, refused = dict(groups), set(ignored), set()
+    for _ in range(2 * len(groups)):  # each round widens or refuses one layer: a bound
+        for group in result.values():
+            dep = _partial_out_layer(graph, group, set(result) | refused)
+            if dep is not None:
+                break
+        else:
+            return result
+        module, name = dep.target.module, graph._module2name[dep.target.module]
+        wider = graph.get_pruning_group(module, dep.handler, list(range(_channels(module, True))))
+        outs = [d.target.module for d, _ in wider if graph.is_out_channel_pruning_fn(d.handler)]
+        if any(m in ignored for m in outs):  # e.g. it would prune the classifier's outputs
+            refused.add(name)
+            continue
+        names = {graph._module2name[m] for m in outs if isinstance(m, ROOT_TYPES)}
+        result = {root: g for root, g in result.items() if root not in names}
+        result[name] = wider
+    return result

@@ -41,8 +41,10 @@ from compressor.pruning.segments import (
     Segmented,
     segment_group,
     segments_of,
+    widen_groups,
 )
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
+from compressor.pruning.splits import equal_split_roots, repair_splits
 from compressor.zoo.models import classifier_name
 
 log = logging.getLogger(__name__)
@@ -356,50 +358,6 @@ def _refuse_endless_tracing(model: nn.Module) -> None:
                         "another model")
 
 
-def _split_outputs(node) -> list | None:
-    """The split node's consumers in the order of the split's outputs (by the output number each
-    consumer's autograd edge names), or None when that order is not one consumer per output."""
-    numbers = {}
-    for consumer in node.outputs:
-        edges = [n for f, n in getattr(consumer.grad_fn, "next_functions", ()) if f is node.grad_fn]
-        if len(edges) != 1:
-            return None
-        numbers[consumer] = edges[0]
-    ordered = sorted(node.outputs, key=numbers.__getitem__)
-    return ordered if sorted(numbers.values()) == list(range(len(ordered))) else None
-
-
-def _repair_splits(graph: tp.DependencyGraph) -> None:
-    """Give torch-pruning the true sizes and order of `chunk`/`split(int)` outputs.
-
-    With torch 2.x its shape inference misses these (it looks for `_saved_self_sizes`; autograd
-    now saves `_saved_self_sym_sizes`) and guesses each output's channels from its consumers,
-    in the order the tracer met them: a cross-stage split `a, b = x.chunk(2, 1)` then maps the
-    block on `b` onto `a`'s half of the concat (seen as "pruned to 64->256, predicted
-    64->128"). Splits whose outputs it cannot order are left as they were (verified later)."""
-    fixed = False
-    for node in graph.module2node.values():
-        grad_fn = node.grad_fn
-        if node.type != tp.ops.OPTYPE.SPLIT or not hasattr(grad_fn, "_saved_split_size"):
-            continue
-        shape, size = getattr(grad_fn, "_saved_self_sym_sizes", ()), grad_fn._saved_split_size
-        if len(shape) != 4 or grad_fn._saved_dim != 1 or size <= 0:
-            continue
-        sizes = [size] * (shape[1] // size) + ([shape[1] % size] if shape[1] % size else [])
-        ordered = _split_outputs(node)
-        if ordered is None or len(ordered) != len(sizes):
-            continue
-        node.outputs[:] = ordered
-        node.module.split_sizes = sizes
-        node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        fixed = True
-    if fixed:
-        for node in graph.module2node.values():
-            if node.type == tp.ops.OPTYPE.CONCAT:  # sizes were read off the wrong splits
-                node.module.concat_sizes = None
-        tp.dependency.index_mapping.update_index_mapping(graph)
-
-
 def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
           time_limit: float = TRACE_SECONDS) -> _Traced:
     """torch-pruning's graph and coupled groups of `model` (which the tracer puts in eval mode);
@@ -413,7 +371,7 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
             for prefix in _ONCE_PREFIXES:  # dedup is ours, whatever the caller's filters say
                 warnings.filterwarnings("always", message=prefix)
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-            _repair_splits(graph)
+            repair_splits(graph)
             groups = list(graph.get_all_groups(ignored_layers=ignored,
                                                root_module_types=list(ROOT_TYPES)))
     except Exception as exc:  # the tracer fails deep inside on unsupported ops
@@ -422,7 +380,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
                         f"({type(exc).__name__}: {reason[:200]}); channel shuffles, channel reshapes "
                         "and attention are unsupported, choose another model") from None
     _pass_on(caught)
-    by_root = {graph._module2name[g[0].dep.target.module]: g for g in groups}
+    by_root = widen_groups(graph, {graph._module2name[g[0].dep.target.module]: g for g in groups},
+                           ignored)
     channel_groups = {n: _channel_groups(graph, g) for n, g in by_root.items()}
     return _Traced(graph, by_root, channel_groups,
                    {n: segment_group(graph, g, channel_groups[n]) for n, g in by_root.items()})
@@ -497,4 +456,5 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
         segments.append(segments_of(traced.segments[root], traced.channel_groups[root],
                                     config.round_to))
     uneven = {r: seg.reason for r, seg in traced.segments.items() if seg.reason}
+    uneven = equal_split_roots(traced.graph, traced.groups) | uneven
     return Skeleton(units, segments, layers).without(uneven)

@@ -4,6 +4,7 @@ channels line up across the concat, and the pruned network exports and runs."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -90,8 +91,8 @@ class GhostDepthwise(nn.Module):
 
 
 class CrossStage(nn.Module):
-    """A CSP stage: the expanded channels split in two halves (`chunk`), blocks on one, the other
-    concatenated back unchanged."""
+    """A CSP stage: the expanded channels split in two halves (`chunk`), a residual block on one,
+    the other concatenated back unchanged."""
 
     def __init__(self):
         super().__init__()
@@ -102,7 +103,8 @@ class CrossStage(nn.Module):
 
     def forward(self, x):
         shortcut, x = self.expand(x).chunk(2, 1)
-        x = self.transition(torch.cat([shortcut, self.block(x)], 1))
+        x = x + self.block(x)  # the split's second output feeds a conv and a residual add
+        x = self.transition(torch.cat([shortcut, x], 1))
         return self.head(x.mean((2, 3)))
 
 
@@ -210,6 +212,28 @@ def test_a_cross_stage_split_prunes_each_half_alike_as_predicted_and_exports(tmp
     assert [t < 32 for t in kept] == [True] * 16 + [False] * 16
     assert shapes["block.0.0"].in_channels == 16 and shapes["transition.0"].in_channels == 32
     assert export_onnx(pruned, x, tmp_path / "csp.onnx").max_abs_diff < 1e-3
+
+
+def test_a_timm_mixed_conv_gets_its_split_sizes_from_its_pruned_convs(tmp_path):
+    timm_layers = pytest.importorskip("timm.layers")
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = cbr(3, 64)
+            self.mixed = timm_layers.MixedConv2d(64, 64, kernel_size=[3, 5], depthwise=True)
+            self.pw = cbr(64, 32, k=1)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.head(self.pw(self.mixed(self.stem(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Mixed().eval(), torch.randn(2, 3, 16, 16)
+    skeleton, policy, pruned = pruned_as_predicted(model, x)
+    assert skeleton.excluded == ()
+    assert pruned.mixed.splits == [16, 16] and model.mixed.splits == [32, 32]  # input untouched
+    assert export_onnx(pruned, x, tmp_path / "mixed.onnx").max_abs_diff < 1e-3
 
 
 def test_a_mapping_that_cannot_be_predicted_is_kept_dense_with_a_reason_not_an_error():

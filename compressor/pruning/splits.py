@@ -1,0 +1,96 @@
+"""Splits as torch-pruning should see them: each output's true size and position.
+
+torch-pruning 1.6.1 under torch 2.x gets two things wrong about `chunk` and `split` along the
+channels: it misses `chunk`/`split(int)` sizes (it looks for `_saved_self_sizes`; autograd now
+saves `_saved_self_sym_sizes`) and guesses each output's channels from its consumers; and it
+numbers a split's outputs in the order its tracer met the consumers, one consumer per output,
+not by the output each consumer takes. A cross-stage split `a, b = x.chunk(2, 1)` then maps the
+block on `b` onto `a`'s half of the concat (timm's cspresnet50: "pruned to 64->256, predicted
+64->128"), and a split output feeding both a conv and a residual add cannot be mapped at all.
+`repair_splits` sets each consumer's index mapping from the output number autograd records.
+"""
+
+from __future__ import annotations
+
+import torch_pruning as tp
+from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+
+def _sizes(grad_fn) -> list[int] | None:
+    """The channel count of each output of a split along dim 1 of a 4-D tensor, else None."""
+    shape = getattr(grad_fn, "_saved_self_sym_sizes", ())
+    if len(shape) != 4 or getattr(grad_fn, "_saved_dim", None) != 1:
+        return None
+    if hasattr(grad_fn, "_saved_split_sizes"):
+        return [int(s) for s in grad_fn._saved_split_sizes]
+    size, total = int(getattr(grad_fn, "_saved_split_size", 0)), int(shape[1])
+    if size <= 0:
+        return None
+    return [size] * (total // size) + ([total % size] if total % size else [])
+
+
+def _output_numbers(node) -> dict | None:
+    """Consumer node -> the split output it takes (from its autograd edge), or None when a
+    consumer takes several outputs or none can be found."""
+    numbers = {}
+    for consumer in node.outputs:
+        edges = {n for f, n in getattr(consumer.grad_fn, "next_functions", ())
+                 if f is node.grad_fn}
+        if len(edges) != 1:
+            return None
+        numbers[consumer] = edges.pop()
+    return numbers
+
+
+def repair_splits(graph: tp.DependencyGraph) -> None:
+    """Map every channel split's consumers onto the outputs they take. torch-pruning's own
+    mapping of a repaired split is switched off (its offsets unset, which it skips), and the
+    concats are re-sized from the repaired splits. Splits that cannot be repaired are left as
+    they were (the skeleton's checks find what they break)."""
+    repaired = False
+    for node in graph.module2node.values():
+        if node.type != tp.ops.OPTYPE.SPLIT:
+            continue
+        sizes, numbers = _sizes(node.grad_fn), _output_numbers(node)
+        if sizes is None or numbers is None or max(numbers.values(), default=len(sizes)) >= len(sizes):
+            continue
+        offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        for consumer, number in numbers.items():
+            span = offsets[number:number + 2]
+            for dep in node.dependencies:
+                if dep.target is consumer:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=False)
+            for dep in consumer.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=True)
+        # Per consumer, the channels it takes (torch-pruning's shape inference reads them so).
+        node.module.split_sizes = [sizes[numbers[c]] for c in node.outputs]
+        node.module.offsets = None
+        repaired = True
+    if repaired:
+        for node in graph.module2node.values():
+            if node.type == tp.ops.OPTYPE.CONCAT:  # sized from the splits before repair
+                node.module.concat_sizes = None
+        tp.dependency.index_mapping.update_index_mapping(graph)
+
+
+def equal_split_roots(graph: tp.DependencyGraph, groups: dict[str, tp.Group]) -> dict[str, str]:
+    """Units to keep dense because they cover only part of a `chunk`/`split(int)`: its parts
+    take their sizes from the tensor at run time, so they stay equal only when one unit prunes
+    all of its channels by one ratio; units pruning its parts apart would unbalance it."""
+    covered: dict = {}  # split node -> (roots, channels their groups map onto it)
+    for root, group in groups.items():
+        for dep, idxs in group:
+            node = graph.module2node.get(dep.target.module)
+            if node is not None and node.type == tp.ops.OPTYPE.SPLIT and \
+                    hasattr(node.grad_fn, "_saved_split_size"):
+                roots, count = covered.get(node, ((), 0))
+                covered[node] = (roots + (root,), count + len(idxs))
+    reasons = {}
+    for node, (roots, count) in covered.items():
+        total = _sizes(node.grad_fn)
+        if len(roots) > 1 or total is None or count != sum(total):
+            why = (f"its channels are part of a split into equal parts (chunk) that "
+                   f"{' and '.join(sorted(set(roots)))} would prune apart")
+            reasons |= dict.fromkeys(roots, why)
+    return reasons
