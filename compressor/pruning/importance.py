@@ -127,4 +127,3 @@ def prune_indices(scores: torch.Tensor, channel_groups: int, kept: int) -> list[
     size = len(scores)
     drop = torch.argsort(scores, stable=True)[: size - kept // channel_groups]
     return sorted(int(i) + g * size for g in range(channel_groups) for i in drop)
-
