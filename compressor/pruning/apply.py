@@ -68,4 +68,5 @@ def _drop(scores: torch.Tensor, channel_groups: int, parts: tuple, kept: list[in
     group of a grouped conv), else each segment's own share (`segments.drop_by_segment`)."""
     if len(parts) == 1 and all(len(cls) == 1 for cls in parts[0]):
         return prune_indices(scores, channel_groups, kept[0])
-    return drop_by_segment(scores.tolist(), parts, kept)
+    # Scores are per position within a channel group: every group's channel there scores it.
+    return drop_by_segment(scores.repeat(channel_groups).tolist(), parts, kept)

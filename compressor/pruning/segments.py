@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch_pruning as tp
@@ -95,8 +95,9 @@ def _reached(group: tp.Group) -> dict[tuple, set[tuple[int, int]]]:
     return reached
 
 
-def _classes(layers: dict[tuple[str, bool], set[tuple[int, int]]], channels: int) -> list[int]:
-    """Per group channel, the smallest channel tied to it (one layer channel reached from both)."""
+def _classes(ties: Iterable[set[tuple[int, int]]], channels: int) -> list[int]:
+    """Per group channel, the smallest channel tied to it: by one (key, group channel) pair set
+    of `ties`, group channels sharing a key (a layer channel reached from both) go together."""
     parent = list(range(channels))
 
     def find(c: int) -> int:
@@ -105,7 +106,7 @@ def _classes(layers: dict[tuple[str, bool], set[tuple[int, int]]], channels: int
             c = parent[c]
         return c
 
-    for pairs in layers.values():
+    for pairs in ties:
         first: dict[int, int] = {}
         for idx, root in pairs:
             a, b = find(first.setdefault(idx, root)), find(root)
@@ -126,13 +127,18 @@ def _unpredictable(graph: tp.DependencyGraph, group: tp.Group, reason: str) -> S
                      tuple(Member(name, out, (0,), 1) for name, out in sorted(members)), reason)
 
 
-def _layer_pairs(graph: tp.DependencyGraph, group: tp.Group
+def _layer_pairs(graph: tp.DependencyGraph, group: tp.Group, shuffles: dict,
+                 ties: list[set[tuple[int, int]]]
                  ) -> dict[tuple[str, bool], set[tuple[int, int]]] | str:
     """Per (conv or linear layer, out side?), the (layer channel, group channel) pairs the
-    group reaches; or why they cannot be trusted (torch-pruning maps past a layer's channels)."""
+    group reaches; or why they cannot be trusted (torch-pruning maps past a layer's channels).
+    Adds to `ties` the group channels each shuffle (`shuffles`: start node -> (groups, width))
+    needs pruned together: those at the same position of every shuffle group."""
     channels, root = len(group[0].idxs), group[0].dep.target.module
     layers: dict[tuple[str, bool], set[tuple[int, int]]] = {}
     for (node, handler), pairs in _reached(group).items():
+        if node in shuffles:
+            ties.append({(idx % shuffles[node][1], r) for idx, r in pairs})
         if not isinstance(node.module, ROOT_TYPES):
             continue
         name, out = graph._module2name[node.module], graph.is_out_channel_pruning_fn(handler)
@@ -148,25 +154,34 @@ def _layer_pairs(graph: tp.DependencyGraph, group: tp.Group
     return layers
 
 
-def segment_group(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int) -> Segmented:
+def _one_per_group(classes: Iterable[list[int]], channels: int, channel_groups: int) -> bool:
+    """Whether dropping any class keeps a grouped conv's groups equal: every class is one
+    channel, or one channel of each group (a shuffle's ties before a grouped conv)."""
+    block = channels // channel_groups
+    return all(len(c) == 1 for c in classes) or all(
+        sorted(channel // block for channel in c) == list(range(channel_groups)) for c in classes)
+
+
+def segment_group(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int,
+                  shuffles: dict | None = None) -> Segmented:
     """The group's channels as classes and segments, and which segments set which layers; a
     group whose mapping cannot be followed (even one raising inside torch-pruning's index
     mappings) gets a reason instead, so that it is kept dense, never an internal error."""
     try:
-        return _segment_group(graph, group, channel_groups)
+        return _segment_group(graph, group, channel_groups, shuffles or {})
     except Exception as exc:  # torch-pruning's index mappings fail on shapes they do not know
         text = " ".join(str(exc).split())[:160] or "no message"
         return _unpredictable(graph, group, f"its channel mapping cannot be followed "
                                             f"({type(exc).__name__}: {text})")
 
 
-def _segment_group(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int
-                   ) -> Segmented:
-    channels = len(group[0].idxs)
-    layers = _layer_pairs(graph, group)
+def _segment_group(graph: tp.DependencyGraph, group: tp.Group, channel_groups: int,
+                   shuffles: dict) -> Segmented:
+    channels, ties = len(group[0].idxs), []
+    layers = _layer_pairs(graph, group, shuffles, ties)
     if isinstance(layers, str):
         return _unpredictable(graph, group, layers)
-    of = _classes(layers, channels)
+    of = _classes([*layers.values(), *ties], channels)
     parts = [tuple(sorted(set(of)))]
     seen: dict[tuple[str, bool], Counter] = {}
     for (name, out), pairs in sorted(layers.items()):
@@ -183,7 +198,8 @@ def _segment_group(graph: tp.DependencyGraph, group: tp.Group, channel_groups: i
     tied: dict[int, list[int]] = {}
     for channel, cls in enumerate(of):
         tied.setdefault(cls, []).append(channel)
-    if (len(parts) > 1 or len(tied) < channels) and channel_groups > 1:
+    if channel_groups > 1 and (len(parts) > 1 or not _one_per_group(tied.values(), channels,
+                                                                     channel_groups)):
         return _unpredictable(graph, group, f"its {channels} channels are segments (of a "
                                             "concatenation or split) feeding a grouped conv")
     members = tuple(Member(name, out, tuple(s for s, p in enumerate(parts) if p[0] in counts),

@@ -94,3 +94,60 @@ def equal_split_roots(graph: tp.DependencyGraph, groups: dict[str, tp.Group]) ->
                    f"{' and '.join(sorted(set(roots)))} would prune apart")
             reasons |= dict.fromkeys(roots, why)
     return reasons
+
+
+class _ShuffleIndexMapping:
+    """Channel c = g * width + i of a shuffle's input is channel i * groups + g of its output
+    (`x.view(n, groups, width, h, w).transpose(1, 2).reshape(n, c, h, w)`); `reverse` maps back."""
+
+    def __init__(self, groups: int, width: int, reverse: bool = False):
+        self.groups, self.width, self.reverse = groups, width, reverse
+
+    def __call__(self, idxs):
+        make = tp._helpers._HybridIndex
+        if self.reverse:  # output i * groups + g -> input g * width + i
+            return [make(idx=(i.idx % self.groups) * self.width + i.idx // self.groups,
+                         root_idx=i.root_idx) for i in idxs]
+        return [make(idx=(i.idx % self.width) * self.groups + i.idx // self.width,
+                     root_idx=i.root_idx) for i in idxs]
+
+
+def _shuffle_end(node):
+    """The reshape that ends a channel shuffle from `node` (a transpose of dims 1 and 2),
+    through element-wise copies (contiguous, clone), or None."""
+    while len(node.outputs) == 1:
+        node = node.outputs[0]
+        if node.type == tp.ops.OPTYPE.RESHAPE:
+            return node
+        if node.type != tp.ops.OPTYPE.ELEMENTWISE:
+            return None
+    return None
+
+
+def repair_shuffles(graph: tp.DependencyGraph) -> dict:
+    """Map channel shuffles' indices (torch-pruning sees `view` + `transpose` + `reshape` of
+    the channels as no change of order, so it prunes a consumer's input channels at the wrong
+    positions, silently); returns each shuffle's start node -> (groups, width), which a unit
+    through it must prune alike (the same positions in every group) for the shuffle to stay
+    a shuffle of the kept channels."""
+    shuffles = {}
+    for node in graph.module2node.values():
+        grad_fn = node.grad_fn
+        if not str(getattr(grad_fn, "name", lambda: "")()).startswith("TransposeBackward") or \
+                {getattr(grad_fn, "_saved_dim0", 0), getattr(grad_fn, "_saved_dim1", 0)} != {1, 2}:
+            continue
+        start, end = (node.inputs[0] if len(node.inputs) == 1 else None), _shuffle_end(node)
+        before = getattr(getattr(start, "grad_fn", None), "_saved_self_sym_sizes", ())
+        after = getattr(getattr(end, "grad_fn", None), "_saved_self_sym_sizes", ())
+        if start is None or start.type != tp.ops.OPTYPE.RESHAPE or len(before) != 4 or \
+                len(after) != 5 or after[1] * after[2] != before[1]:
+            continue
+        width, groups = int(after[1]), int(after[2])  # the view was (n, groups, width, h, w)
+        for dep in start.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _ShuffleIndexMapping(groups, width)
+        for dep in node.dependencies:
+            if dep.target is start:
+                dep.index_mapping[0] = _ShuffleIndexMapping(groups, width, reverse=True)
+        shuffles[start] = (groups, width)
+    return shuffles

@@ -108,6 +108,24 @@ class CrossStage(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class ShuffleBlock(nn.Module):
+    """A grouped conv whose 4 groups of 16 channels are shuffled (ShuffleNet's channel shuffle)
+    into a 1x1 conv: channel g * 16 + i becomes channel i * 4 + g."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 64)
+        self.grouped = cbr(64, 64, k=1, g=4)
+        self.pw = cbr(64, 64, k=1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.grouped(self.stem(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(self.pw(x).mean((2, 3)))
+
+
 class AddedIntoPart(nn.Module):
     """A residual added into part of a layer's channels (rexnet's pattern): its unit's mapping
     cannot be predicted."""
@@ -234,6 +252,23 @@ def test_a_timm_mixed_conv_gets_its_split_sizes_from_its_pruned_convs(tmp_path):
     assert skeleton.excluded == ()
     assert pruned.mixed.splits == [16, 16] and model.mixed.splits == [32, 32]  # input untouched
     assert export_onnx(pruned, x, tmp_path / "mixed.onnx").max_abs_diff < 1e-3
+
+
+def test_a_channel_shuffle_prunes_alike_in_every_group_and_its_consumer_where_they_went(tmp_path):
+    torch.manual_seed(0)
+    model, x = ShuffleBlock().eval(), torch.randn(2, 3, 16, 16)
+    tag_channels(model.grouped[1], 0)
+    with torch.no_grad():  # the consumer's input column q is tagged q
+        model.pw[0].weight.copy_(torch.arange(64.0).view(1, 64, 1, 1).expand(64, 64, 1, 1))
+    skeleton, policy, pruned = pruned_as_predicted(model, x)
+    assert skeleton.excluded == () and "grouped.0" in skeleton.names
+    kept = tags(pruned.grouped[1])  # channel g * 16 + i of the grouped conv
+    positions = [[c % 16 for c in kept if c // 16 == g] for g in range(4)]
+    assert len(kept) == 32 and all(p == positions[0] for p in positions)  # alike in every group
+    # After the shuffle, pruned input q = i' * 4 + g is dense input positions[i'] * 4 + g.
+    expected = [positions[0][q // 4] * 4 + q % 4 for q in range(32)]
+    assert [int(v) for v in pruned.pw[0].weight[0, :, 0, 0]] == expected
+    assert export_onnx(pruned, x, tmp_path / "shuffle.onnx").max_abs_diff < 1e-3
 
 
 def test_a_mapping_that_cannot_be_predicted_is_kept_dense_with_a_reason_not_an_error():
