@@ -44,7 +44,7 @@ from compressor.pruning.segments import (
     widen_groups,
 )
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
-from compressor.pruning.splits import equal_split_roots, repair_shuffles, repair_splits
+from compressor.pruning.splits import ShuffleAwareGraph, equal_split_roots, repair_splits
 from compressor.zoo.models import classifier_name
 
 log = logging.getLogger(__name__)
@@ -370,9 +370,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
                 _time_limit(time_limit):
             for prefix in _ONCE_PREFIXES:  # dedup is ours, whatever the caller's filters say
                 warnings.filterwarnings("always", message=prefix)
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            graph = ShuffleAwareGraph().build_dependency(model, example_inputs=example_input)
             repair_splits(graph)
-            shuffles = repair_shuffles(graph)
             groups = list(graph.get_all_groups(ignored_layers=ignored,
                                                root_module_types=list(ROOT_TYPES)))
     except Exception as exc:  # the tracer fails deep inside on unsupported ops
@@ -385,7 +384,7 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
                            ignored)
     channel_groups = {n: _channel_groups(graph, g) for n, g in by_root.items()}
     return _Traced(graph, by_root, channel_groups,
-                   {n: segment_group(graph, g, channel_groups[n], shuffles)
+                   {n: segment_group(graph, g, channel_groups[n], graph.shuffles)
                     for n, g in by_root.items()})
 
 

@@ -149,5 +149,20 @@ def repair_shuffles(graph: tp.DependencyGraph) -> dict:
         for dep in node.dependencies:
             if dep.target is start:
                 dep.index_mapping[0] = _ShuffleIndexMapping(groups, width, reverse=True)
+        # Its own reshape mappings would undo these (or, in ShuffleNetV2, divide by zero).
+        start.type = end.type = tp.ops.OPTYPE.ELEMENTWISE
         shuffles[start] = (groups, width)
     return shuffles
+
+
+class ShuffleAwareGraph(tp.DependencyGraph):
+    """torch-pruning's dependency graph with channel shuffles mapped (`repair_shuffles`) as
+    soon as its dependencies are built: before its own index mappings, whose reshape rule
+    fails on a shuffle's 5-D view (ShuffleNetV2: "integer division or modulo by zero")."""
+
+    shuffles: dict = {}
+
+    def _build_dependency(self, module2node):
+        result = super()._build_dependency(module2node)
+        self.shuffles = repair_shuffles(self)
+        return result
