@@ -416,9 +416,10 @@ def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: Prunin
     """Trace `model` once (on a copy) and tabulate which unit sets which layer's channels.
 
     A unit whose channels torch-pruning maps onto part of a layer (a concatenation, a split) is
-    pruned by segment (`_segment`); one whose mapping cannot be predicted (uneven, as a residual
-    added into part of the channels) is kept dense (`Skeleton.excluded`). Nothing is pruned
-    here: `pruning.build_skeleton` (in `verify`) also checks the prediction against real prunes.
+    pruned by segment (`segments.segment_group`); one whose mapping cannot be predicted (a residual
+    added into part of the channels, parts of a chunk in two units) is kept dense
+    (`Skeleton.excluded`). Nothing is pruned here: `pruning.build_skeleton` (in `verify`) also
+    checks the prediction against real prunes.
     """
     example_input = example_input.to(next(model.parameters()).device)
     work = copy.deepcopy(model)
