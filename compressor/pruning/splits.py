@@ -29,6 +29,21 @@ def _sizes(grad_fn) -> list[int] | None:
     return [size] * (total // size) + ([total % size] if total % size else [])
 
 
+class _LiveSplitMapping:
+    """torch-pruning's split mapping for one output, its span read from the split's sizes when
+    called: torch-pruning's split pruner shrinks them as each group is pruned, so a later group
+    maps onto the split as it is by then (fixed offsets would be those of the dense network)."""
+
+    def __init__(self, split_op, number: int, reverse: bool):
+        self.split_op, self.number, self.reverse = split_op, number, reverse
+
+    def __call__(self, idxs):
+        sizes = self.split_op.split_sizes
+        start = sum(sizes[:self.number])
+        span = [start, start + sizes[self.number]]
+        return _SplitIndexMapping(offset=span, reverse=self.reverse)(idxs)
+
+
 def _output_numbers(node) -> dict | None:
     """Consumer node -> the split output it takes (from its autograd edge), or None when a
     consumer takes several outputs or none can be found."""
@@ -47,31 +62,31 @@ def repair_splits(graph: tp.DependencyGraph) -> None:
     mapping of a repaired split is switched off (its offsets unset, which it skips), and the
     concats are re-sized from the repaired splits. Splits that cannot be repaired are left as
     they were (the skeleton's checks find what they break)."""
-    repaired = False
+    repaired = {}
     for node in graph.module2node.values():
         if node.type != tp.ops.OPTYPE.SPLIT:
             continue
         sizes, numbers = _sizes(node.grad_fn), _output_numbers(node)
         if sizes is None or numbers is None or max(numbers.values(), default=len(sizes)) >= len(sizes):
             continue
-        offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         for consumer, number in numbers.items():
-            span = offsets[number:number + 2]
             for dep in node.dependencies:
                 if dep.target is consumer:
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=False)
+                    dep.index_mapping[0] = _LiveSplitMapping(node.module, number, reverse=False)
             for dep in consumer.dependencies:
                 if dep.target is node:
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=True)
-        # Per consumer, the channels it takes (torch-pruning's shape inference reads them so).
+                    dep.index_mapping[0] = _LiveSplitMapping(node.module, number, reverse=True)
+        # Per consumer, the channels it takes: what torch-pruning's shape inference reads.
         node.module.split_sizes = [sizes[numbers[c]] for c in node.outputs]
         node.module.offsets = None
-        repaired = True
+        repaired[node.module] = sizes
     if repaired:
         for node in graph.module2node.values():
             if node.type == tp.ops.OPTYPE.CONCAT:  # sized from the splits before repair
                 node.module.concat_sizes = None
         tp.dependency.index_mapping.update_index_mapping(graph)
+        for split_op, sizes in repaired.items():  # per output, as its pruner updates them
+            split_op.split_sizes = sizes
 
 
 def equal_split_roots(graph: tp.DependencyGraph, groups: dict[str, tp.Group]) -> dict[str, str]:

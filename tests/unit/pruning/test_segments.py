@@ -271,6 +271,33 @@ def test_a_channel_shuffle_prunes_alike_in_every_group_and_its_consumer_where_th
     assert export_onnx(pruned, x, tmp_path / "shuffle.onnx").max_abs_diff < 1e-3
 
 
+def test_two_units_through_one_split_prune_one_after_the_other_as_predicted():
+    """Each unit is pruned in turn: the second maps onto the split as the first left it."""
+    timm_layers = pytest.importorskip("timm.layers")
+
+    class TwoIntoMixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 32), cbr(3, 32)
+            self.norm = nn.BatchNorm2d(64)
+            self.mixed = timm_layers.MixedConv2d(64, 64, kernel_size=[3, 5])  # splits [32, 32]
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.norm(torch.cat([self.a(x), self.b(x)], 1))
+            return self.head(self.mixed(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = TwoIntoMixed().eval(), torch.randn(2, 3, 16, 16)
+    skeleton = build_skeleton(model, x, CONFIG)
+    (unit_a,), (unit_b,) = skeleton.setting("a.0", "out"), skeleton.setting("b.0", "out")
+    assert unit_a != unit_b and skeleton.excluded == ()
+    policy = {unit_a: 0.25, unit_b: 0.5}
+    pruned = apply_policy(model, policy, x, CONFIG)
+    assert skeleton.layer_shapes(policy) == measure_layer_shapes(pruned, x)
+    assert pruned.mixed.splits == [24, 16] and pruned(x).shape == (2, 10)
+
+
 def test_a_mapping_that_cannot_be_predicted_is_kept_dense_with_a_reason_not_an_error():
     torch.manual_seed(0)
     model, x = AddedIntoPart().eval(), torch.randn(2, 3, 16, 16)
