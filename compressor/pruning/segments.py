@@ -10,8 +10,9 @@ the segment: each layer then shrinks by a count the skeleton can predict.
 
 Channels can also be *tied*: a ghost module concatenates a conv's output with a depthwise conv of
 it, so a consumer's channels j and j + half both come from the conv's channel j, and must go
-together. Tied channels form one *class*; segments are runs of classes. For a plain group every
-class is one channel and there is one segment.
+together; a channel shuffle (`splits.repair_shuffles`) ties each position across its groups, so
+that the shuffled kept channels are still a shuffle. Tied channels form one *class*; segments
+are runs of classes. For a plain group every class is one channel and there is one segment.
 
     segmented = segment_group(graph, group, channel_groups)
     segmented.parts  # per segment, its classes, each the group channels that go together

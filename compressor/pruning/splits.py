@@ -7,7 +7,14 @@ numbers a split's outputs in the order its tracer met the consumers, one consume
 not by the output each consumer takes. A cross-stage split `a, b = x.chunk(2, 1)` then maps the
 block on `b` onto `a`'s half of the concat (timm's cspresnet50: "pruned to 64->256, predicted
 64->128"), and a split output feeding both a conv and a residual add cannot be mapped at all.
-`repair_splits` sets each consumer's index mapping from the output number autograd records.
+`repair_splits` sets each consumer's index mapping from the output number autograd records,
+reading the output's span from the split's sizes as they shrink group by group.
+
+Channel shuffles (`x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)`) it maps as
+no change of order, pruning the consumer at the wrong positions without any error, and in
+ShuffleNetV2 its reshape rule divides by zero: `ShuffleAwareGraph` maps them
+(`repair_shuffles`) before that rule runs. `equal_split_roots` names the units that would prune
+the parts of a `chunk` apart. A shuffle written with `permute` is not recognised.
 """
 
 from __future__ import annotations
