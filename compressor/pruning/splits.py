@@ -182,7 +182,9 @@ class ShuffleAwareGraph(tp.DependencyGraph):
     soon as its dependencies are built: before its own index mappings, whose reshape rule
     fails on a shuffle's 5-D view (ShuffleNetV2: "integer division or modulo by zero")."""
 
-    shuffles: dict = {}
+    def __init__(self):
+        super().__init__()
+        self.shuffles: dict = {}  # shuffle start node -> (groups, width)
 
     def _build_dependency(self, module2node):
         result = super()._build_dependency(module2node)
