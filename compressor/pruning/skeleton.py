@@ -377,8 +377,8 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
     except Exception as exc:  # the tracer fails deep inside on unsupported ops
         reason = " ".join(str(exc).split()) or "no message"
         raise UserError(f"torch-pruning cannot trace {type(model).__name__} "
-                        f"({type(exc).__name__}: {reason[:200]}); channel shuffles, channel reshapes "
-                        "and attention are unsupported, choose another model") from None
+                        f"({type(exc).__name__}: {reason[:200]}); channel reshapes other than a "
+                        "transposed shuffle and attention are unsupported, choose another model") from None
     _pass_on(caught)
     by_root = widen_groups(graph, {graph._module2name[g[0].dep.target.module]: g for g in groups},
                            ignored)
