@@ -17,7 +17,9 @@ from compressor.pruning.importance import (
     prune_indices,
     unit_importance,
 )
-from compressor.pruning.skeleton import channel_step, check_policy, kept_count, trace
+from compressor.pruning.segments import drop_by_segment, segments_of
+from compressor.pruning.sizes import refresh_sizes
+from compressor.pruning.skeleton import check_policy, kept_count, trace
 from compressor.pruning.transformer import apply_transformer_policy
 
 
@@ -25,8 +27,10 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
                  config: PruningConfig, calibration_batches: Iterable | None = None) -> nn.Module:
     """A pruned deep copy of `model` (the input is never touched).
 
-    Each unit keeps `kept_count(channels, step, ratio)` channels, chosen by `config.importance`
-    computed on the dense copy before anything is removed (as torch-pruning's MetaPruner does).
+    Each unit keeps `kept_count(channels, step, ratio)` channels of each of its segments (one,
+    unless its channels are a concatenation or split), chosen within the segment by
+    `config.importance` computed on the dense copy before anything is removed (as torch-pruning's
+    MetaPruner does).
     `calibration_batches` of (images, labels) are needed for the taylor criterion.
     A model with self-attention is pruned by transformer units (`pruning.transformer`).
     """
@@ -41,17 +45,28 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
     plans = []
     for name, ratio in ratios.items():
         group, groups = traced.groups[name], traced.channel_groups[name]
-        channels = len(group[0].idxs)
-        kept = kept_count(channels, channel_step(channels, groups, config.round_to), ratio)
-        if kept < channels:
-            plans.append((name, group, groups, kept))
+        segments = segments_of(traced.segments[name], groups, config.round_to)
+        kept = [kept_count(s.channels, s.step, ratio) for s in segments]
+        if kept != [s.channels for s in segments]:
+            plans.append((name, group, groups, traced.segments[name].parts, kept))
     if plans and needs_gradients(config.importance):
         accumulate_gradients(work, calibration_batches, config.taylor_batches, device)
     pruning = [(group[0].dep.target.module, group[0].dep.handler,
-                prune_indices(unit_importance(name, group, groups, criterion), groups, kept))
-               for name, group, groups, kept in plans]
+                _drop(unit_importance(name, group, groups, criterion), groups, parts, kept))
+               for name, group, groups, parts, kept in plans]
     for root, handler, idxs in pruning:
         traced.graph.get_pruning_group(root, handler, idxs).prune()
+    if pruning:
+        refresh_sizes(work, example_input)  # split sizes a forward reads from attributes
     work.zero_grad(set_to_none=True)
     work.train(model.training)  # tracing switched the copy to eval mode
     return work
+
+
+def _drop(scores: torch.Tensor, channel_groups: int, parts: tuple, kept: list[int]) -> list[int]:
+    """The group channels to remove: a plain group's lowest-ranked (the same in every channel
+    group of a grouped conv), else each segment's own share (`segments.drop_by_segment`)."""
+    if len(parts) == 1 and all(len(cls) == 1 for cls in parts[0]):
+        return prune_indices(scores, channel_groups, kept[0])
+    # Scores are per position within a channel group: every group's channel there scores it.
+    return drop_by_segment(scores.repeat(channel_groups).tolist(), parts, kept)

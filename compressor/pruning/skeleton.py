@@ -35,13 +35,19 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.pruning.config import PruningConfig
+from compressor.pruning.segments import (
+    ROOT_TYPES,
+    Segment,
+    Segmented,
+    segment_group,
+    segments_of,
+    widen_groups,
+)
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
+from compressor.pruning.splits import ShuffleAwareGraph, equal_split_roots, repair_splits
 from compressor.zoo.models import classifier_name
 
 log = logging.getLogger(__name__)
-
-ROOT_TYPES = (nn.Conv2d, nn.Linear)
-
 
 class Unit(NamedTuple):
     """One coupled channel group: one agent decision."""
@@ -85,10 +91,16 @@ class Exclusion(NamedTuple):
     macs: int  # dense MACs of the layers whose in or out channels the group sets
 
 
+Term = tuple[int, int, int]
+"""(unit, segment, layer channels per unit channel): one segment of a unit sets this many of a
+layer's in or out channels per kept channel (2 for a ghost module's concat of a conv and its
+cheap depthwise copy, a flatten's spatial size for a classifier)."""
+
+
 class _Layer(NamedTuple):
     dense: LayerShape
-    out_unit: int  # unit setting the out channels, -1 for none
-    in_terms: tuple[tuple[int, int], ...]  # (unit, in channels per unit channel) feeding the input
+    out_terms: tuple[Term, ...]  # the unit segments whose pruning removes its out channels
+    in_terms: tuple[Term, ...]  # likewise its in channels
     depthwise: bool  # in channels and groups follow the out channels
 
 
@@ -99,32 +111,39 @@ class Skeleton:
     episode. `layers` mirror `measure_layer_shapes` (same names, same order).
     """
 
-    def __init__(self, units: Sequence[Unit], steps: Sequence[int], layers: Sequence[_Layer],
-                 excluded: Sequence[Exclusion] = ()):
+    def __init__(self, units: Sequence[Unit], segments: Sequence[Sequence[Segment]],
+                 layers: Sequence[_Layer], excluded: Sequence[Exclusion] = ()):
         self.units = tuple(units)
         self.excluded = tuple(excluded)
         """Groups kept dense, with the reason: the backend cannot prune them as predicted."""
         self.names = tuple(u.name for u in self.units)
         self.dense_shapes = [layer.dense for layer in layers]
         self._index = {name: i for i, name in enumerate(self.names)}
-        self._channels = [u.channels for u in self.units]
-        self._steps = list(steps)
+        self._segments = tuple(tuple(parts) for parts in segments)
+        """Per unit, its segments (one for a unit whose layers all see every channel)."""
         self._layers = tuple(layers)
         # Flat per-layer constants for the cost loops, which run hundreds of times per episode.
         self._costs = [(d.kernel_area * d.out_pixels, d.kernel_area, d.bias)
                        for d in self.dense_shapes]
 
-    def kept_vector(self, policy: dict[str, float]) -> list[int]:
-        """Kept channels per unit, in unit order."""
-        kept = list(self._channels)
+    def _cuts(self, policy: dict[str, float]) -> list[list[int]]:
+        """Channels removed per unit and segment."""
+        cuts = [[0] * len(parts) for parts in self._segments]
         for name, ratio in check_policy(policy, self._index).items():
             i = self._index[name]
-            kept[i] = kept_count(kept[i], self._steps[i], ratio)
-        return kept
+            cuts[i] = [s.channels - kept_count(s.channels, s.step, ratio)
+                       for s in self._segments[i]]
+        return cuts
+
+    def kept_vector(self, policy: dict[str, float]) -> list[int]:
+        """Kept channels per unit, in unit order."""
+        return [u.channels - sum(c * s.width for c, s in zip(cut, parts, strict=True))
+                for u, cut, parts in zip(self.units, self._cuts(policy), self._segments,
+                                         strict=True)]
 
     def layer_units(self) -> list[str | None]:
         """Per layer (`dense_shapes` order), the unit setting its output channels (None: none)."""
-        return [self.names[layer.out_unit] if layer.out_unit >= 0 else None
+        return [self.names[layer.out_terms[0][0]] if layer.out_terms else None
                 for layer in self._layers]
 
     def kept_channels(self, policy: dict[str, float]) -> dict[str, int]:
@@ -133,17 +152,18 @@ class Skeleton:
 
     def _channels_of(self, policy: dict[str, float]) -> list[tuple[int, int, int]]:
         """(in channels, out channels, groups) of every layer under `policy`."""
-        kept = self.kept_vector(policy)
-        cut = [full - k for full, k in zip(self._channels, kept, strict=True)]
+        cuts = self._cuts(policy)
         rows = []
-        for dense, out_unit, in_terms, depthwise in self._layers:
-            out = dense.out_channels if out_unit < 0 else kept[out_unit]
+        for dense, out_terms, in_terms, depthwise in self._layers:
+            out = dense.out_channels
+            for unit, segment, per_channel in out_terms:
+                out -= per_channel * cuts[unit][segment]
             if depthwise:
                 rows.append((out, out, out))
                 continue
             in_channels = dense.in_channels
-            for unit, per_channel in in_terms:
-                in_channels -= per_channel * cut[unit]
+            for unit, segment, per_channel in in_terms:
+                in_channels -= per_channel * cuts[unit][segment]
             rows.append((in_channels, out, dense.groups))
         return rows
 
@@ -168,25 +188,27 @@ class Skeleton:
 
     def setting(self, layer: str, side: str) -> list[str]:
         """The units that set the `side` ("out" or "in") channels of the named layer."""
-        found = [units for dense, out_unit, in_terms, depthwise in self._layers
-                 if dense.name == layer
-                 for units in ([out_unit] if side == "out" or depthwise
-                               else [u for u, _ in in_terms])]
-        return [self.names[i] for i in found if i >= 0]
+        found = [term[0] for layer_ in self._layers if layer_.dense.name == layer
+                 for term in (layer_.out_terms if side == "out" or layer_.depthwise
+                              else layer_.in_terms)]
+        return [self.names[i] for i in dict.fromkeys(found)]
 
     def without(self, reasons: dict[str, str]) -> Skeleton:
         """This skeleton with the named units kept dense (their layers keep every channel) and
         listed in `excluded` with their reasons."""
         kept = [u for u in self.units if u.name not in reasons]
         index = {u.index: i for i, u in enumerate(kept)}
-        layers = [layer._replace(out_unit=index.get(layer.out_unit, -1),
-                                 in_terms=tuple((index[u], m) for u, m in layer.in_terms
-                                                if u in index))
+
+        def remap(terms: tuple[Term, ...]) -> tuple[Term, ...]:
+            return tuple((index[u], s, m) for u, s, m in terms if u in index)
+
+        layers = [layer._replace(out_terms=remap(layer.out_terms), in_terms=remap(layer.in_terms))
                   for layer in self._layers]
         gone = [Exclusion(u.name, reasons[u.name], u.channels, u.macs)
                 for u in self.units if u.name in reasons]
         return Skeleton([u._replace(index=index[u.index]) for u in kept],
-                        [self._steps[u.index] for u in kept], layers, self.excluded + tuple(gone))
+                        [self._segments[u.index] for u in kept], layers,
+                        self.excluded + tuple(gone))
 
     def policy_from_vector(self, ratios: Sequence[float]) -> dict[str, float]:
         """`{unit name: ratio}` from ratios in unit order."""
@@ -241,6 +263,7 @@ class _Traced(NamedTuple):
     graph: tp.DependencyGraph
     groups: dict[str, tp.Group]  # root name -> group with all indices, torch-pruning's order
     channel_groups: dict[str, int]  # root name -> groups every kept count must split evenly into
+    segments: dict[str, Segmented]  # root name -> its channels as segments
 
 
 def _ignored_modules(model: nn.Module, config: PruningConfig) -> list[nn.Module]:
@@ -347,89 +370,93 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
                 _time_limit(time_limit):
             for prefix in _ONCE_PREFIXES:  # dedup is ours, whatever the caller's filters say
                 warnings.filterwarnings("always", message=prefix)
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            graph = ShuffleAwareGraph().build_dependency(model, example_inputs=example_input)
+            repair_splits(graph)
             groups = list(graph.get_all_groups(ignored_layers=ignored,
                                                root_module_types=list(ROOT_TYPES)))
     except Exception as exc:  # the tracer fails deep inside on unsupported ops
         reason = " ".join(str(exc).split()) or "no message"
         raise UserError(f"torch-pruning cannot trace {type(model).__name__} "
-                        f"({type(exc).__name__}: {reason[:200]}); channel shuffles, channel reshapes "
-                        "and attention are unsupported, choose another model") from None
+                        f"({type(exc).__name__}: {reason[:200]}); channel reshapes other than a "
+                        "transposed shuffle and attention are unsupported, choose another model") from None
     _pass_on(caught)
-    by_root = {graph._module2name[g[0].dep.target.module]: g for g in groups}
-    return _Traced(graph, by_root, {n: _channel_groups(graph, g) for n, g in by_root.items()})
+    by_root = widen_groups(graph, {graph._module2name[g[0].dep.target.module]: g for g in groups},
+                           ignored)
+    channel_groups = {n: _channel_groups(graph, g) for n, g in by_root.items()}
+    return _Traced(graph, by_root, channel_groups,
+                   {n: segment_group(graph, g, channel_groups[n], graph.shuffles)
+                    for n, g in by_root.items()})
 
 
-def channel_step(channels: int, channel_groups: int, round_to: int) -> int:
-    step = math.lcm(channel_groups, round_to)
-    return step if channels % channel_groups == 0 else channels  # uneven groups: never prune
+def _tabulate(root: str, group: tp.Group, segmented: Segmented,
+              outs: dict[str, list[tuple[str, int, int]]],
+              ins: dict[str, list[tuple[str, int, int]]]) -> tuple[list[str], bool]:
+    """Record in `outs` and `ins` which segments of the unit `root` set which layers' out and in
+    channels; return the layers whose out channels it sets, and whether a residual add joins them."""
+    added = any(isinstance(dep.target.module, tp.ops._ElementWiseOp)
+                and str(dep.target.module._grad_fn).startswith("Add") for dep, _ in group)
+    out_layers = []
+    for layer, out, segments, per_class in segmented.members:
+        (outs if out else ins).setdefault(layer, []).extend(
+            (root, s, per_class) for s in segments)
+        if out:
+            out_layers.append(layer)
+    return out_layers, added
+
+
+def _kind(model: nn.Module, root: str, out_layers: Sequence[str], added: bool) -> str:
+    plain = [n for n in out_layers if not _is_depthwise(model.get_submodule(n))]
+    return ("residual" if added and len(plain) > 1
+            else "depthwise" if len(plain) < len(out_layers)
+            else "linear" if isinstance(model.get_submodule(root), nn.Linear) else "conv")
 
 
 def trace_skeleton(model: nn.Module, example_input: torch.Tensor, config: PruningConfig
                    ) -> Skeleton:
     """Trace `model` once (on a copy) and tabulate which unit sets which layer's channels.
 
-    Units whose channels torch-pruning maps onto part of a layer (a concatenation, a split, a
-    partial residual) cannot be predicted yet and are kept dense (`Skeleton.excluded`). Nothing
-    is pruned here: `pruning.build_skeleton` (in `verify`) also checks the prediction against
-    real prunes.
+    A unit whose channels torch-pruning maps onto part of a layer (a concatenation, a split) is
+    pruned by segment (`segments.segment_group`); one whose mapping cannot be predicted (a residual
+    added into part of the channels, parts of a chunk in two units) is kept dense
+    (`Skeleton.excluded`). Nothing is pruned here: `pruning.build_skeleton` (in `verify`) also
+    checks the prediction against real prunes.
     """
     example_input = example_input.to(next(model.parameters()).device)
     work = copy.deepcopy(model)
     traced = trace(work, example_input, config)
-    graph = traced.graph
     dense = measure_layer_shapes(work, example_input)
     position = {}
     for i, shape in enumerate(dense):
         position.setdefault(shape.name, i)
 
-    outs: dict[str, str] = {}
-    ins: dict[str, list[tuple[str, int]]] = {}
+    outs: dict[str, list[tuple[str, int, int]]] = {}
+    ins: dict[str, list[tuple[str, int, int]]] = {}
     order, kinds = {}, {}
-    uneven: dict[str, str] = {}  # root -> why its pruned shapes cannot be predicted
     for root, group in traced.groups.items():
-        channels = graph.get_out_channels(group[0].dep.target.module)
-        out_layers, depthwise, added = [], False, False
-        for dep, idxs in group:
-            module = dep.target.module
-            if isinstance(module, tp.ops._ElementWiseOp) and str(module._grad_fn).startswith("Add"):
-                added = True
-            if not isinstance(module, ROOT_TYPES):
-                continue
-            name = graph._module2name[module]
-            if graph.is_out_channel_pruning_fn(dep.handler):  # includes depthwise in == out
-                if len(idxs) != channels:  # one segment of a concatenation (or of a split)
-                    uneven.setdefault(root, f"torch-pruning maps its {channels} channels onto "
-                                            f"{len(idxs)} of {name}'s (a concatenation, split or "
-                                            "partial residual)")
-                outs[name] = root
-                out_layers.append(name)
-                depthwise |= _is_depthwise(module)
-            else:
-                if len(idxs) % channels:  # e.g. a residual added into part of the channels
-                    uneven.setdefault(root, f"torch-pruning maps it unevenly onto {name} "
-                                            f"({len(idxs)} of its in channels for {channels})")
-                    continue
-                ins.setdefault(name, []).append((root, len(idxs) // channels))
+        out_layers, added = _tabulate(root, group, traced.segments[root], outs, ins)
         order[root] = min(position.get(n, len(dense)) for n in out_layers)
-        plain = [n for n in out_layers if not _is_depthwise(work.get_submodule(n))]
-        kinds[root] = ("residual" if added and len(plain) > 1 else "depthwise" if depthwise
-                       else "linear" if isinstance(work.get_submodule(root), nn.Linear) else "conv")
+        kinds[root] = _kind(work, root, out_layers, added)
 
     roots = sorted(traced.groups, key=lambda r: (order[r], r))
     index = {r: i for i, r in enumerate(roots)}
-    layers = [_Layer(shape, index[outs[shape.name]] if shape.name in outs else -1,
-                     tuple((index[r], mult) for r, mult in ins.get(shape.name, ())),
+
+    def terms(found: Iterable[tuple[str, int, int]]) -> tuple[Term, ...]:
+        return tuple((index[r], s, m) for r, s, m in found)
+
+    layers = [_Layer(shape, terms(outs.get(shape.name, ())), terms(ins.get(shape.name, ())),
                      shape.name in outs and _is_depthwise(work.get_submodule(shape.name)))
               for shape in dense]
-    units, steps = [], []
+    units, segments = [], []
     for i, root in enumerate(roots):
         touched = [layer.dense for layer in layers
-                   if layer.out_unit == i or any(u == i for u, _ in layer.in_terms)]
+                   if any(t[0] == i for t in layer.out_terms + layer.in_terms)]
         shape = next(s for s in dense if s.name == root)
         units.append(Unit(i, root, kinds[root], shape.out_channels, shape.in_channels,
                           max(shape.kernel_h, shape.kernel_w), max(shape.stride_h, shape.stride_w),
                           sum(s.macs for s in touched),
                           sum(s.params for s in touched)))
-        steps.append(channel_step(shape.out_channels, traced.channel_groups[root], config.round_to))
-    return Skeleton(units, steps, layers).without(uneven)
+        segments.append(segments_of(traced.segments[root], traced.channel_groups[root],
+                                    config.round_to))
+    uneven = {r: seg.reason for r, seg in traced.segments.items() if seg.reason}
+    uneven = equal_split_roots(traced.graph, traced.groups) | uneven
+    return Skeleton(units, segments, layers).without(uneven)

@@ -112,40 +112,39 @@ def test_bad_input_is_a_user_error(loaders, kwargs, match):
         compressor.compress(args.pop("model"), **args)
 
 
-class ConcatIntoGate(nn.Module):
-    """A user's network whose two branches are concatenated into a squeeze-excite gate: the gate's
-    coupled group cannot be pruned as predicted, the rest can."""
+class AddedIntoPart(nn.Module):
+    """A user's network with a residual added into part of a layer's channels: that coupled
+    group cannot be pruned as predicted (it is kept dense), the rest can."""
 
     def __init__(self, classes: int = 7):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
                                   nn.ReLU())
-        self.a = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
-                               nn.ReLU())
-        self.b = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
-                               nn.ReLU())
-        self.fc1, self.fc2 = nn.Conv2d(64, 16, 1), nn.Conv2d(16, 64, 1)
-        self.head = nn.Linear(64, classes)
+        self.expand = nn.Sequential(nn.Conv2d(32, 48, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(48), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(48, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48),
+                                 nn.ReLU())
+        self.head = nn.Linear(48, classes)
 
     def forward(self, x):
         x = self.stem(x)
-        x = torch.cat([self.a(x), self.b(x)], 1)
-        x = x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
-        return self.head(x.mean((2, 3)))
+        y = self.expand(x)
+        y = torch.cat([y[:, :32] + x, y[:, 32:]], 1)
+        return self.head(self.mid(y).mean((2, 3)))
 
 
 def test_a_group_that_cannot_be_pruned_is_kept_dense_and_named_in_every_output(loaders, tmp_path):
     train, val = loaders
-    result = compressor.compress(ConcatIntoGate(), train=train, val=val, flops_budget=0.8,
+    result = compressor.compress(AddedIntoPart(), train=train, val=val, flops_budget=0.8,
                                  method="uniform", episodes=2, final_epochs=0, out=tmp_path,
                                  config=SMALL)
     assert result.verdict == "within budget"
     kept = result.report["kept_dense"]
-    assert list(kept) == ["fc2"] and "concatenation" in kept["fc2"]
-    assert "fc2" not in result.policy and "stem.0" in result.policy
+    assert list(kept) == ["expand.0"] and "torch-pruning maps" in kept["expand.0"]
+    assert "expand.0" not in result.policy and "mid.0" in result.policy
     policy_file = json.loads(result.paths["policy"].read_text())
     assert policy_file["kept_dense"] == kept
-    assert "Kept dense (not searched): fc2" in (tmp_path / "report.md").read_text()
+    assert "Kept dense (not searched): expand.0" in (tmp_path / "report.md").read_text()
 
 
 class NamedOutput(TinyNet):

@@ -285,34 +285,35 @@ def test_debug_is_taken_before_or_after_the_command(capsys):
     assert "resnet18" in capsys.readouterr().out.split()
 
 
-CONCAT_INTO_DEPTHWISE = '''
+ADDED_INTO_PART = '''
 import torch
 from torch import nn
 
 
-class ConcatIntoDepthwise(nn.Module):
+class AddedIntoPart(nn.Module):
     def __init__(self, num_classes=10):
         super().__init__()
         self.stem = nn.Conv2d(3, 32, 3, padding=1)
-        self.a, self.b = nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)
-        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
-        self.head = nn.Linear(64, num_classes)
+        self.expand = nn.Conv2d(32, 48, 3, padding=1)
+        self.mid = nn.Conv2d(48, 48, 3, padding=1)
+        self.head = nn.Linear(48, num_classes)
 
     def forward(self, x):
         x = torch.relu(self.stem(x))
-        x = self.dw(torch.cat([self.a(x), self.b(x)], 1))
-        return self.head(x.mean((2, 3)))
+        y = self.expand(x)
+        y = torch.cat([y[:, :32] + x, y[:, 32:]], 1)  # a residual into part of the channels
+        return self.head(torch.relu(self.mid(y)).mean((2, 3)))
 '''
 
 
 def test_units_lists_the_units_and_the_groups_kept_dense_with_why(tmp_path, capsys):
     factory = tmp_path / "net.py"
-    factory.write_text(CONCAT_INTO_DEPTHWISE)
-    assert main(["units", f"{factory}:ConcatIntoDepthwise", "--json"]) == 0
+    factory.write_text(ADDED_INTO_PART)
+    assert main(["units", f"{factory}:AddedIntoPart", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert [u["name"] for u in listing["units"]] == ["stem"]
-    assert [e["name"] for e in listing["kept_dense"]] == ["dw"]
-    assert "concatenation" in listing["kept_dense"][0]["reason"]
+    assert [u["name"] for u in listing["units"]] == ["mid"]
+    assert [e["name"] for e in listing["kept_dense"]] == ["expand"]
+    assert "torch-pruning maps" in listing["kept_dense"][0]["reason"]
     assert 0 < listing["kept_dense"][0]["macs_share"] <= 1
     assert main(["units", "resnet18"]) == 0
     out = capsys.readouterr().out

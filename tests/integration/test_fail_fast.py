@@ -80,6 +80,21 @@ def test_a_valid_request_does_reach_pretraining(tmp_path, capsys, training_calls
     assert "pretrain ran before the refusal" in capsys.readouterr().err
 
 
+@pytest.fixture
+def untraceable_shufflenet(monkeypatch):
+    """ShuffleNetV2 with its channel shuffle written as a permute: torch-pruning's reshape rule
+    divides by zero on it (the transpose form is mapped and traces)."""
+    from torchvision.models import shufflenetv2
+
+    def permuted_shuffle(x, groups):
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).permute(0, 2, 1, 3, 4).contiguous() \
+            .view(n, c, h, w)
+
+    monkeypatch.setattr(shufflenetv2, "channel_shuffle", permuted_shuffle)
+
+
+@pytest.mark.usefixtures("untraceable_shufflenet")
 def test_an_untraceable_model_is_refused_before_pretraining(tmp_path, capsys, training_calls):
     err = _refused(_compress(tmp_path / "models", "shufflenet_v2_x0_5", "--latency-budget", "0.5"),
                    capsys, training_calls)
@@ -87,6 +102,7 @@ def test_an_untraceable_model_is_refused_before_pretraining(tmp_path, capsys, tr
     assert not list((tmp_path / "models").glob("*.pt"))
 
 
+@pytest.mark.usefixtures("untraceable_shufflenet")
 def test_pretrain_refuses_an_untraceable_model_before_training(tmp_path, capsys, training_calls):
     err = _refused(["pretrain", "--model", "shufflenet_v2_x0_5", "--models-dir",
                     str(tmp_path / "models"), *SLICE], capsys, training_calls)

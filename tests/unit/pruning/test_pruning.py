@@ -253,7 +253,17 @@ def test_bad_policies_are_one_line_user_errors(policy, match):
         assert "\n" not in str(info.value)
 
 
-def test_untraceable_model_is_a_user_error_naming_it():
+def _permuted_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).permute(0, 2, 1, 3, 4).contiguous().view(n, c, h, w)
+
+
+def test_untraceable_model_is_a_user_error_naming_it(monkeypatch):
+    # ShuffleNetV2 with its channel shuffle written as a permute (only a transpose is mapped):
+    # torch-pruning's own reshape rule divides by zero on it while building the graph.
+    from torchvision.models import shufflenetv2
+
+    monkeypatch.setattr(shufflenetv2, "channel_shuffle", _permuted_shuffle)
     model = torchvision.models.get_model("shufflenet_v2_x1_0", num_classes=10)
     for call in (lambda: build_skeleton(model, X, CONFIG),
                  lambda: apply_policy(model, {}, X, CONFIG)):

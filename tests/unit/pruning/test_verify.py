@@ -144,25 +144,17 @@ def prunes_as_predicted(model: nn.Module):
     return skeleton
 
 
-@pytest.mark.parametrize(("net", "dense", "searched"), [
-    (ConcatDepthwise, ["dw.0"], ["stem.0", "pw.0"]),  # concat into a depthwise conv
-    (ConcatGate, ["fc2"], ["stem.0", "fc1", "pw.0"]),  # concat into a squeeze-excite gate
-    (CSP, ["block.0"], ["pw.0"]),  # a split with a cross-stage concat
+@pytest.mark.parametrize(("net", "units"), [
+    (ConcatDepthwise, ["stem.0", "dw.0", "pw.0"]),  # concat into a depthwise conv: by segment
+    (ConcatGate, ["stem.0", "fc2", "fc1", "pw.0"]),  # concat into a squeeze-excite gate: likewise
+    (Ghost, ["stem.0", "cheap.0", "pw.0"]),
+    (Shuffle, ["stem.0", "g.0", "pw.0"]),
+    (CSP, ["stem.0", "block.0", "pw.0"]),  # a split with a cross-stage concat: likewise
 ])
-def test_a_concatenated_group_is_kept_dense_and_the_rest_searched(net, dense, searched):
+def test_concatenations_splits_ghost_modules_and_shuffles_are_searched_whole(net, units):
     torch.manual_seed(0)
     skeleton = prunes_as_predicted(net().eval())
-    assert [e.name for e in skeleton.excluded] == dense
-    assert list(skeleton.names) == searched
-    assert all(e.reason and e.channels > 0 and e.macs > 0 for e in skeleton.excluded)
-    assert [u.index for u in skeleton.units] == list(range(len(searched)))
-
-
-@pytest.mark.parametrize("net", [Ghost, Shuffle])
-def test_ghost_modules_and_shuffles_prune_whole(net):
-    torch.manual_seed(0)
-    skeleton = prunes_as_predicted(net().eval())
-    assert skeleton.excluded == () and len(skeleton.units) == 3
+    assert skeleton.excluded == () and list(skeleton.names) == units
 
 
 def test_a_model_with_nothing_left_is_refused_in_seconds_naming_the_unit():
