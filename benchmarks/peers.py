@@ -128,7 +128,8 @@ def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 
 def read_curve(points: list[tuple[float, float]], budget: float) -> float | None:
     """Top-1 at latency `budget` on a curve of (latency_ratio, top1) points: linear between the
-    two points that bracket it in latency, None when no two do (outside the curve).
+    two points that bracket it in latency (a point at the budget as it is), None when no two do
+    (outside the curve).
 
     >>> read_curve([(0.2, 80.0), (0.4, 90.0), (0.6, 92.0)], 0.3)
     85.0
@@ -136,9 +137,12 @@ def read_curve(points: list[tuple[float, float]], budget: float) -> float | None
     True
     """
     pts = sorted(points)
+    exact = [y for x, y in pts if x == budget]
+    if exact:  # a point measured at the budget is read as it is
+        return statistics.fmean(exact)
     for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
-        if x0 <= budget <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (budget - x0) / (x1 - x0)
+        if x0 < budget < x1:
+            return y0 + (y1 - y0) * (budget - x0) / (x1 - x0)
     return None
 
 
@@ -291,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-epochs", type=int, default=FinalConfig.epochs)
     p.add_argument("--rounds", type=int, default=PeersConfig.rounds,
                    help="paired latency rounds per point, each on fresh sessions")
-    p.add_argument("--latency-batch-size", type=int, default=None)
+    p.add_argument("--latency-batch-size", type=int, default=None,
+                   help="images per timed run (default: the smallest at which the dense model "
+                        "takes >= 10 ms)")
+    p.add_argument("--latency-blocks", type=int, default=PeersConfig.probe.blocks,
+                   help="alternating blocks per paired round")
+    p.add_argument("--latency-runs", type=int, default=PeersConfig.probe.runs,
+                   help="timed runs per block")
     p.add_argument("--models-dir", default="models")
     p.add_argument("--out", default="runs/bench/peers")
     args = p.parse_args(argv)
@@ -299,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     config = PeersConfig(train_size=args.train_size, test_size=args.test_size,
                          final_epochs=args.final_epochs, rounds=args.rounds,
                          models_dir=args.models_dir,
-                         probe=replace(PeersConfig.probe, batch_size=args.latency_batch_size))
+                         probe=replace(PeersConfig.probe, batch_size=args.latency_batch_size,
+                                       blocks=args.latency_blocks, runs=args.latency_runs))
     command = "python -m benchmarks.peers " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = out / "summary.json"
     rows = json.loads(summary.read_text()) if summary.exists() else []
