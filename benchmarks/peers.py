@@ -17,9 +17,16 @@ both files, pooled; the probe batch is resolved once per model on the dense refe
 The pruning ratio is the peer's constraint: sweep it (`--ratios`) to draw each mode's top-1 vs
 measured-latency curve, and read the curve at a budget with `read_curve`.
 
-    python -m benchmarks.peers --models resnet18 --ratios 0.2 0.3 0.4 0.5 0.6 \\
+    python -m benchmarks.peers --models resnet18 --ratios 0.1 0.15 0.2 0.25 0.3 0.35 0.4 \\
         --seeds 0 1 2 --out results/peers
-    python -m benchmarks.peers --models vit_tiny --ratios 0.2 0.35 0.5 --out results/peers
+    python -m benchmarks.peers --models vit_tiny --ratios 0.2 0.3 0.4 0.5 0.6 0.65 0.7 0.8 \\
+        --seeds 0 1 2 --out results/peers
+
+Those ratios bracket latency 0.3 and 0.5 (latency only, untrained weights, batch 32/64, AVX-512,
+round_to 16): resnet18 uniform 0.1 -> 0.60, 0.2 -> 0.47, 0.3 -> 0.31, 0.4 -> 0.23; global 0.1 ->
+0.56, 0.2 -> 0.37, 0.3 -> 0.32, 0.4 -> 0.24. vit_tiny uniform 0.4 -> 0.50, 0.5 -> 0.48, 0.6 ->
+0.38, 0.7 -> 0.30; global 0.4 -> 0.71, 0.5 -> 0.39, 0.6 -> 0.31, 0.7 -> 0.81 (not monotone:
+Torch-Pruning rounds kept widths *down* to `round_to` and skips a group that would keep none).
 
 A transformer (torchvision's VisionTransformer, e.g. our `vit_tiny`) is pruned as Torch-Pruning's
 torchvision example does: `round_to` a multiple of the head count, `class_token` and
