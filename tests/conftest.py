@@ -28,3 +28,12 @@ def fmnist_batch(fmnist):
 def fmnist_loader(fmnist):
     """A re-iterable of 8 real training batches of 32 (a small slice for recovery and Taylor)."""
     return list(fmnist.train.batches(32, shuffle=True, seed=0, limit=8))
+
+
+@pytest.fixture(scope="session")
+def stdlib_text():
+    """A 400 kB slice of the Python standard library's source, split by file (train 360 kB,
+    validation and test 20 kB each): real text for the language-model tests."""
+    from compressor.zoo.text import TextConfig, load_corpus
+
+    return load_corpus(TextConfig(max_bytes=400_000))

@@ -111,11 +111,12 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor, opset: int = 17) -
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray,
                     tolerance: Tolerance = DEFAULT_TOLERANCE) -> Parity:
-    """Parity of `candidate` logits against `reference` logits, both [batch, classes].
+    """Parity of `candidate` logits against `reference` logits, both [batch, classes] (or
+    [batch, tokens, vocab] for a language model: each token position is one prediction).
 
-    Passes when max |candidate - reference| <= atol + rtol * max |reference| and every image gets
-    the same top-1 class, except images whose two best reference logits are within twice that
-    limit of each other (both may move by the limit, so their order is noise).
+    Passes when max |candidate - reference| <= atol + rtol * max |reference| and every image
+    (position) gets the same top-1 class, except those whose two best reference logits are
+    within twice that limit of each other (both may move by the limit, so their order is noise).
 
     >>> ref = np.array([[1000.0, 0.0], [0.0, 500.0]], dtype=np.float32)
     >>> compare_outputs(ref, ref + 0.05).failure is None  # 5e-5 relative
@@ -132,8 +133,9 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray,
     diff = float(np.max(np.abs(candidate.astype(np.float64) - reference))) if reference.size \
         else 0.0
     relative = diff / max_abs_output if max_abs_output > 0 else (0.0 if diff == 0 else np.inf)
-    flat_ref = reference.reshape(len(reference), -1)
-    flat_cand = candidate.reshape(len(candidate), -1)
+    rows = len(reference) if reference.ndim <= 2 else -1  # a row per image or token position
+    flat_ref = reference.reshape(rows, reference.shape[-1] if rows == -1 else -1)
+    flat_cand = candidate.reshape(flat_ref.shape)
     agree = flat_ref.argmax(1) == flat_cand.argmax(1)
     agreement = float(agree.mean()) if len(agree) else 1.0
     if flat_ref.shape[1] > 1:

@@ -13,7 +13,8 @@ received on the example batch, and refuses (a one-line UserError naming the modu
 outputs differ by more than `REWRITE_TOLERANCE`:
 
 - torchvision: `nn.MultiheadAttention` called as self-attention, `attn(x, x, x, need_weights=False)`
-  returning `(out, None)` (`vision_transformer.EncoderBlock`), batch first or not;
+  returning `(out, None)` (`vision_transformer.EncoderBlock`), batch first or not, unmasked or
+  with a 2-D `attn_mask` and / or `is_causal=True` given by keyword (a decoder's causal mask);
 - timm: a module with a fused `qkv` Linear (3 x width), a `proj` Linear and `num_heads`;
 - Hugging Face: a self-attention module with `query`, `key`, `value` Linears and
   `num_attention_heads` (or `num_heads`), whose parent also holds the output projection (the one
@@ -56,9 +57,17 @@ class ExplicitAttention(nn.Module):
     pruning sets them per block. Scores are scaled by head_dim ** -0.5 (head_dim is never
     pruned). `returns` mimics the call convention of the module replaced: 0 returns the output
     tensor, n > 0 a tuple of n, the output then None (MultiheadAttention's `(out, None)`, a
-    Hugging Face attention's `(out,)`). Extra call arguments must not change the result: the
-    input itself (self-attention's key and value), None or False (no mask, no weights returned);
-    anything else is a ValueError rather than a silently different attention.
+    Hugging Face attention's `(out,)`).
+
+    A mask is a per-call keyword, as MultiheadAttention takes it: `attn_mask` [tokens, tokens]
+    (bool: True where a query may not attend; float: added to the scores), or `is_causal=True`
+    without one (each token attends to itself and the tokens before it). A given `attn_mask` is
+    used as it is, `is_causal` being only a hint that it is causal: so does MultiheadAttention in
+    eval mode (in training mode it trusts the hint instead; torch calls a wrong hint undefined).
+    A mask per batch or head (3-D) is refused: heads are pruned. Other extra arguments
+    must not change the result: the input itself (self-attention's key and value), None or False
+    (no padding mask, no weights returned); anything else is a ValueError rather than a silently
+    different attention.
     """
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, *, fused: bool = True,
@@ -82,7 +91,8 @@ class ExplicitAttention(nn.Module):
     def projections(self) -> tuple[nn.Linear, ...]:
         return tuple(getattr(self, name) for name in self.projection_names())
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+    def forward(self, x: torch.Tensor, *args: Any, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False, **kwargs: Any):
         _check_self_attention(x, args, kwargs)
         if not self.batch_first:
             x = x.transpose(0, 1)
@@ -93,7 +103,8 @@ class ExplicitAttention(nn.Module):
         else:
             q, k, v = (layer(x).reshape(b, t, h, d).transpose(1, 2)
                        for layer in (self.q, self.k, self.v))
-        weights = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        scores = (q * d ** -0.5) @ k.transpose(-2, -1)
+        weights = _masked(scores, attn_mask, is_causal).softmax(dim=-1)
         weights = F.dropout(weights, self.attn_dropout, self.training)
         out = (weights @ v).transpose(1, 2).reshape(b, t, h * d)
         out = F.dropout(self.proj(out), self.proj_dropout, self.training)
@@ -105,13 +116,31 @@ class ExplicitAttention(nn.Module):
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, fused={self.fused}"
 
 
+def _masked(scores: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool
+            ) -> torch.Tensor:
+    """Attention scores [batch, heads, tokens, tokens] with `attn_mask` applied (bool: -inf
+    where True; float: added), or the causal mask when `is_causal` comes without one."""
+    if attn_mask is None and is_causal:
+        t = scores.shape[-1]
+        attn_mask = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1)
+    if attn_mask is None:
+        return scores
+    if attn_mask.dim() != 2:
+        raise ValueError(f"ExplicitAttention takes a [tokens, tokens] attn_mask, not one of "
+                         f"{attn_mask.dim()} dimensions (per batch or head)")
+    if attn_mask.dtype == torch.bool:
+        return scores.masked_fill(attn_mask, float("-inf"))
+    return scores + attn_mask
+
+
 def _check_self_attention(x: torch.Tensor, args: tuple, kwargs: dict) -> None:
     named = [(f"argument {i + 2}", v) for i, v in enumerate(args)] + list(kwargs.items())
     for name, value in named:
         if value is x or value is None or value is False or name in IGNORED_ARGUMENTS:
             continue
-        raise ValueError(f"ExplicitAttention computes unmasked self-attention; {name} is "
-                         f"{type(value).__name__}, not the input, None or False")
+        raise ValueError(f"ExplicitAttention computes self-attention with at most an attn_mask "
+                         f"or is_causal; {name} is {type(value).__name__}, not the input, None "
+                         "or False")
 
 
 # --- finding the layouts --------------------------------------------------------------------------

@@ -31,6 +31,9 @@ from compressor.zoo import models
 
 PRUNED_FORMAT = "compressor-pruned-v3"
 """v3: tensors + JSON rebuild recipe. v2 (a pickled module in an envelope) is refused unread."""
+EXAMPLE_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+"""Example inputs a pruned model is rebuilt on: images, or a language model's token ids (zeros
+are valid ids: the rebuild only needs the model to run)."""
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,14 @@ class PrunedArchitecture:
     num_classes: int
     """Classes of the base model's head (what `build_model` needs)."""
     example_shape: tuple[int, ...]
-    """Shape of the example input the model was traced with ([batch, channels, height, width])."""
+    """Shape of the example input the model was traced with ([batch, channels, height, width],
+    or [batch, tokens] for a language model)."""
     round_to: int
     """`PruningConfig.round_to` of the run: kept channel counts depend on it."""
     ignored_layers: tuple[str, ...] = ()
     """`PruningConfig.ignored_layers` of the run: they decide which units exist."""
+    example_dtype: str = "float32"
+    """dtype of that input (`EXAMPLE_DTYPES`): float32 images, int64 token ids."""
 
 
 class PrunedCheckpoint(NamedTuple):
@@ -59,6 +65,14 @@ class PrunedCheckpoint(NamedTuple):
     metadata: dict  # the metadata it was saved with
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    """The `EXAMPLE_DTYPES` name of `dtype`; a ValueError for any other."""
+    names = {value: name for name, value in EXAMPLE_DTYPES.items()}
+    if dtype not in names:
+        raise ValueError(f"example inputs of {dtype} are not saved (only {sorted(EXAMPLE_DTYPES)})")
+    return names[dtype]
+
+
 def _fix() -> str:
     return "pass the model.pt written by `compressor compress` or `compressor apply`"
 
@@ -66,7 +80,8 @@ def _fix() -> str:
 def save_pruned_checkpoint(model: nn.Module, path: str | Path, metadata: dict, *,
                            policy: dict[str, float], base_name: str | None, num_classes: int,
                            example_shape: tuple[int, ...] | torch.Size, round_to: int,
-                           ignored_layers: tuple[str, ...] = ()) -> Path:
+                           ignored_layers: tuple[str, ...] = (),
+                           example_dtype: torch.dtype = torch.float32) -> Path:
     """Write `model` (pruned from its base by `policy`) so `load_pruned_checkpoint` rebuilds it.
 
     The file loads with `torch.load(weights_only=True)`: `{"format", "architecture" (JSON text),
@@ -75,7 +90,8 @@ def save_pruned_checkpoint(model: nn.Module, path: str | Path, metadata: dict, *
     """
     architecture = PrunedArchitecture(
         {name: float(ratio) for name, ratio in policy.items()}, base_name, int(num_classes),
-        tuple(int(d) for d in example_shape), int(round_to), tuple(ignored_layers))
+        tuple(int(d) for d in example_shape), int(round_to), tuple(ignored_layers),
+        _dtype_name(example_dtype))
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return atomic.torch_save(path, {
         "format": PRUNED_FORMAT,
@@ -111,10 +127,13 @@ def read_pruned_architecture(path: str | Path) -> PrunedArchitecture:
     blob = _read(path)
     try:
         fields = json.loads(blob["architecture"])
-        return PrunedArchitecture(
+        architecture = PrunedArchitecture(
             {str(k): float(v) for k, v in fields["policy"].items()}, fields["base_name"],
             int(fields["num_classes"]), tuple(fields["example_shape"]), int(fields["round_to"]),
-            tuple(fields.get("ignored_layers", ())))
+            tuple(fields.get("ignored_layers", ())), fields.get("example_dtype", "float32"))
+        if architecture.example_dtype not in EXAMPLE_DTYPES:
+            raise ValueError(architecture.example_dtype)
+        return architecture
     except (KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"pruned checkpoint {path} is corrupt (bad architecture record); write "
                         "it again with `compressor apply`") from None
@@ -144,7 +163,8 @@ def load_pruned_checkpoint(path: str | Path, base_model: nn.Module | None = None
                             "base_model=model))")
         base_model = models.build_model(architecture.base_name, architecture.num_classes)
     base_model = base_model.cpu().eval()
-    example = torch.zeros((1, *architecture.example_shape[1:]))
+    example = torch.zeros((1, *architecture.example_shape[1:]),
+                          dtype=EXAMPLE_DTYPES[architecture.example_dtype])
     config = PruningConfig(round_to=architecture.round_to, importance="l2",
                            ignored_layers=architecture.ignored_layers)
     origin = architecture.base_name or "the dense model it was pruned from"

@@ -138,6 +138,19 @@ def test_compare_outputs_scales_the_limit_and_forgives_only_close_calls():
     assert export.compare_outputs(reference, nan, tolerance).failure is not None
 
 
+def test_a_language_models_logits_agree_per_token_position():
+    """[batch, tokens, vocab]: the top-1 is compared at each position, not over the flattened
+    sequence (where one position's largest logit would stand for all)."""
+    reference = np.zeros((2, 3, 4), dtype=np.float32)
+    reference[..., 1] = 10.0
+    reference[0, 0, 2] = 20.0  # the flattened sequence's argmax
+    candidate = reference.copy()
+    candidate[1, 2, 1], candidate[1, 2, 3] = 0.0, 10.0  # one position's top-1 moves far
+    result = export.compare_outputs(reference, candidate)
+    assert result.top1_agreement == 5 / 6 and result.failure is not None
+    assert export.compare_outputs(reference, reference).top1_agreement == 1.0
+
+
 def test_export_leaves_the_module_as_it_was(fmnist_batch, tmp_path):
     images, _ = fmnist_batch
     model = tiny().train().to(memory_format=torch.channels_last)

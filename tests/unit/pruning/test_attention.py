@@ -16,6 +16,7 @@ from compressor.pruning.attention import (
     has_attention,
 )
 from compressor.pruning.shapes import measure_layer_shapes
+from compressor.zoo.embedded import gpt_tiny
 from tests.vit_layouts import (
     DIM,
     TimmViT,
@@ -127,7 +128,7 @@ class ScaledTimmViT(nn.Module):
 
 @pytest.mark.parametrize(("model", "match"), [
     (CrossAttention(), r"cannot rewrite attn \(MultiheadAttention\) of CrossAttention .*"
-                       r"unmasked self-attention; argument 2 is Tensor"),
+                       r"at most an attn_mask or is_causal; argument 2 is Tensor"),
     (ScaledTimmViT(), r"cannot rewrite vit.blocks.1.attn \(TimmAttention\) .*differs by"),
 ])
 def test_a_module_that_cannot_be_rewritten_is_a_one_line_user_error_naming_it(model, match):
@@ -151,4 +152,81 @@ def test_windowed_attention_is_refused_in_seconds_naming_the_module():
                                         r"\(ShiftedWindowAttention\) of SwinTransformer .*4 "
                                         r"dimensions.*windowed attention") as info:
         explicit_attention(model, X)
+    assert "\n" not in str(info.value)
+
+
+# --- causal self-attention (decoders) -------------------------------------------------------------
+
+
+def text_windows(corpus, count: int = 2, context: int = 48) -> torch.Tensor:
+    """Real token ids: `count` windows of standard-library source."""
+    return next(corpus.validation.windows(count, context=context))[0]
+
+
+def test_gpt_tiny_causal_attention_is_rewritten_with_equal_outputs_on_real_text(stdlib_text):
+    torch.manual_seed(0)
+    model = gpt_tiny().eval()
+    tokens = text_windows(stdlib_text)
+    before = state(model)
+    work = explicit_attention(model, tokens)
+    assert [m.num_heads for m in work.modules() if isinstance(m, ExplicitAttention)] == [4] * 4
+    # Measured ~6e-7 relative: MultiheadAttention takes the is_causal hint to SDPA, ours masks.
+    assert relative_diff(outputs(model, tokens), outputs(work, tokens)) <= REWRITE_TOLERANCE.rtol
+    other = text_windows(stdlib_text, 3, context=80)  # other windows, another length
+    assert relative_diff(outputs(model, other), outputs(work, other)) <= REWRITE_TOLERANCE.rtol
+    assert same_state(model.state_dict(), before)
+    # Causal: a token's logits do not depend on the tokens after it.
+    changed = tokens.clone()
+    changed[:, 30:] = (changed[:, 30:] + 7) % 256
+    assert torch.equal(outputs(work, tokens)[:, :30], outputs(work, changed)[:, :30])
+    assert not torch.allclose(outputs(work, tokens)[:, 30:], outputs(work, changed)[:, 30:])
+
+
+class Decoder(nn.Module):
+    """One causal self-attention over embedded token ids, its mask given one of the ways users
+    give it: a bool mask ("bool"), a float -inf mask as nn.Transformer makes it ("float"), either
+    with the is_causal hint, or a 3-D mask per batch and head ("3d")."""
+
+    def __init__(self, mask: str, hint: bool):
+        super().__init__()
+        self.mask, self.hint = mask, hint
+        self.embed = nn.Embedding(256, DIM)
+        self.attn = nn.MultiheadAttention(DIM, 4, batch_first=True)
+        self.head = nn.Linear(DIM, 256)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        t = tokens.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool).triu(1)
+        mask = {"bool": causal, "float": nn.Transformer.generate_square_subsequent_mask(t),
+                "3d": causal.expand(len(x) * 4, t, t)}[self.mask]
+        return self.head(self.attn(x, x, x, attn_mask=mask, is_causal=self.hint,
+                                   need_weights=False)[0])
+
+
+@pytest.mark.parametrize(("mask", "hint"), [("bool", True), ("bool", False), ("float", True),
+                                            ("float", False)])
+def test_causal_masks_given_either_way_are_rewritten_with_equal_outputs(stdlib_text, mask, hint):
+    torch.manual_seed(0)
+    model = Decoder(mask, hint).eval()
+    tokens = text_windows(stdlib_text)
+    work = explicit_attention(model, tokens)
+    assert isinstance(work.attn, ExplicitAttention)
+    assert relative_diff(outputs(model, tokens), outputs(work, tokens)) <= REWRITE_TOLERANCE.rtol
+
+
+def test_is_causal_alone_masks_as_the_causal_mask_does():
+    torch.manual_seed(0)
+    attention = ExplicitAttention(DIM, 4, DIM // 4).eval()
+    x = torch.randn(2, 10, DIM)
+    causal = torch.ones(10, 10, dtype=torch.bool).triu(1)
+    with torch.no_grad():
+        assert torch.equal(attention(x, is_causal=True), attention(x, attn_mask=causal))
+        assert not torch.allclose(attention(x), attention(x, is_causal=True))
+
+
+def test_a_mask_per_batch_and_head_is_refused_naming_the_module(stdlib_text):
+    with pytest.raises(UserError, match=r"cannot rewrite attn \(MultiheadAttention\) of Decoder"
+                                        r" .*attn_mask, not one of 3 dimensions") as info:
+        explicit_attention(Decoder("3d", False).eval(), text_windows(stdlib_text))
     assert "\n" not in str(info.value)

@@ -387,3 +387,100 @@ def test_global_ranking_prunes_heads_and_mlp_to_the_cost_limit_and_keeps_blocks(
 def test_without_depth_the_blocks_are_not_units():
     skeleton = build_skeleton(model_of("torchvision"), X, replace(CONFIG, depth=False))
     assert [u.kind for u in skeleton.units] == ["heads", "mlp"] * 3
+
+
+# --- causal decoders: gpt_tiny on token ids -------------------------------------------------------
+
+
+@functools.cache
+def gpt() -> nn.Module:
+    from compressor.zoo.embedded import gpt_tiny
+
+    torch.manual_seed(0)
+    return gpt_tiny().eval()
+
+
+@functools.cache
+def gpt_tokens() -> torch.Tensor:
+    """Real token ids [2, 32]: two windows of standard-library source (int64, not images)."""
+    from compressor.zoo.text import TextConfig, load_corpus
+
+    corpus = load_corpus(TextConfig(max_bytes=40_000))
+    return next(corpus.validation.windows(2, context=32))[0]
+
+
+@functools.cache
+def gpt_skeleton() -> TransformerSkeleton:
+    return build_skeleton(gpt(), gpt_tokens(), CONFIG)  # verified: one real prune
+
+
+GPT_POLICY = {"blocks.0.attn": 0.5, "blocks.1.mlp.0": 0.25, "blocks.2": 0.9,
+              "blocks.3.attn": 0.25, "blocks.3.mlp.0": 0.5}
+"""Heads removed from blocks 0 and 3, MLP width from 1 and 3, block 2 removed whole."""
+
+
+def test_a_decoders_blocks_heads_and_mlp_width_are_units_on_token_ids():
+    skeleton = gpt_skeleton()
+    assert isinstance(skeleton, TransformerSkeleton)
+    assert [(u.name, u.kind, u.channels) for u in skeleton.units[:3]] == [
+        ("blocks.0", "block", 1), ("blocks.0.attn", "heads", 4), ("blocks.0.mlp.0", "mlp", 512)]
+    assert [u.kind for u in skeleton.units] == ["block", "heads", "mlp"] * 4
+    dense = skeleton.dense_shapes
+    assert dense == measure_layer_shapes(explicit_attention(gpt(), gpt_tokens()), gpt_tokens())
+    assert {s.in_h for s in dense} == {32}  # every Linear maps the 32 tokens of a window
+    assert dense[-1].name == "head" and dense[-1].out_channels == 256  # stays dense
+
+
+def test_the_skeleton_predicts_the_pruned_decoders_shapes():
+    before = state(gpt())
+    pruned = apply_policy(gpt(), GPT_POLICY, gpt_tokens(), CONFIG)
+    assert same_state(gpt().state_dict(), before)  # the input is untouched
+    assert measure_layer_shapes(pruned, gpt_tokens()) == gpt_skeleton().layer_shapes(GPT_POLICY)
+    assert [m.num_heads for m in pruned.modules() if isinstance(m, ExplicitAttention)] == \
+        [2, 4, 3]
+    assert isinstance(pruned.blocks[2], RemovedBlock)
+    assert pruned.blocks[1].mlp[0].out_features == 384 and pruned.blocks[3].mlp[0].out_features \
+        == 256
+    kept = gpt_skeleton().kept_channels(GPT_POLICY)
+    assert (kept["blocks.2"], kept["blocks.2.attn"], kept["blocks.2.mlp.0"]) == (0, 0, 0)
+    skeleton = gpt_skeleton()
+    assert skeleton.macs(GPT_POLICY) < skeleton.macs({})
+    assert skeleton.params(GPT_POLICY) == sum(s.params for s in measure_layer_shapes(
+        pruned, gpt_tokens()))
+    # Still causal after pruning: a token's logits ignore the tokens after it.
+    changed = gpt_tokens().clone()
+    changed[:, 20:] = (changed[:, 20:] + 1) % 256
+    assert torch.equal(outputs(pruned, gpt_tokens())[:, :20], outputs(pruned, changed)[:, :20])
+
+
+def test_a_pruned_decoder_exports_full_sequence_logits_with_parity(tmp_path):
+    pruned = apply_policy(gpt(), GPT_POLICY, gpt_tokens(), CONFIG)
+    report = export_onnx(pruned, gpt_tokens(), tmp_path / "gpt.onnx")
+    assert report.relative_diff <= 1e-5 and report.top1_agreement == 1.0  # per position
+    assert report.input_shape == (2, 32)
+    session = onnx_session(tmp_path / "gpt.onnx")
+    assert session.get_inputs()[0].type == "tensor(int64)"
+    one = gpt_tokens()[1:]  # the batch axis stays dynamic
+    (logits,) = session.run(None, {"input": one.numpy()})
+    assert logits.shape == (1, 32, 256)
+    np.testing.assert_allclose(logits, outputs(pruned, one).numpy(), atol=1e-4)
+
+
+def test_a_pruned_decoder_checkpoint_rebuilds_from_token_ids_with_weights_only(tmp_path):
+    from compressor.pruning.checkpoints import (
+        load_pruned_checkpoint,
+        read_pruned_architecture,
+        save_pruned_checkpoint,
+    )
+
+    pruned = apply_policy(gpt(), GPT_POLICY, gpt_tokens(), CONFIG)
+    save_pruned_checkpoint(pruned, tmp_path / "gpt.pt", {}, policy=GPT_POLICY,
+                           base_name="gpt_tiny", num_classes=256, example_shape=(1, 32),
+                           round_to=CONFIG.round_to, example_dtype=torch.int64)
+    assert read_pruned_architecture(tmp_path / "gpt.pt").example_dtype == "int64"
+    loaded, _ = load_pruned_checkpoint(tmp_path / "gpt.pt")  # torch.load(weights_only=True)
+    assert torch.equal(outputs(pruned, gpt_tokens()), outputs(loaded, gpt_tokens()))
+    with pytest.raises(ValueError, match="float16"):
+        save_pruned_checkpoint(pruned, tmp_path / "half.pt", {}, policy=GPT_POLICY,
+                               base_name="gpt_tiny", num_classes=256, example_shape=(1, 32),
+                               round_to=CONFIG.round_to, example_dtype=torch.float16)
