@@ -30,6 +30,7 @@ class EmbeddedModel(NamedTuple):
     build: Callable[[int], nn.Module]  # num_classes -> an untrained model
     recipe: dict[str, Any]  # TrainConfig fields the pretrain overrides (the rest are defaults)
     summary: str  # one line for `compressor models`
+    task: str = "image"  # "image" (a classifier of images) or "text" (a causal LM of token ids)
 
 
 def vit_tiny(num_classes: int = 10) -> VisionTransformer:
@@ -115,7 +116,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "vit_tiny": EmbeddedModel(partial(vit_tiny), VIT_RECIPE,
                               "6-block ViT with a conv stem for 32-px inputs (0.5 M params)"),
     "gpt_tiny": EmbeddedModel(partial(gpt_tiny), GPT_RECIPE,
-                              "4-block byte-level GPT, context 128 (causal LM, 0.88 M params)"),
+                              "4-block byte-level GPT, context 128 (causal LM, 0.88 M params)",
+                              task="text"),
 }
 
 

@@ -37,10 +37,15 @@ def list_classification_models() -> list[str]:
     return [*EMBEDDED, *sorted(torchvision.models.list_models(module=torchvision.models))]
 
 
-def check_model_name(name: str) -> None:
-    """A torchvision classification name, or a factory spec (checked when it is built)."""
+def check_model_name(name: str, task: str | None = "image") -> None:
+    """A torchvision classification name, one of ours (`zoo.embedded`) for `task` (None: any),
+    or a factory spec (checked when it is built)."""
     if is_factory_spec(name):
         return
+    if name in EMBEDDED and task is not None and EMBEDDED[name].task != task:
+        raise UserError(f"{name} is a causal language model: the commands take image "
+                        "classifiers only for now; prune it from Python with compressor.pruning "
+                        "(docs/transformers.md, \"Causal decoders\")")
     names = list_classification_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
@@ -106,7 +111,7 @@ def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.M
     Models with auxiliary heads (googlenet, inception_v3) are built without them
     (`CONSTRUCTOR_OVERRIDES`; torchvision drops them itself after loading pretrained weights).
     """
-    check_model_name(name)
+    check_model_name(name, task=None)
     if is_factory_spec(name):
         if weights is not None and not Path(weights).exists():
             raise UserError(f"--weights {weights} names torchvision weights; a factory model "

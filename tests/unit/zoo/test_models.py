@@ -4,7 +4,8 @@ import torch
 from compressor.errors import UserError
 from compressor.zoo import models
 
-ARCHITECTURES = ["resnet18", "mobilenet_v2", "vgg11_bn", "squeezenet1_0", "regnet_x_400mf"]
+ARCHITECTURES = ["resnet18", "mobilenet_v2", "vgg11_bn", "squeezenet1_0", "regnet_x_400mf",
+                 "vit_tiny"]
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -19,6 +20,11 @@ def test_registry_builds_and_runs_a_forward_pass(name):
 def test_unknown_model_suggests_close_names():
     with pytest.raises(UserError, match="resnet18"):
         models.build_model("resnet-18", 10)
+
+
+def test_a_language_model_is_refused_by_the_image_commands_in_one_line():
+    with pytest.raises(UserError, match="causal language model"):
+        models.check_model_name("gpt_tiny")
 
 
 def test_unknown_weights_name_lists_valid_ones():
