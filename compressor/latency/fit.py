@@ -81,9 +81,10 @@ class FitResult:
 
 def scale_policy(policy: dict[str, float], units: Sequence[str], keep_scale: float,
                  max_ratio: float) -> dict[str, float]:
-    """Every unit keeps `keep_scale` times the fraction it kept (at most all of it), removing at
-    most `max_ratio` (or what it removed already, if that was more)."""
-    out = {}
+    """Every unit of `units` keeps `keep_scale` times the fraction it kept (at most all of it),
+    removing at most `max_ratio` (or what it removed already, if that was more); the policy's
+    other entries are kept as they are."""
+    out = dict(policy)
     for name in units:
         ratio = policy.get(name, 0.0)
         scaled = max(1.0 - (1.0 - ratio) * keep_scale, 0.0)

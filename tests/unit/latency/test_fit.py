@@ -232,3 +232,10 @@ def test_the_fit_lands_within_one_channel_step_under_the_safe_level():
                                  in zip(results, starts, strict=True) if r.ok)
 
     assert median_use(refined) >= 0.97 and median_use(refined) > median_use(aimed_only) + 0.01
+
+
+def test_units_left_out_of_the_scaling_keep_their_ratio():
+    # A transformer's removed block stays removed while its widths are rescaled (final._fit).
+    policy = {"block": 0.5, "heads": 0.5, "mlp": 0.6}
+    assert fit.scale_policy(policy, ["heads", "mlp"], 2.0, 0.8) == {
+        "block": 0.5, "heads": 0.0, "mlp": pytest.approx(0.2)}
