@@ -14,7 +14,7 @@ EPISODES ?=
 SEED ?= 0
 FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data test lint compress pretrain bench bench-quick bench-methods bench-honesty \
+.PHONY: install data test lint compress pretrain bench bench-quick bench-methods bench-vit bench-honesty \
 	bench-ablation bench-latency bench-int8 bench-distributed baselines coverage example clean
 
 install: $(VENV)/.stamp-install
@@ -69,7 +69,7 @@ compress: install data
 BENCH := $(PY) -m benchmarks.bench --episodes 100
 RB := runs/bench
 
-bench: bench-methods bench-honesty bench-ablation bench-latency bench-int8 bench-distributed
+bench: bench-methods bench-honesty bench-ablation bench-latency bench-int8 bench-distributed bench-vit
 
 # A smoke test of the whole benchmark (resnet18, budget 0.5, short searches): minutes, not a result.
 bench-quick: install data
@@ -89,6 +89,24 @@ bench-methods: install data
 		--seeds 0 1 2 --methods agent random greedy uniform global
 	$(BENCH) --out $(RB)/bench-v2/full-0.2 --budgets 0.2 --models resnet18 mobilenet_v2 \
 		--seeds 0 1 2 --methods agent random greedy uniform global
+
+# results/vit: the embedded ViT (pretrained once), its latency model, the methods at 0.3 (short
+# final), depth off, ddpg at 0.5 (full final), mixed INT8; one thread each (see its README).
+VIT := OMP_NUM_THREADS=1 $(BENCH) --models vit_tiny
+bench-vit: install data
+	$(CLI) pretrain --model vit_tiny
+	$(VIT) --budgets 0.3 --seeds 0 1 2 --methods agent random greedy uniform global \
+		--train-size 5000 --out $(RB)/vit/short
+	$(VIT) --budgets 0.3 --seeds 0 1 2 --methods agent --train-size 5000 --no-depth \
+		--out $(RB)/vit/short-nodepth
+	$(VIT) --budgets 0.5 --seeds 0 1 2 --methods agent --final-epochs 1 --out $(RB)/vit/full
+	$(VIT) --budgets 0.3 --seeds 0 --methods agent --train-size 5000 --quantize mixed \
+		--out $(RB)/vit/short-mixed
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.latency_model --model vit_tiny --policies 50 \
+		--blocks 6 --runs 10 --calibration 0 --out $(RB)/vit/lm
+	$(PY) -m benchmarks.vit_study --baseline models/vit_tiny-fashion-mnist.pt \
+		--latency-model $(RB)/vit/lm/latency_model_vit_tiny.json --bench $(RB)/vit/short \
+		$(RB)/vit/short-nodepth $(RB)/vit/full $(RB)/vit/short-mixed --out $(RB)/vit
 
 # results/honesty-v2: which episode reward ranks policies like the final fine-tune.
 bench-honesty: install data
