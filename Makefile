@@ -90,8 +90,8 @@ bench-methods: install data
 	$(BENCH) --out $(RB)/bench-v2/full-0.2 --budgets 0.2 --models resnet18 mobilenet_v2 \
 		--seeds 0 1 2 --methods agent random greedy uniform global
 
-# results/vit: the embedded ViT (pretrained once), its latency model, the methods at 0.3 (short
-# final), depth off, ddpg at 0.5 (full final), mixed INT8; one thread each (see its README).
+# results/vit: the embedded ViT (pretrained once), its latency model, the methods at 0.3 and 0.5
+# (short final), depth off, ddpg at 0.5 (full final), mixed INT8; one thread each (its README).
 VIT := OMP_NUM_THREADS=1 $(BENCH) --models vit_tiny
 bench-vit: install data
 	$(CLI) pretrain --model vit_tiny
@@ -102,11 +102,16 @@ bench-vit: install data
 	$(VIT) --budgets 0.5 --seeds 0 1 2 --methods agent --final-epochs 1 --out $(RB)/vit/full
 	$(VIT) --budgets 0.3 --seeds 0 --methods agent --train-size 5000 --quantize mixed \
 		--out $(RB)/vit/short-mixed
+	$(VIT) --budgets 0.5 --seeds 0 1 2 --methods agent random greedy uniform global \
+		--train-size 5000 --out $(RB)/vit/short-05
+	$(VIT) --budgets 0.5 --seeds 0 1 2 --methods agent --train-size 5000 --no-depth \
+		--out $(RB)/vit/short-05-nodepth
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.latency_model --model vit_tiny --policies 50 \
 		--blocks 6 --runs 10 --calibration 0 --out $(RB)/vit/lm
 	$(PY) -m benchmarks.vit_study --baseline models/vit_tiny-fashion-mnist.pt \
 		--latency-model $(RB)/vit/lm/latency_model_vit_tiny.json --bench $(RB)/vit/short \
-		$(RB)/vit/short-nodepth $(RB)/vit/full $(RB)/vit/short-mixed --out $(RB)/vit
+		$(RB)/vit/short-nodepth $(RB)/vit/full $(RB)/vit/short-mixed $(RB)/vit/short-05 \
+		$(RB)/vit/short-05-nodepth --out $(RB)/vit
 
 # results/honesty-v2: which episode reward ranks policies like the final fine-tune.
 bench-honesty: install data
