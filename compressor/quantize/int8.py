@@ -273,7 +273,7 @@ def quantize_bytes(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Form
                     quantize_dynamic(str(pre), str(out), weight_type=types[fmt.weights],
                                      per_channel=config.per_channel,
                                      nodes_to_exclude=list(exclude) or None)
-                    return out.read_bytes()
+                    return _loadable(out.read_bytes(), fmt)
                 quantize_static(
                     str(pre), str(out), _Reader(_input_name(pre), calibration),
                     quant_format=getattr(QuantFormat, fmt.quant_format),
@@ -284,7 +284,22 @@ def quantize_bytes(fp32: bytes, calibration: Sequence[np.ndarray], fmt: Int8Form
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise InternalError(f"onnxruntime could not quantize the model to {fmt.name} "
                                 f"({reason}); ship it as FP32 with --quantize none") from exc
-        return out.read_bytes()
+        return _loadable(out.read_bytes(), fmt)
+
+
+def _loadable(data: bytes, fmt: Int8Format) -> bytes:
+    """`data` if onnxruntime loads it, else an InternalError naming why: its QOperator quantizer
+    writes graphs it cannot load for a ViT here (an int32 bias fed to QLinearAdd), and a failed
+    format is a trial the measured choice skips, not a crash."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own InvalidGraph / Fail types
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InternalError(f"onnxruntime cannot load the {fmt.name} graph it quantized "
+                            f"({reason}); ship it as FP32 with --quantize none") from None
+    return data
 
 
 __all__ = ["CALIBRATION_METHODS", "FORMATS", "MEASURED_BY_DEFAULT", "MODES", "Int8Format",

@@ -157,3 +157,21 @@ def test_dynamic_int8_quantizes_a_vits_matmuls_with_parity():
 
     want, got = run(fp32), run(int8)
     assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
+
+
+def test_a_quantized_graph_onnxruntime_cannot_load_is_an_internal_error_naming_the_format():
+    # onnxruntime's QOperator quantizer writes an int32 bias into QLinearAdd for a ViT's
+    # projections: the measured choice must see a failed trial, not a crash later.
+    from compressor.pruning import explicit_attention
+    from tests.vit_layouts import example, torchvision_vit
+
+    x = example(1)
+    vit = explicit_attention(torchvision_vit(layers=1).eval(), x)
+    fp32 = onnx_bytes(vit, x)
+    try:
+        quantize_bytes(fp32, random_calibration(tuple(x.shape)), FORMATS["qoperator-u8s8"],
+                       QuantizeConfig(mode="int8"))
+    except InternalError as exc:
+        assert "qoperator-u8s8" in str(exc) and "cannot load" in str(exc)
+    else:  # a fixed onnxruntime: the graph loads, and then it must run
+        pytest.skip("this onnxruntime quantizes the ViT to QOperator correctly")
