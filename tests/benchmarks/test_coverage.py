@@ -195,7 +195,7 @@ def cbr(i, o, k=3, g=1):
 
 
 class ConcatDepthwise(nn.Module):
-    """Two branches concatenated into a depthwise conv: that group is kept dense."""
+    """Two branches concatenated into a depthwise conv: pruned by segment."""
 
     def __init__(self, num_classes):
         super().__init__()
@@ -211,6 +211,23 @@ class ConcatDepthwise(nn.Module):
 
 def make(num_classes=10):
     return ConcatDepthwise(num_classes)
+
+
+class AddedIntoPart(nn.Module):
+    """A residual added into part of a conv's channels: that group is kept dense."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.expand = nn.Conv2d(32, 48, 3, padding=1)
+        self.mid = nn.Conv2d(48, 48, 3, padding=1)
+        self.head = nn.Linear(48, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = self.expand(x)
+        y = torch.cat([y[:, :32] + x, y[:, 32:]], 1)
+        return self.head(torch.relu(self.mid(y)).mean((2, 3)))
 
 
 def hang():
@@ -255,18 +272,18 @@ def _assert_decided(row, status, excluded):
     assert row["parity"]["pruned_relative_diff"] < 1e-3
 
 
-def test_structure_mode_decides_a_torchvision_cnn_and_a_hand_built_partial(tmp_path, hand_built):
-    spec = f"{hand_built}:make"
-    rows = _structure_rows(["squeezenet1_1", spec], tmp_path / "rows.json")
+def test_structure_mode_decides_a_torchvision_cnn_and_hand_built_ok_and_partial(tmp_path,
+                                                                                hand_built):
+    concat, part = f"{hand_built}:make", f"{hand_built}:AddedIntoPart"
+    rows = _structure_rows(["squeezenet1_1", concat, part], tmp_path / "rows.json")
     _assert_decided(rows["squeezenet1_1"], "ok", 0)
     assert rows["squeezenet1_1"]["reason"] is None
-    _assert_decided(rows[spec], "partial", 1)
-    assert rows[spec]["reason"].startswith("1 kept dense (dw.0): torch-pruning maps")
-    # The group kept dense sets the out channels of both branches (a.0, b.0: 9.4 M MACs each)
-    # and dw.0 (0.6 M), and pw.0's in channels (4.2 M), of 24.5 M (stem 0.9 M, head 640).
-    macs = {"stem": 3 * 9 * 32, "a": 32 * 9 * 32, "b": 32 * 9 * 32, "dw": 9 * 64, "pw": 64 * 64}
-    share = (macs["a"] + macs["b"] + macs["dw"] + macs["pw"]) / (sum(macs.values()) + 640 / 1024)
-    assert rows[spec]["excluded_macs_share"] == pytest.approx(share, abs=1e-4)
+    _assert_decided(rows[concat], "ok", 0)  # the concat into a depthwise conv, by segment
+    _assert_decided(rows[part], "partial", 1)
+    assert rows[part]["reason"].startswith("1 kept dense (expand): torch-pruning maps")
+    # The group kept dense sets stem's out channels (the residual adds them into expand's),
+    # expand's, and so mid's in channels: every conv's MACs, all but the tiny head's.
+    assert rows[part]["excluded_macs_share"] == pytest.approx(1.0, abs=0.01)
 
 
 def test_structure_mode_resumes_and_a_hang_or_a_crash_costs_one_failed_row(tmp_path, hand_built):
