@@ -63,15 +63,23 @@ def distinct_policies(episodes: list[dict], count: int) -> list[dict]:
     return [unique[i] for i in picks]
 
 
-def parse_proxy(text: str) -> tuple[int, float]:
-    """`STEPS` or `STEPS@LR`: a short fine-tune tried as the reward (lr defaults to the search's)."""
-    steps, _, lr = text.partition("@")
-    return int(steps), float(lr) if lr else EvaluatorConfig().finetune_lr
+DISTILL = 0.5
+"""Distillation share of a `kd` proxy (`training.recovery.distillation_loss`)."""
 
 
-def proxy_name(steps: int, lr: float) -> str:
-    return "bn" if steps == 0 else f"ft{steps}" + ("" if lr == EvaluatorConfig().finetune_lr
-                                                  else f"@{lr:g}")
+def parse_proxy(text: str) -> tuple[int, float, float]:
+    """`STEPS`, `STEPS@LR`, either with a `kd` suffix: a short fine-tune tried as the reward (lr
+    defaults to the search's; `kd` adds distillation from the dense logits, share `DISTILL`)."""
+    distill = DISTILL if text.endswith("kd") else 0.0
+    steps, _, lr = text.removesuffix("kd").partition("@")
+    return int(steps), float(lr) if lr else EvaluatorConfig().finetune_lr, distill
+
+
+def proxy_name(steps: int, lr: float, distill: float = 0.0) -> str:
+    if steps == 0:
+        return "bn"
+    return (f"ft{steps}" + ("" if lr == EvaluatorConfig().finetune_lr else f"@{lr:g}")
+            + ("kd" if distill else ""))
 
 
 def prefix_top1(model, batches, device) -> list[float]:
@@ -139,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     search_batches = ws.evaluator.search_batches
     per_batch = len(search_batches[0][1])
     # The same images for every policy, as in the search: only the policy differs.
-    proxies = [(0, EvaluatorConfig().finetune_lr), *map(parse_proxy, args.proxies)]
-    longest = max(steps for steps, _ in proxies)
+    proxies = [(0, EvaluatorConfig().finetune_lr, 0.0), *map(parse_proxy, args.proxies)]
+    longest = max(steps for steps, _, _ in proxies)
     batches = list(dataset.train.batches(64, shuffle=True, seed=RECOVERY_SEED,
                                          limit=ws.evaluator.recovery_config.bn_batches + longest))
     short_train = dataset.train.subset(args.short_train_size)
@@ -157,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for e in chosen[len(rows):]:
         row = {"episode": e["episode"], "reward": e["reward"], "policy": e["policy"]}
-        for steps, lr in proxies:
-            name = proxy_name(steps, lr)
+        for steps, lr, distill in proxies:
+            name = proxy_name(steps, lr, distill)
             started = time.perf_counter()
             model = ws.evaluator.prune(e["policy"])
             recovery.recover(model, batches, replace(ws.evaluator.recovery_config,
-                                                     finetune_steps=steps, lr=lr), device)
+                                                     finetune_steps=steps, lr=lr,
+                                                     distill=distill), device,
+                             teacher=ws.evaluator.dense)
             recovered = time.perf_counter()
             scores = prefix_top1(model, search_batches, device)
             row[f"seconds_{name}"] = time.perf_counter() - started
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 atomic.write_json(rows_path, rows)
     meta = {"model": args.model, "budget": args.budget, "seed": args.seed, "stem": stem,
             "episodes": args.episodes,
-            "proxies": [proxy_name(s, lr) for s, lr in proxies],
+            "proxies": [proxy_name(*proxy) for proxy in proxies],
             "search_images": args.search_images, "short_train_size": args.short_train_size,
             "final_epochs": args.final_epochs, "train_size": args.train_size, "command": command}
     atomic.write_json(out / f"{stem}.meta.json", meta)
@@ -199,8 +209,10 @@ def proxy_label(name: str) -> str:
         return "noise ceiling: the same final fine-tune, another seed"
     if name == "bn":
         return "BN recalibration only"
-    steps, _, lr = name[2:].partition("@")
-    return f"BN + {steps}-step fine-tune" + (f", lr {lr}" if lr else "")
+    distill = name.endswith("kd")
+    steps, _, lr = name[2:].removesuffix("kd").partition("@")
+    return (f"BN + {steps}-step fine-tune" + (f", lr {lr}" if lr else "")
+            + (", distilled from the dense logits" if distill else ""))
 
 
 TARGETS = {"full": "full final", "short": "short final",

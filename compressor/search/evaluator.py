@@ -41,6 +41,9 @@ class EvaluatorConfig:
     best of 10/25/50 and cost the least (+0.3-0.5 s per episode here)."""
     finetune_lr: float = 0.01
     """Learning rate of that short fine-tune."""
+    distill: Annotated[float, flag("--episode-distill")] = 0.0
+    """Share of that fine-tune's loss matching the dense network's softened logits (NViT's
+    recovery of pruned ViTs; `training.recovery.distillation_loss`); 0: labels only."""
 
 
 RECOVERY_SEED = 12345
@@ -90,7 +93,7 @@ class EpisodeEvaluator:
         self.int8 = int8
         self.recovery_config = recovery.RecoveryConfig(
             bn_batches=config.bn_batches, finetune_steps=config.finetune_steps,
-            lr=config.finetune_lr)
+            lr=config.finetune_lr, distill=config.distill)
         # Fixed images for every episode: the reward differs only through the policy.
         own_finetune = 0 if finetune is not None else config.finetune_steps
         self.train_batches = [] if dataset.train is None else list(dataset.train.batches(
@@ -118,7 +121,8 @@ class EpisodeEvaluator:
         steps = self.config.finetune_steps if steps is None else steps
         if self.user_finetune is None:
             recovery.recover(model, self.train_batches,
-                             replace(self.recovery_config, finetune_steps=steps), self.device)
+                             replace(self.recovery_config, finetune_steps=steps), self.device,
+                             teacher=self.dense)
             return
         if self.train_batches:
             recovery.recalibrate_bn(model, self.train_batches, self.config.bn_batches, self.device)

@@ -41,6 +41,12 @@ class RecoveryConfig:
     """Cross-entropy label smoothing (as in the baseline recipe)."""
     channels_last: bool = True
     """Memory format; channels_last runs convolutions faster on the CPU here (measured)."""
+    distill: float = 0.0
+    """Share of the fine-tune's loss that matches the dense teacher's softened logits (KL at
+    `temperature`, scaled by its square as Hinton et al. do), the rest cross-entropy on labels:
+    NViT recovers pruned ViTs this way. 0 (or no teacher given): labels only."""
+    temperature: float = 2.0
+    """Softening temperature of the distillation term."""
 
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -105,9 +111,25 @@ def _cycle(batches: Iterable) -> Iterator:
             raise ValueError("fine-tuning needs at least one batch")
 
 
+def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                      config: RecoveryConfig) -> torch.Tensor:
+    """(1 - distill) x cross-entropy on labels + distill x T^2 x KL(teacher || student) at T.
+
+    >>> x = torch.tensor([[2.0, 0.0]]); y = torch.tensor([0])
+    >>> float(distillation_loss(x, y, x, RecoveryConfig(distill=1.0, label_smoothing=0.0)))
+    0.0
+    """
+    hard = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    t = config.temperature
+    soft = F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                    reduction="batchmean", log_target=True) * t * t
+    return (1 - config.distill) * hard + config.distill * soft
+
+
 def finetune(model: nn.Module, batches: Iterable, steps: int, config: RecoveryConfig,
-             device: torch.device) -> list[float]:
-    """`steps` SGD (Nesterov, cosine-decayed) steps on `batches`, cycled if they run out.
+             device: torch.device, teacher: nn.Module | None = None) -> list[float]:
+    """`steps` SGD (Nesterov, cosine-decayed) steps on `batches`, cycled if they run out; with a
+    `teacher` (the dense network) and `config.distill` > 0 the loss also matches its logits.
 
     Returns the loss of every step; the model ends in eval mode.
     """
@@ -118,12 +140,22 @@ def finetune(model: nn.Module, batches: Iterable, steps: int, config: RecoveryCo
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.momentum > 0, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    distill = teacher is not None and config.distill > 0
+    if distill:
+        teacher.to(device, memory_format=fmt).eval()
     losses = []
     model.train()
     with torch.enable_grad():
         for _, (x, y) in zip(range(steps), _cycle(batches), strict=False):
-            logits = model(x.to(device, memory_format=fmt))
-            loss = F.cross_entropy(logits, y.to(device), label_smoothing=config.label_smoothing)
+            x = x.to(device, memory_format=fmt)
+            logits = model(x)
+            if distill:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = distillation_loss(logits, y.to(device), teacher_logits, config)
+            else:
+                loss = F.cross_entropy(logits, y.to(device),
+                                       label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -135,7 +167,7 @@ def finetune(model: nn.Module, batches: Iterable, steps: int, config: RecoveryCo
 
 
 def recover(model: nn.Module, train_batches: Iterable, config: RecoveryConfig,
-            device: torch.device) -> list[float]:
+            device: torch.device, teacher: nn.Module | None = None) -> list[float]:
     """Recalibrate BatchNorm on the first `bn_batches` batches, then fine-tune `finetune_steps`.
 
     When `train_batches` is a sequence longer than `bn_batches`, the fine-tune uses the batches
@@ -145,4 +177,4 @@ def recover(model: nn.Module, train_batches: Iterable, config: RecoveryConfig,
     rest = train_batches
     if isinstance(train_batches, Sequence) and len(train_batches) > config.bn_batches:
         rest = train_batches[config.bn_batches:]
-    return finetune(model, rest, config.finetune_steps, config, device)
+    return finetune(model, rest, config.finetune_steps, config, device, teacher)

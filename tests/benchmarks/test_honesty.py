@@ -5,6 +5,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks import honesty
 from benchmarks.honesty import correlations, distinct_policies, spearman
 
 
@@ -61,3 +62,12 @@ def test_a_second_final_seed_adds_the_mean_target_and_the_noise_ceiling():
     assert len(ceiling) == 1
     assert ceiling[0]["rho"]["full"] == 1.0 and ceiling[0]["rho"]["short"] < 0
     assert "full2" in lines[0]["rho"] and "short2" in lines[0]["rho"]
+
+
+def test_a_kd_proxy_distills_and_is_named_apart():
+    steps, lr, distill = honesty.parse_proxy("25kd")
+    assert (steps, distill) == (25, honesty.DISTILL) and lr == honesty.EvaluatorConfig().finetune_lr
+    assert honesty.parse_proxy("25@0.05")[2] == 0.0
+    assert honesty.proxy_name(*honesty.parse_proxy("25kd")) == "ft25kd"
+    assert honesty.proxy_name(*honesty.parse_proxy("25")) == "ft25"
+    assert "distilled" in honesty.proxy_label("ft25kd")

@@ -8,7 +8,13 @@ import torchvision
 from torch import nn
 
 from compressor.pruning import PruningConfig, apply_policy
-from compressor.training.recovery import RecoveryConfig, finetune, recalibrate_bn, recover
+from compressor.training.recovery import (
+    RecoveryConfig,
+    distillation_loss,
+    finetune,
+    recalibrate_bn,
+    recover,
+)
 from compressor.training.train import evaluate_top1
 
 CPU = torch.device("cpu")
@@ -98,3 +104,29 @@ def test_recover_recalibrates_then_finetunes_a_pruned_resnet(fmnist_loader):
     losses = recover(pruned, fmnist_loader, config, CPU)
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert 0.0 <= evaluate_top1(pruned, fmnist_loader[6:], CPU) <= 100.0
+
+
+def test_distillation_loss_is_cross_entropy_without_a_share_and_zero_on_the_teacher():
+    logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    plain = RecoveryConfig(distill=0.0, label_smoothing=0.0)
+    assert torch.allclose(distillation_loss(logits, labels, torch.randn(8, 10), plain),
+                          nn.functional.cross_entropy(logits, labels))
+    only_teacher = RecoveryConfig(distill=1.0)
+    assert float(distillation_loss(logits, labels, logits, only_teacher)) == pytest.approx(0, abs=1e-6)
+    assert float(distillation_loss(logits, labels, torch.randn(8, 10), only_teacher)) > 0
+
+
+def test_a_distilled_finetune_moves_the_student_toward_the_teacher():
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(16, 10), nn.Linear(16, 10)
+    x, labels = torch.randn(64, 16), torch.randint(0, 10, (64,))
+    config = RecoveryConfig(distill=1.0, lr=0.1, channels_last=False)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(distillation_loss(student(x), labels, teacher(x), config))
+
+    before = gap()
+    finetune(student, [(x, labels)], 30, config, torch.device("cpu"), teacher=teacher)
+    assert gap() < 0.5 * before
+    assert not teacher.training and teacher.weight.grad is None  # the teacher is only read
