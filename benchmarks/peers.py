@@ -41,8 +41,9 @@ against the same file as compressor's; the peer's fine-tuned ViT is exported in 
 `aten::_native_multi_head_attention`, has no ONNX export). A peer that fails on a model is a row
 with its reason.
 
-ModelOpt FastNAS is not run: `nvidia-modelopt` 0.47 needs `torchprofile==0.0.4` and is not in
-this project's environment (a benchmark extra would have to pin it).
+ModelOpt FastNAS is not a row here: `nvidia-modelopt` 0.47 needs `torchprofile==0.0.4` and is
+not in this project's environment; `benchmarks.modelopt_fastnas` measures what it can reach on a
+model, from an install beside the environment (results/peers-vit).
 
 Rows go to `<out>/summary.json` (atomically, after every point); a rerun skips the (tool, model,
 constraint, seed) rows already there.
