@@ -613,17 +613,13 @@ def build_transformer_skeleton(model: nn.Module, example_input: torch.Tensor,
 
 
 def pruned_block(model: nn.Module, block: Block, heads: int, hidden: int) -> nn.Module:
-    """A copy of one block of a rewritten model, alone, pruned to `heads` query heads and
-    `hidden` MLP channels (ranked by l2): what the latency model times (`latency.blocks`).
-    Under grouped-query attention `heads` is a multiple of the group size (a ValueError
-    otherwise). `model` is left as it was."""
+    """A copy of one block of a rewritten model, alone, pruned to `heads` heads (key/value
+    groups under grouped-query attention: the heads unit's count) and `hidden` MLP channels
+    (ranked by l2): what the latency model times (`latency.blocks`). `model` is left as it
+    was."""
     work = copy.deepcopy(model.get_submodule(block.name))
     inside = Block("", _relative(block.attention, block.name), _relative(block.fc1, block.name),
                    _relative(block.fc2, block.name), block.removable, block.returns,
                    _relative(block.up, block.name) if block.up else "")
-    size = model.get_submodule(block.attention).group_size
-    if heads % size:
-        raise ValueError(f"{heads} query heads of {block.attention} are not whole groups of "
-                         f"{size}")
-    _prune_block(work, inside, {inside.attention: heads // size, inside.fc1: hidden}, 2.0)
+    _prune_block(work, inside, {inside.attention: heads, inside.fc1: hidden}, 2.0)
     return work

@@ -268,14 +268,13 @@ def test_key_value_groups_rank_by_all_their_weights():
                        attention.o_proj.weight[:, 32:])
 
 
-def test_a_pruned_llama_block_alone_takes_whole_groups_of_query_heads():
+def test_a_pruned_llama_block_alone_keeps_the_asked_key_value_groups():
     dense = explicit_attention(model_of("llama"), X)
     block = find_blocks(dense, X)[0]
-    alone = pruned_block(dense, block, 2, 64)
-    assert (alone.self_attn.num_heads, alone.self_attn.kv_heads, alone.mlp.up_proj.out_features) \
-        == (2, 1, 64)
-    with pytest.raises(ValueError, match="not whole groups of 2"):
-        pruned_block(dense, block, 3, 64)
+    alone = pruned_block(dense, block, 1, 64)
+    assert (alone.self_attn.num_heads, alone.self_attn.kv_heads, alone.mlp.up_proj.out_features,
+            alone.mlp.gate_proj.out_features) == (2, 1, 64, 64)
+    assert dense.model.model.layers[0].self_attn.kv_heads == 2  # left as it was
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
