@@ -186,7 +186,8 @@ class DecoderAttention(ExplicitAttention):
             if value is None or value is False or name in DECODER_IGNORED:
                 continue
             raise ValueError(f"a decoder's explicit attention runs without a KV cache or "
-                             f"cross-attention; {name} is {type(value).__name__}")
+                             f"cross-attention; {name} is {type(value).__name__} (call the model "
+                             "with use_cache=False: compressor.zoo.huggingface.causal_lm)")
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             attention_mask = ~attention_mask  # Hugging Face: True where it may attend
         out = self.attend(hidden_states, attention_mask, attention_mask is None,
