@@ -205,6 +205,19 @@ def test_gpt2_prunes_to_the_predicted_shapes_and_keeps_its_tied_embedding():
     assert pruned.model.transformer.wte.weight.shape == (VOCAB, 64)
 
 
+def test_a_gpt2_in_train_mode_prunes_and_trains_leaving_the_input_as_it_was():
+    model = gpt2().train()  # dropout 0.1 in attention, residual and embedding
+    before = state(model)
+    pruned = apply_policy(model, GPT2_POLICY, X, CONFIG)
+    assert same_state(model.state_dict(), before)
+    assert model.training and all(m.training for m in model.modules())
+    assert pruned.training and pruned.model.transformer.h[0].attn.attn_dropout == 0.1
+    logits = pruned(X)
+    loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), X[:, 1:].reshape(-1))
+    loss.backward()
+    assert pruned.model.transformer.h[0].attn.qkv.weight.grad is not None
+
+
 def test_llama_loses_a_key_value_group_with_its_query_heads_and_gate_and_up_together():
     model = model_of("llama")
     pruned = apply_policy(model, LLAMA_POLICY, X, CONFIG)
@@ -297,6 +310,35 @@ def test_uniform_pruning_of_a_llama_without_grouped_query_attention():
     policy = uniform_policy(skeleton, 0.5)
     pruned = apply_policy(model, policy, X, CONFIG)
     assert measure_layer_shapes(pruned, X) == skeleton.layer_shapes(policy)
+
+
+@pytest.mark.parametrize("family", ["Mistral", "Qwen2"])
+def test_llama_layout_relatives_rewrite_and_prune_alike(family):
+    """Mistral and Qwen2 (biased q/k/v) share the Llama layout: the same units, equal logits."""
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{family}Config")(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)
+    model = causal_lm(getattr(transformers, f"{family}ForCausalLM")(config).eval())
+    work = explicit_attention(model, X)
+    assert relative_diff(outputs(model, X), outputs(work, X)) <= REWRITE_TOLERANCE.rtol
+    skeleton = build_skeleton(model, X, CONFIG)
+    assert [(u.kind, u.channels) for u in skeleton.units] == [
+        ("block", 1), ("heads", 2), ("mlp", 128)] * 2
+    pruned = apply_policy(model, LLAMA_POLICY, X, CONFIG)
+    assert measure_layer_shapes(pruned, X) == skeleton.layer_shapes(LLAMA_POLICY)
+
+
+def test_a_mixture_of_experts_mlp_is_a_one_line_user_error():
+    torch.manual_seed(0)
+    moe = causal_lm(transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=2,
+        num_experts_per_tok=1, shared_expert_intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB)).eval())
+    with pytest.raises(UserError, match=r"cannot prune model.model.layers.0.self_attn of "
+                                        r"CausalLM as a transformer block") as info:
+        build_skeleton(moe, X, CONFIG)
+    assert "\n" not in str(info.value)
 
 
 # --- loading --------------------------------------------------------------------------------------
