@@ -344,6 +344,25 @@ def test_a_mixture_of_experts_mlp_is_a_one_line_user_error():
 # --- loading --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_pruned_decoder_round_trips_through_its_checkpoint_with_weights_only(family, tmp_path):
+    from compressor.pruning.checkpoints import load_pruned_checkpoint, save_pruned_checkpoint
+
+    policy = {"gpt2": GPT2_POLICY, "llama": LLAMA_POLICY}[family]
+    pruned = apply_policy(model_of(family), policy, X, CONFIG)
+    save_pruned_checkpoint(pruned, tmp_path / "lm.pt", {}, policy=policy, base_name=None,
+                           num_classes=VOCAB, example_shape=(1, 16), round_to=CONFIG.round_to,
+                           example_dtype=torch.int64)
+    fresh = {"gpt2": gpt2, "llama": llama}[family]()  # the architecture; its weights differ
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)
+    loaded, _ = load_pruned_checkpoint(tmp_path / "lm.pt", base_model=fresh)  # weights_only
+    assert torch.equal(outputs(pruned, X), outputs(loaded, X))
+    if family == "gpt2":
+        assert loaded.model.lm_head.weight is loaded.model.transformer.wte.weight
+
+
 def test_a_local_hugging_face_directory_loads_offline_and_prunes(tmp_path):
     model_of("llama").model.save_pretrained(tmp_path / "tiny-llama")
     loaded = load_causal_lm(tmp_path / "tiny-llama")
