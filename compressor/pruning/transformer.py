@@ -475,15 +475,24 @@ def _magnitudes(rows: Sequence[nn.Linear], columns: Sequence[nn.Linear], p: floa
     return total
 
 
-def _scored(block: Block, work: nn.Module) -> list[tuple[str, int, tuple, tuple, int]]:
-    """Per heads and MLP unit of `block`: its name, dense count, the Linears whose rows and
-    those whose columns it owns, and how many copies of its layout the rows hold."""
+class _Scored(NamedTuple):
+    """A heads or MLP unit of a block as it is ranked and sliced."""
+
+    name: str
+    count: int  # its current count: heads (key/value groups), or hidden channels
+    rows: tuple[nn.Linear, ...]  # the Linears whose output rows it owns
+    columns: tuple[nn.Linear, ...]  # those whose input columns it owns
+    copies: int  # times the rows repeat the unit's layout (3 for a fused qkv)
+
+
+def _scored(block: Block, work: nn.Module) -> list[_Scored]:
+    """The heads and MLP units of `block` in `work`, as they are ranked and sliced."""
     attention = work.get_submodule(block.attention)
     fc2 = work.get_submodule(block.fc2)
-    return [(block.attention, attention.kv_heads, attention.projections(), (attention.proj,),
-             3 if attention.fused else 1),
-            (block.fc1, fc2.in_features, tuple(work.get_submodule(n) for n in block.mlp_rows()),
-             (fc2,), 1)]
+    return [_Scored(block.attention, attention.kv_heads, attention.projections(),
+                    (attention.proj,), 3 if attention.fused else 1),
+            _Scored(block.fc1, fc2.in_features,
+                    tuple(work.get_submodule(n) for n in block.mlp_rows()), (fc2,), 1)]
 
 
 def unit_scores(model: nn.Module, example_input: torch.Tensor, config: PruningConfig
