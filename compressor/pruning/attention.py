@@ -134,6 +134,14 @@ class ExplicitAttention(nn.Module):
         """The attention of batch-first `x` [batch, tokens, dim] -> [batch, tokens, dim]: the mask
         as `forward` takes it, and the rotary (cos, sin) [batch or 1, tokens, head_dim] when
         `rotary` (Hugging Face's rotate-half convention, applied to every query and key head)."""
+        return self.combine(*self.project(x, position_embeddings), attn_mask, is_causal)
+
+    def project(self, x: torch.Tensor,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [batch, num_heads, tokens, head_dim], k and v [batch, kv_heads, tokens, head_dim] of
+        batch-first `x`, rotary applied when `rotary` (cos, sin at these tokens' positions):
+        what a KV cache holds is this k and v."""
         b, t, _ = x.shape
         h, g, d = self.num_heads, self.kv_heads, self.head_dim
         if self.fused:
@@ -146,12 +154,22 @@ class ExplicitAttention(nn.Module):
                 raise ValueError("rotary attention is called without position_embeddings")
             cos, sin = (e.unsqueeze(1) for e in position_embeddings)
             q, k = _rotated(q, cos, sin), _rotated(k, cos, sin)
-        if g != h:  # each key/value head serves the group_size query heads after it
+        return q, k, v
+
+    def combine(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """The output [batch, queries, dim] of queries q over keys and values k, v (`project`'s;
+        k and v may hold more positions than q, a cache's before them): each key/value head
+        serves the `group_size` query heads after it; `is_causal` lets the last query see every
+        key, the ones before it one fewer each."""
+        b, _, n, d = q.shape
+        h, g, t = self.num_heads, self.kv_heads, k.shape[2]  # plain ints: no branch traced
+        if g != h:
             k, v = (z[:, :, None].expand(b, g, h // g, t, d).reshape(b, h, t, d) for z in (k, v))
         scores = (q * self.scale) @ k.transpose(-2, -1)
         weights = _masked(scores, attn_mask, is_causal).softmax(dim=-1)
         weights = F.dropout(weights, self.attn_dropout, self.training)
-        out = (weights @ v).transpose(1, 2).reshape(b, t, h * d)
+        out = (weights @ v).transpose(1, 2).reshape(b, n, h * d)
         return F.dropout(self.proj(out), self.proj_dropout, self.training)
 
     def _returned(self, out: torch.Tensor):
@@ -205,9 +223,9 @@ def _masked(scores: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: boo
             ) -> torch.Tensor:
     """Attention scores [batch, heads, tokens, tokens] with `attn_mask` applied (bool: -inf
     where True; float: added), or the causal mask when `is_causal` comes without one."""
-    if attn_mask is None and is_causal:
-        t = scores.shape[-1]
-        attn_mask = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1)
+    if attn_mask is None and is_causal:  # queries are the last n of t positions
+        n, t = scores.shape[-2:]
+        attn_mask = torch.ones(n, t, dtype=torch.bool, device=scores.device).triu(t - n + 1)
     if attn_mask is None:
         return scores
     if not torch.jit.is_tracing() and attn_mask.dim() != 2 and \

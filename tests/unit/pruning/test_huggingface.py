@@ -139,6 +139,24 @@ def test_decoder_attention_takes_hugging_faces_masks_either_way():
         attention(x, past_key_values=object())
 
 
+def test_a_llamas_attention_over_cached_keys_equals_it_over_the_whole_sequence():
+    """`project` gives the key/value heads a KV cache holds (rotary applied at their positions),
+    `combine` attends new queries over cached plus new keys: split anywhere, the same output."""
+    model = llama()
+    work = explicit_attention(model, X)
+    attention = work.model.model.layers[0].self_attn
+    x = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    cos, sin = work.model.model.rotary_emb(x, torch.arange(16)[None])
+    with torch.no_grad():
+        whole = attention.attend(x, is_causal=True, position_embeddings=(cos, sin))
+        past = attention.project(x[:, :11], (cos[:, :11], sin[:, :11]))
+        q, k, v = attention.project(x[:, 11:], (cos[:, 11:], sin[:, 11:]))
+        assert past[1].shape == (2, 2, 11, 16)  # kv_heads cached, not query heads
+        new = attention.combine(q, torch.cat([past[1], k], 2), torch.cat([past[2], v], 2),
+                                is_causal=True)
+    torch.testing.assert_close(new, whole[:, 11:], rtol=1e-5, atol=1e-6)
+
+
 def test_what_is_not_rewritten_is_a_one_line_user_error_naming_it():
     with pytest.raises(UserError, match="cross-attention") as info:
         gpt2(add_cross_attention=True)
