@@ -21,7 +21,7 @@ install: $(VENV)/.stamp-install
 $(VENV)/.stamp-install: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,distributed]'
+	$(PY) -m pip install --quiet -e '.[dev,distributed,lm]'
 	touch $@
 
 # Fashion-MNIST offline: Debian's dataset-fashion-mnist package. Without apt the CLI falls back to

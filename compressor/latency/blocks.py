@@ -45,8 +45,8 @@ class BlockSite(NamedTuple):
     name: str  # the block module
     proj: str  # the attention's output projection: in channels = heads * head_dim
     fc1: str  # the MLP's first Linear: out channels = hidden width
-    head_dim: int
-    heads: int  # dense
+    head_dim: int  # proj in channels per heads unit: head_dim (x group_size for grouped-query)
+    heads: int  # dense count of the heads unit (key/value groups under grouped-query attention)
     hidden: int  # dense
     layers: tuple[str, ...]  # every Conv2d/Linear inside the block (priced by the block table)
     signature: str  # blocks with equal signatures share one table
@@ -119,8 +119,8 @@ def block_sites(model: nn.Module, example_input: torch.Tensor
             type(model.get_submodule(block.name)).__name__, "x".join(map(str, x.shape[1:])),
             attention.num_heads, attention.head_dim, int(attention.fused), fc1.out_features))
         sites.append(BlockSite(block.name, f"{block.attention}.proj", block.fc1,
-                               attention.head_dim, attention.num_heads, fc1.out_features,
-                               layers, signature))
+                               attention.head_dim * attention.group_size, attention.kv_heads,
+                               fc1.out_features, layers, signature))
         inputs[block.name] = x
     return sites, inputs
 

@@ -13,8 +13,13 @@ by a real module of the rewritten model:
   a post-norm block keeps its depth.
 - `<attention>` kind "heads" (the ExplicitAttention's name): kept heads, head_dim fixed; the
   q/k/v (or fused qkv) rows and the proj columns of each removed head go together. Step 1 head.
+  Under grouped-query attention (fewer key/value heads, a Llama's) the unit counts key/value
+  head *groups*: removing one removes its key and value head and the `group_size` query heads
+  that share it.
 - `<fc1>` kind "mlp" (the MLP's first Linear, as a CNN unit is named by its root layer): kept
-  hidden width, fc1 rows and fc2 columns, a multiple of `PruningConfig.round_to`.
+  hidden width, fc1 rows and fc2 columns, a multiple of `PruningConfig.round_to`. A gated MLP
+  (act(fc1 x) * up x, a Llama's gate_proj and up_proj, then down_proj as fc2) is named by the one
+  called first and prunes the rows of both.
 
 The units of a block come in that order (the block encloses the other two), blocks in call order.
 Heads and hidden channels are ranked by the magnitude of their weights (`config.importance` l1,
@@ -67,6 +72,11 @@ class Block(NamedTuple):
     fc2: str  # its second (hidden -> dim)
     removable: bool  # both branches are residual adds: with them zeroed the block is the identity
     returns: int  # 0: the block returns a tensor; n: a tuple of n (what RemovedBlock returns)
+    up: str = ""  # a gated MLP's other dim -> hidden Linear (act(fc1 x) * up x), "" for none
+
+    def mlp_rows(self) -> tuple[str, ...]:
+        """The Linears whose output rows are the MLP's hidden channels: fc1 (and up)."""
+        return (self.fc1, self.up) if self.up else (self.fc1,)
 
 
 class RemovedBlock(nn.Module):
@@ -116,33 +126,38 @@ def _same_output(model: nn.Module, block: str, call: Call, overrides: dict[str, 
 
 
 def _mlp_of(model: nn.Module, block: str, attention: str, calls: dict[str, list[Call]]
-            ) -> tuple[str, str]:
-    """(fc1, fc2) of the block, or a ValueError saying which part of the pattern is missing."""
+            ) -> tuple[str, str, str]:
+    """(fc1, fc2, up) of the block (up "" unless the MLP is gated), or a ValueError saying which
+    part of the pattern is missing."""
     attentions = [n for n, m in model.get_submodule(block).named_modules()
                   if isinstance(m, ExplicitAttention)]
     linears = _block_linears(model, block, attention)
-    if len(attentions) != 1 or len(linears) != 2 or \
+    if len(attentions) != 1 or len(linears) not in (2, 3) or \
             any(len(calls[n]) != 1 for n in [block, *linears]):
         raise ValueError(f"holds {len(attentions)} attentions and {len(linears)} other Linears "
-                         "(need one attention and one Linear-act-Linear MLP, each run once)")
-    fc1, fc2 = sorted(linears, key=lambda n: calls[n][0].order)
-    one, two = model.get_submodule(fc1), model.get_submodule(fc2)
+                         "(need one attention and one Linear-act-Linear MLP, or a gated one, "
+                         "each run once)")
+    ordered = sorted(linears, key=lambda n: calls[n][0].order)
+    fc1, up, fc2 = ordered if len(ordered) == 3 else (ordered[0], "", ordered[1])
+    rows = [model.get_submodule(n) for n in (fc1, up) if n]
+    two = model.get_submodule(fc2)
     width = model.get_submodule(attention).proj.out_features
-    if one.out_features != two.in_features or one.in_features != width or \
+    if any(one.out_features != two.in_features or one.in_features != width for one in rows) or \
             two.out_features != width:
-        raise ValueError(f"its MLP {fc1} -> {fc2} does not map the attention's width {width} "
-                         "back to itself")
-    # Hidden channels must be independent (an elementwise activation between the two Linears):
-    # permuting them in both leaves the block's output unchanged.
+        raise ValueError(f"its MLP {' and '.join(n for n in (fc1, up) if n)} -> {fc2} does not "
+                         f"map the attention's width {width} back to itself")
+    # Hidden channels must be independent (an elementwise activation, or a gate, between the
+    # Linears): permuting them in all leaves the block's output unchanged.
     call = calls[block][0]
-    perm = torch.randperm(one.out_features, generator=torch.Generator().manual_seed(0))
-    permuted = {f"{_relative(fc1, block)}.weight": one.weight[perm],
-                f"{_relative(fc2, block)}.weight": two.weight[:, perm]}
-    if one.bias is not None:
-        permuted[f"{_relative(fc1, block)}.bias"] = one.bias[perm]
+    perm = torch.randperm(two.in_features, generator=torch.Generator().manual_seed(0))
+    permuted = {f"{_relative(fc2, block)}.weight": two.weight[:, perm]}
+    for name, one in zip((n for n in (fc1, up) if n), rows, strict=True):
+        permuted[f"{_relative(name, block)}.weight"] = one.weight[perm]
+        if one.bias is not None:
+            permuted[f"{_relative(name, block)}.bias"] = one.bias[perm]
     if not _same_output(model, block, call, permuted, first_tensor(call.output)):
         raise ValueError(f"the channels between {fc1} and {fc2} mix (no elementwise activation)")
-    return fc1, fc2
+    return fc1, fc2, up
 
 
 def _removable(model: nn.Module, block: str, outputs: Sequence[str], call: Call) -> bool:
@@ -182,11 +197,11 @@ def _block(model: nn.Module, block: str, attention: str, calls: dict[str, list[C
     try:
         if not block:
             raise ValueError("is not inside a module that also holds an MLP")
-        fc1, fc2 = _mlp_of(model, block, attention, calls)
+        fc1, fc2, up = _mlp_of(model, block, attention, calls)
         call = calls[block][0]
         return Block(block, attention, fc1, fc2,
                      _removable(model, block, (f"{attention}.proj", fc2), call),
-                     returns_of(call.output))
+                     returns_of(call.output), up)
     except ValueError as exc:
         raise UserError(f"cannot prune {attention} of {type(model).__name__} as a transformer "
                         f"block: {block or 'it'} {exc}; choose another model") from None
@@ -200,7 +215,8 @@ class _Row(NamedTuple):
 
     dense: LayerShape
     out_unit: int  # unit whose kept count sets the out channels, -1 for none
-    out_per: int  # out channels per kept head or hidden channel (head_dim, 3 x for fused qkv)
+    out_per: int  # out channels per kept head (group) or hidden channel (head_dim, 3 x for fused
+    # qkv, group_size x for the queries of grouped-query attention)
     in_unit: int  # likewise for the in channels
     in_per: int
     gate: int  # block unit whose removal removes the layer, -1 for none
@@ -211,8 +227,8 @@ class _Product(NamedTuple):
 
     heads: int  # its heads unit, -1 for none (the dense count then)
     gate: int  # its block unit, -1 for none
-    macs_per_head: int  # 2 x tokens^2 x head_dim
-    dense_heads: int
+    macs_per_head: int  # per unit of `heads`: 2 x tokens^2 x head_dim x group_size
+    dense_heads: int  # dense count of that unit (heads, or key/value groups)
 
 
 def _kept_vector(kinds: Sequence[str], channels: Sequence[int], steps: Sequence[int],
@@ -337,10 +353,10 @@ def _block_units(model: nn.Module, block: Block, config: PruningConfig, ignored:
     candidates = [
         (_Planned("block", block.name, 1, width, 1),
          config.depth and block.removable and not inside),
-        (_Planned("heads", block.attention, attention.num_heads, width, 1),
+        (_Planned("heads", block.attention, attention.kv_heads, width, 1),
          not ignored.intersection(projections)),
         (_Planned("mlp", block.fc1, fc1.out_features, width, config.round_to),
-         not ignored.intersection((block.fc1, block.fc2)))]
+         not ignored.intersection((*block.mlp_rows(), block.fc2)))]
     return [unit for unit, wanted in candidates if wanted]
 
 
@@ -365,15 +381,17 @@ def _rows(model: nn.Module, blocks: Sequence[Block], index: dict[str, int],
         mlp = index.get(block.fc1, -1)
         if gate >= 0:
             gates[block.name + "."] = gate
+        queries = d * attention.group_size  # query channels per unit (a head, or a group)
+        per_unit = {"qkv": 3 * d, "q": queries, "k": d, "v": d}
         for layer in attention.projection_names():
-            shaping[f"{block.attention}.{layer}"] = (heads, d * (3 if attention.fused else 1),
-                                                     -1, 1)
-        shaping[f"{block.attention}.proj"] = (-1, 1, heads, d)
-        shaping[block.fc1] = (mlp, 1, -1, 1)
+            shaping[f"{block.attention}.{layer}"] = (heads, per_unit[layer], -1, 1)
+        shaping[f"{block.attention}.proj"] = (-1, 1, heads, queries)
+        for layer in block.mlp_rows():
+            shaping[layer] = (mlp, 1, -1, 1)
         shaping[block.fc2] = (-1, 1, mlp, 1)
         first = by_name[f"{block.attention}.{attention.projection_names()[0]}"]
         tokens = first.in_h * first.in_w
-        products.append(_Product(heads, gate, 2 * tokens * tokens * d, attention.num_heads))
+        products.append(_Product(heads, gate, 2 * tokens * tokens * queries, attention.kv_heads))
     rows = [_Row(s, *shaping.get(s.name, (-1, 1, -1, 1)),
                  next((g for prefix, g in gates.items() if s.name.startswith(prefix)), -1))
             for s in dense]
@@ -441,20 +459,40 @@ def _magnitude_power(config: PruningConfig) -> float | RandomImportance:
 
 
 def _magnitudes(rows: Sequence[nn.Linear], columns: Sequence[nn.Linear], p: float,
-                groups: int) -> torch.Tensor:
-    """Sum of |w|^p per group (a head, or one hidden channel) over the output rows of `rows`
-    (bias included) and the input columns of `columns` that the group owns. The columns are
-    laid out [groups, size]; each of `rows` repeats that layout (three times for a fused qkv)."""
-    size = columns[0].in_features // groups  # head_dim, or 1
+                groups: int, copies: int = 1) -> torch.Tensor:
+    """Sum of |w|^p per group (a head, a key/value group, or one hidden channel) over the output
+    rows of `rows` (bias included) and the input columns of `columns` that the group owns. Each
+    is laid out [groups, size] (its own size: a group's queries outnumber its key rows), `rows`
+    `copies` times over (3 for a fused qkv)."""
     total = torch.zeros(groups)
     for layer in rows:
         per_row = layer.weight.detach().abs().pow(p).sum(1)
         if layer.bias is not None:
             per_row = per_row + layer.bias.detach().abs().pow(p)
-        total += per_row.cpu().view(-1, groups, size).sum((0, 2))
+        total += per_row.cpu().view(copies, groups, -1).sum((0, 2))
     for layer in columns:
-        total += layer.weight.detach().abs().pow(p).sum(0).cpu().view(groups, size).sum(1)
+        total += layer.weight.detach().abs().pow(p).sum(0).cpu().view(groups, -1).sum(1)
     return total
+
+
+class _Scored(NamedTuple):
+    """A heads or MLP unit of a block as it is ranked and sliced."""
+
+    name: str
+    count: int  # its current count: heads (key/value groups), or hidden channels
+    rows: tuple[nn.Linear, ...]  # the Linears whose output rows it owns
+    columns: tuple[nn.Linear, ...]  # those whose input columns it owns
+    copies: int  # times the rows repeat the unit's layout (3 for a fused qkv)
+
+
+def _scored(block: Block, work: nn.Module) -> list[_Scored]:
+    """The heads and MLP units of `block` in `work`, as they are ranked and sliced."""
+    attention = work.get_submodule(block.attention)
+    fc2 = work.get_submodule(block.fc2)
+    return [_Scored(block.attention, attention.kv_heads, attention.projections(),
+                    (attention.proj,), 3 if attention.fused else 1),
+            _Scored(block.fc1, fc2.in_features,
+                    tuple(work.get_submodule(n) for n in block.mlp_rows()), (fc2,), 1)]
 
 
 def unit_scores(model: nn.Module, example_input: torch.Tensor, config: PruningConfig
@@ -466,15 +504,10 @@ def unit_scores(model: nn.Module, example_input: torch.Tensor, config: PruningCo
     work = explicit_attention(model, example_input)
     scores = {}
     for block in find_blocks(work, example_input):
-        attention = work.get_submodule(block.attention)
-        fc1, fc2 = work.get_submodule(block.fc1), work.get_submodule(block.fc2)
-        for name, count, rows, columns in (
-                (block.attention, attention.num_heads, attention.projections(),
-                 (attention.proj,)),
-                (block.fc1, fc1.out_features, (fc1,), (fc2,))):
+        for name, count, rows, columns, copies in _scored(block, work):
             scores[name] = ranking.unit_scores(name, count) \
                 if isinstance(ranking, RandomImportance) \
-                else _magnitudes(rows, columns, ranking, count)
+                else _magnitudes(rows, columns, ranking, count, copies)
     return scores
 
 
@@ -501,14 +534,19 @@ def _slice(layer: nn.Linear, rows: list[int] | None = None, columns: list[int] |
         layer.weight = nn.Parameter(weight.clone(), requires_grad=layer.weight.requires_grad)
 
 
-def _prune_heads(attention: ExplicitAttention, heads: list[int]) -> None:
-    d, width = attention.head_dim, attention.num_heads * attention.head_dim
-    channels = [h * d + j for h in heads for j in range(d)]
-    for layer in attention.projections():
-        copies = layer.out_features // width  # 3 for the fused qkv
-        _slice(layer, rows=[c * width + i for c in range(copies) for i in channels])
-    _slice(attention.proj, columns=channels)
-    attention.num_heads = len(heads)
+def _prune_heads(attention: ExplicitAttention, groups: list[int]) -> None:
+    """Keep the given key/value groups (the heads themselves without grouped-query attention)
+    and the query heads that share them."""
+    d, r, width = attention.head_dim, attention.group_size, attention.num_heads * attention.head_dim
+    queries = [(g * r + i) * d + j for g in groups for i in range(r) for j in range(d)]
+    if attention.fused:  # rows [q; k; v], one key/value head per query head
+        _slice(attention.qkv, rows=[c * width + i for c in range(3) for i in queries])
+    else:
+        _slice(attention.q, rows=queries)
+        for layer in (attention.k, attention.v):
+            _slice(layer, rows=[g * d + j for g in groups for j in range(d)])
+    _slice(attention.proj, columns=queries)
+    attention.num_heads, attention.kv_heads = len(groups) * r, len(groups)
 
 
 def _prune_block(work: nn.Module, block: Block, kept: dict[str, int],
@@ -517,21 +555,18 @@ def _prune_block(work: nn.Module, block: Block, kept: dict[str, int],
     if kept.get(block.name) == 0:
         set_module(work, block.name, RemovedBlock(block.returns))
         return
-    attention = work.get_submodule(block.attention)
-    fc1, fc2 = work.get_submodule(block.fc1), work.get_submodule(block.fc2)
-    for name, count, rows, columns in (
-            (block.attention, attention.num_heads, attention.projections(), (attention.proj,)),
-            (block.fc1, fc1.out_features, (fc1,), (fc2,))):
+    for name, count, rows, columns, copies in _scored(block, work):
         if kept.get(name, count) == count:
             continue
         scores = ranking.unit_scores(name, count) if isinstance(ranking, RandomImportance) \
-            else _magnitudes(rows, columns, ranking, count)
+            else _magnitudes(rows, columns, ranking, count, copies)
         keep = _kept_indices(scores, kept[name])
         if name == block.attention:
-            _prune_heads(attention, keep)
+            _prune_heads(work.get_submodule(block.attention), keep)
         else:
-            _slice(fc1, rows=keep)
-            _slice(fc2, columns=keep)
+            for layer in rows:
+                _slice(layer, rows=keep)
+            _slice(columns[0], columns=keep)
 
 
 def apply_transformer_policy(model: nn.Module, policy: dict[str, float],
@@ -587,11 +622,13 @@ def build_transformer_skeleton(model: nn.Module, example_input: torch.Tensor,
 
 
 def pruned_block(model: nn.Module, block: Block, heads: int, hidden: int) -> nn.Module:
-    """A copy of one block of a rewritten model, alone, pruned to `heads` heads and `hidden` MLP
-    channels (ranked by l2): what the latency model times (`latency.blocks`). `model` is left
-    as it was."""
+    """A copy of one block of a rewritten model, alone, pruned to `heads` heads (key/value
+    groups under grouped-query attention: the heads unit's count) and `hidden` MLP channels
+    (ranked by l2): what the latency model times (`latency.blocks`). `model` is left as it
+    was."""
     work = copy.deepcopy(model.get_submodule(block.name))
     inside = Block("", _relative(block.attention, block.name), _relative(block.fc1, block.name),
-                   _relative(block.fc2, block.name), block.removable, block.returns)
+                   _relative(block.fc2, block.name), block.removable, block.returns,
+                   _relative(block.up, block.name) if block.up else "")
     _prune_block(work, inside, {inside.attention: heads, inside.fc1: hidden}, 2.0)
     return work

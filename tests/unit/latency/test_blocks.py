@@ -116,3 +116,24 @@ def test_a_cnn_gets_no_block_tables_and_its_cache_key_no_blocks_entry():
                               torch.nn.Linear(16 * 30 * 30, 10)).eval()
     built = lm.build_latency_model(cnn, X, SETTINGS, round_to=16, grid_points=2, target_ms=1.0)
     assert built.blocks is None and built.rest_ms == 0 and "blocks" not in built.key
+
+
+def test_a_llamas_block_sites_count_key_value_groups_as_the_skeleton_does():
+    """Under grouped-query attention the block table's heads axis is the heads unit's count (key
+    /value groups), read off the predicted shapes as the skeleton prunes them."""
+    transformers = pytest.importorskip("transformers")
+    from compressor.zoo.huggingface import causal_lm
+
+    torch.manual_seed(0)
+    model = causal_lm(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)).eval())
+    tokens = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    sites, _ = lb.block_sites(pruning.explicit_attention(model, tokens), tokens)
+    assert [(s.heads, s.head_dim, s.hidden) for s in sites] == [(2, 32, 128)] * 2
+    skeleton = pruning.build_skeleton(model, tokens, CONFIG)
+    layers = "model.model.layers."
+    shapes = skeleton.layer_shapes({f"{layers}0.self_attn": 0.5, f"{layers}0.mlp.gate_proj": 0.5,
+                                    f"{layers}1": 0.9})
+    by_name = {s.name: s for s in shapes}
+    assert [site.kept(by_name) for site in sites] == [(1, 64), None]
