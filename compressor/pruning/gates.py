@@ -130,10 +130,11 @@ class GroupDiverges(Exception):
     """torch-pruning's grouping from one layer keeps growing (`converging_group`)."""
 
 
-GROUP_ENTRIES = 4_000_000
+GROUP_ENTRIES = 1_000_000
 """Most channel index entries one group's walk may produce before it is stopped. The largest
 legitimate groups seen (densenet201's concatenations: ~1920 channels reached along ~100 layers)
-produce well under a million; an ECA loop at 2048 channels produces 4 M in one trip."""
+produce under 60 k (ReXNet's partial residuals 150 k before the walk kept only new channels); an
+ECA loop at 2048 channels produces 4 M in one trip."""
 
 
 class _Counted(list):
