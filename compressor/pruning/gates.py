@@ -72,7 +72,8 @@ def _length_to_channels(node, channels: int) -> bool:
 def find_channel_axis_gates(nodes: Sequence) -> list[tuple[object, object, list]]:
     """Per gate that moves the channels onto the length axis of a 1-D conv and back: (the reshape
     into [B, 1, C], the reshape back, the ops between them). The ops between must take their
-    inputs from the section only, and its layers must be one-channel `Conv1d`s at either end."""
+    inputs from the section only (a circular pad's slices and concat may be among them), and its
+    layers must be one-channel `Conv1d`s at either end."""
     gates = []
     for start in nodes:
         if start.type != tp.ops.OPTYPE.RESHAPE:
@@ -89,7 +90,8 @@ def find_channel_axis_gates(nodes: Sequence) -> list[tuple[object, object, list]
                 ends.append(node)
                 continue
             ok = (len(inner) < SECTION_NODES
-                  and node.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONV)
+                  and node.type in (tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONV,
+                                    tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SLICE)
                   and (node.type != tp.ops.OPTYPE.CONV or isinstance(node.module, nn.Conv1d))
                   and all(i is start or i in inner or i.type == tp.ops.OPTYPE.PARAMETER
                           or i in frontier or i.inputs == [] for i in node.inputs))
@@ -170,12 +172,12 @@ class ChannelGraph(ShuffleAwareGraph):
     channel-axis gates passed straight through (`find_channel_axis_gates`), broadcast operands
     cut (`cut_broadcast_operands`), and each group's walk bounded (`GroupDiverges`)."""
 
-    def __init__(self, entry_limit: int = GROUP_ENTRIES):
+    def __init__(self, entry_limit: int | None = None):
         super().__init__()
         self.agnostic: set[nn.Module] = set()  # convs inside channel-axis gates: element-wise
         self.gates = 0
         self.broadcasts = 0
-        self.entry_limit = entry_limit
+        self.entry_limit = GROUP_ENTRIES if entry_limit is None else entry_limit
         self.entries = 0
         self.walking = ""  # the root layer whose group is being walked ("" outside a walk)
         self.frozen = False  # nothing is pruned: the index mappings need no update per group
@@ -191,6 +193,9 @@ class ChannelGraph(ShuffleAwareGraph):
         gates = find_channel_axis_gates(nodes)
         for start, end, inner in gates:
             start.type = end.type = tp.ops.OPTYPE.ELEMENTWISE  # identity: channel c stays c
+            for node in inner:  # a circular pad's slices and concat (CecaModule) likewise
+                if node.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SLICE):
+                    node.type = tp.ops.OPTYPE.ELEMENTWISE
             self.agnostic.update(n.module for n in inner if isinstance(n.module, nn.Conv1d))
         self.gates = len(gates)
         result = super()._build_dependency(module2node)
