@@ -112,10 +112,20 @@ def build(spec: str):
     return build_model(spec, NUM_CLASSES)
 
 
+EXPORT_MIN_SIZE = {"alexnet": 223}
+"""Smallest sides that export, where torchvision's recorded `min_size` does not: at 63 px
+alexnet's features are 1x1 and its AdaptiveAvgPool2d((6, 6)) pools them *up* to 6x6, which the
+ONNX exporter cannot write ("output size that are not factor of input size"); 223 px is the
+smallest side giving the 6x6 map it pools to (no resampling at all)."""
+
+
 def minimum_size(spec: str) -> int | None:
-    """The smallest input side torchvision records for `spec` (None: none recorded)."""
+    """The smallest input side torchvision records for `spec`, or the smallest that exports
+    (`EXPORT_MIN_SIZE`); None: none recorded."""
     if spec.startswith(TIMM) or ":" in spec:
         return None
+    if spec in EXPORT_MIN_SIZE:
+        return EXPORT_MIN_SIZE[spec]
     import torchvision
 
     try:

@@ -17,7 +17,7 @@ from compressor.pruning.importance import (
     prune_indices,
     unit_importance,
 )
-from compressor.pruning.segments import drop_by_segment, segments_of
+from compressor.pruning.segments import ROOT_TYPES, drop_by_segment, segments_of
 from compressor.pruning.sizes import refresh_sizes
 from compressor.pruning.skeleton import check_policy, kept_count, trace
 from compressor.pruning.transformer import apply_transformer_policy
@@ -55,12 +55,40 @@ def apply_policy(model: nn.Module, policy: dict[str, float], example_input: torc
                 _drop(unit_importance(name, group, groups, criterion), groups, parts, kept))
                for name, group, groups, parts, kept in plans]
     for root, handler, idxs in pruning:
-        traced.graph.get_pruning_group(root, handler, idxs).prune()
+        group = traced.graph.get_pruning_group(root, handler, idxs)
+        extras = _extra_out_parameters(traced.graph, group)
+        group.prune()
+        _prune_extras(extras)
     if pruning:
         refresh_sizes(work, example_input)  # split sizes a forward reads from attributes
     work.zero_grad(set_to_none=True)
     work.train(model.training)  # tracing switched the copy to eval mode
     return work
+
+
+def _extra_out_parameters(graph, group) -> list[tuple[nn.Module, str, list[int]]]:
+    """The parameters torch-pruning leaves whole when it prunes a conv's or linear's out
+    channels: its own extra ones with one entry per out channel (timm's ScaledStdConv2d `gain`,
+    read by NF-Nets' weight standardisation: "weight should contain 16 elements not 32"). Per
+    parameter, the module, its name and the channels to remove."""
+    found = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if not isinstance(module, ROOT_TYPES) or not graph.is_out_channel_pruning_fn(dep.handler):
+            continue
+        out = module.weight.shape[0]
+        found += [(module, name, list(idxs)) for name, p in module.named_parameters(recurse=False)
+                  if name not in ("weight", "bias") and p.dim() >= 1 and p.shape[0] == out]
+    return found
+
+
+def _prune_extras(extras: list[tuple[nn.Module, str, list[int]]]) -> None:
+    for module, name, idxs in extras:
+        param = getattr(module, name)
+        drop = set(idxs)
+        keep = torch.tensor([i for i in range(param.shape[0]) if i not in drop], dtype=torch.long)
+        setattr(module, name, nn.Parameter(param.data.index_select(0, keep),
+                                           requires_grad=param.requires_grad))
 
 
 def _drop(scores: torch.Tensor, channel_groups: int, parts: tuple, kept: list[int]) -> list[int]:

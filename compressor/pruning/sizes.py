@@ -33,11 +33,18 @@ def _cross_stage(module: nn.Module, x: torch.Tensor) -> None:
     module.expand_chs = module.conv_exp.conv.out_channels  # split into two equal halves
 
 
+def _focal_modulation(module: nn.Module, x: torch.Tensor) -> None:
+    query, context = module.h.out_channels, module.focal_layers[0][0].in_channels
+    module.input_split = [query, context, module.f.out_channels - query - context]
+
+
 SIZE_ATTRIBUTES: dict[str, SizeRefresher] = {
     "timm.layers.mixed_conv2d.MixedConv2d": _mixed_conv,  # torch.split(x, self.splits, 1)
     "timm.models.inception_next.InceptionDWConv2d": _inception_dw,  # ... self.split_indexes
     "timm.models.cspnet.CrossStage": _cross_stage,  # x.split(self.expand_chs // 2, dim=1)
     "timm.models.cspnet.CrossStage3": _cross_stage,
+    # torch.split(self.f(x), self.input_split, 1): query, context, one gate per focal level
+    "timm.models.focalnet.FocalModulation": _focal_modulation,
 }
 """Qualified class name -> how to refresh its size attributes after a prune."""
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.pruning.config import PruningConfig
+from compressor.pruning.gates import ChannelGraph
 from compressor.pruning.segments import (
     ROOT_TYPES,
     Segment,
@@ -44,7 +45,7 @@ from compressor.pruning.segments import (
     widen_groups,
 )
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
-from compressor.pruning.splits import ShuffleAwareGraph, equal_split_roots, repair_splits
+from compressor.pruning.splits import equal_split_roots, repair_splits
 from compressor.zoo.models import classifier_name
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,7 @@ def trace(model: nn.Module, example_input: torch.Tensor, config: PruningConfig,
                 _time_limit(time_limit):
             for prefix in _ONCE_PREFIXES:  # dedup is ours, whatever the caller's filters say
                 warnings.filterwarnings("always", message=prefix)
-            graph = ShuffleAwareGraph().build_dependency(model, example_inputs=example_input)
+            graph = ChannelGraph().build_dependency(model, example_inputs=example_input)
             repair_splits(graph)
             groups = list(graph.get_all_groups(ignored_layers=ignored,
                                                root_module_types=list(ROOT_TYPES)))
