@@ -1,6 +1,9 @@
 """A causal decoder as one ONNX graph with its KV cache as inputs and outputs, verified, and
 greedy generation in onnxruntime.
 
+It lives beside `pruning.checkpoints` rather than in `io`: it exports the `ExplicitAttention` that
+pruning rewrites attention into, through `io.export`'s tolerance and parity.
+
 The graph (`decoder_onnx_bytes`) takes `tokens` [batch, n] (int64) and, per attention layer i that
 still runs, `past_key_i` and `past_value_i` [batch, heads_i, past, head_dim]; it returns `logits`
 [batch, n, vocab] and `present_key_i`, `present_value_i` [batch, heads_i, past + n, head_dim]. The
@@ -174,7 +177,7 @@ def cache_names(count: int, prefix: str) -> list[str]:
 
 
 def decoder_onnx_bytes(model: nn.Module, positions: str = "position", opset: int = 17) -> bytes:
-    """`CachedDecoder(model)` as ONNX bytes (legacy TorchScript exporter, as `io.export`), with the
+    """`CachedDecoder(model)` as ONNX bytes (the legacy TorchScript exporter, as `io.export`), with the
     batch, token and past axes dynamic and the cache layers in the metadata."""
     import onnx
 

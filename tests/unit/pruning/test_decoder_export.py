@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from compressor.errors import ExportError
-from compressor.io.decoder_export import (
+from compressor.pruning import PruningConfig, apply_policy
+from compressor.pruning.attention import explicit_attention
+from compressor.pruning.decoder_export import (
     DECODER_METADATA,
     GREEDY_STEPS,
     CacheLayer,
@@ -26,8 +28,6 @@ from compressor.io.decoder_export import (
     run_cached,
     verify_decoder,
 )
-from compressor.pruning import PruningConfig, apply_policy
-from compressor.pruning.attention import explicit_attention
 from compressor.zoo.embedded import DecoderBlock, gpt_tiny
 
 PROMPT = b"import os\ndef main(argv):\n    return "
