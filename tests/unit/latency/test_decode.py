@@ -1,0 +1,62 @@
+"""Decode and prefill latency: real onnxruntime sessions of gpt_tiny's KV-cache graph, paired with
+the dense one; a pruned decoder is faster at both."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from compressor.errors import UserError
+from compressor.io.export import onnx_bytes
+from compressor.latency.decode import DecodeProbe, DecodeShape, decoder_timing_session
+from compressor.latency.probe import ProbeSettings
+from compressor.pruning import PruningConfig, apply_policy
+from compressor.pruning.attention import explicit_attention
+from compressor.zoo.embedded import gpt_tiny
+
+QUICK = ProbeSettings(warmup=3, runs=10, blocks=4)
+TOKENS = torch.tensor([list(b"def main(argv):\n    return 0\n")])
+HALF = {"blocks.0.attn": 0.5, "blocks.0.mlp.0": 0.5, "blocks.1": 0.9, "blocks.2.attn": 0.5,
+        "blocks.2.mlp.0": 0.5, "blocks.3": 0.9}
+"""Two blocks removed, the other two at half their heads and MLP width: about a quarter of the
+dense decoder's work."""
+
+
+@functools.cache
+def dense() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return explicit_attention(gpt_tiny().eval(), TOKENS)
+
+
+@functools.cache
+def probe() -> DecodeProbe:
+    return DecodeProbe(dense(), QUICK, DecodeShape(past=96, prompt=64))
+
+
+def test_the_timed_inputs_are_one_token_after_the_past_or_a_prompt_after_none():
+    decode, prefill = probe().references["decode"], probe().references["prefill"]
+    assert decode.feed["tokens"].shape == (1, 1) and prefill.feed["tokens"].shape == (1, 64)
+    assert decode.feed["past_key_3"].shape == (1, 4, 96, 32)
+    assert prefill.feed["past_value_0"].shape == (1, 4, 0, 32)
+    assert decode.batch_size == 1
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_a_pruned_decoder_is_faster_at_decode_and_prefill(phase):
+    pruned = apply_policy(gpt_tiny().eval(), HALF, TOKENS, PruningConfig(round_to=16))
+    paired = probe().measure(pruned, phase)
+    assert paired.ratio < 0.9, paired.block_ratios
+    assert paired.settings["phase"] == phase and paired.settings["past"] == 96
+    assert paired.settings["batch_size"] == 1 and paired.architecture
+    assert probe().dense_ms(phase).ms > 0
+
+
+def test_an_image_model_or_a_bad_shape_is_refused():
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(UserError, match="not a KV-cache decoder graph"):
+        decoder_timing_session(onnx_bytes(torch.nn.Conv2d(3, 4, 3), x), QUICK, DecodeShape(),
+                               "decode")
+    with pytest.raises(UserError, match="prefill tokens 0"):
+        DecodeShape(prompt=0)
