@@ -10,9 +10,14 @@ import torch
 
 from compressor.errors import UserError
 from compressor.io.export import onnx_bytes
-from compressor.latency.decode import DecodeProbe, DecodeShape, decoder_timing_session
+from compressor.latency.decode import (
+    DecodeProbe,
+    DecodeShape,
+    decoder_timing_session,
+    measure_decode_tables,
+)
 from compressor.latency.probe import ProbeSettings
-from compressor.pruning import PruningConfig, apply_policy
+from compressor.pruning import PruningConfig, apply_policy, build_skeleton
 from compressor.pruning.attention import explicit_attention
 from compressor.zoo.embedded import gpt_tiny
 
@@ -60,3 +65,21 @@ def test_an_image_model_or_a_bad_shape_is_refused():
                                "decode")
     with pytest.raises(UserError, match="prefill tokens 0"):
         DecodeShape(prompt=0)
+
+
+@functools.cache
+def tables(phase: str):
+    return measure_decode_tables(dense(), TOKENS, QUICK, DecodeShape(past=96, prompt=64), phase,
+                                 lambda heads: [1, heads], lambda hidden: [16, hidden], runs=30)
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_the_tables_rank_a_pruned_decoder_faster_and_price_the_dense_one_at_one(phase):
+    skeleton = build_skeleton(gpt_tiny().eval(), TOKENS, PruningConfig(round_to=16))
+    found = tables(phase)
+    assert found.predict_ratio(skeleton.layer_shapes({})) == pytest.approx(1.0)
+    narrower = found.predict_ratio(skeleton.layer_shapes(
+        {unit.name: 0.5 for unit in skeleton.units if unit.kind != "block"}))
+    fewer = found.predict_ratio(skeleton.layer_shapes(HALF))
+    assert fewer < narrower < 1.0
+    assert found.rest_ms >= 0 and len(found.blocks.tables) == 1  # four equal blocks, one table
