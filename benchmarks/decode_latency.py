@@ -1,7 +1,7 @@
 """Measure gpt_tiny's decode and prefill latency in onnxruntime: dense FP32, dynamic INT8, pruned.
 
     python -m benchmarks.decode_latency [--past 96] [--prompt 128] [--rounds 3] [--policies 50]
-                                        [--out DIR]
+                                        [--tables-only] [--out DIR]
 
 The dense model (untrained weights: latency does not depend on them) is exported with its KV cache
 (`pruning.decoder_export`) and timed alone (`measure_ms`: ms per decoded token after `--past`
@@ -122,13 +122,15 @@ def table_errors(plain: torch.nn.Module, dense: torch.nn.Module, tokens: torch.T
     return found
 
 
-def run(past: int, prompt: int, count: int, policies: int) -> dict:
+def run(past: int, prompt: int, count: int, policies: int, tables_only: bool = False) -> dict:
     torch.manual_seed(0)
     tokens = torch.tensor([list(PROMPT)])
     plain = gpt_tiny().eval()
     dense = explicit_attention(plain, tokens)
     settings = ProbeSettings(threads=1, warmup=20, runs=50, blocks=8)
     probe = DecodeProbe(dense, settings, DecodeShape(past=past, prompt=prompt))
+    if tables_only:
+        return {"latency_model": table_errors(plain, dense, tokens, probe, policies)}
     alone = {}
     for phase in PHASES:
         timed = [measure_ms(probe.references[phase], replace(settings, statistic=s))
@@ -160,9 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--policies", type=int, default=50)
+    parser.add_argument("--tables-only", action="store_true",
+                        help="only the latency model's errors")
     parser.add_argument("--out", default="runs/bench/decode")
     args = parser.parse_args(argv)
-    result = run(args.past, args.prompt, args.rounds, args.policies)
+    result = run(args.past, args.prompt, args.rounds, args.policies, args.tables_only)
     atomic.write_text(Path(args.out) / "decode.json", json.dumps(result, indent=1))
 
 

@@ -233,39 +233,45 @@ def fastest_ms(data: bytes, feed: dict[str, np.ndarray], settings: ProbeSettings
 
 class DecodeTables(NamedTuple):
     """A decoder's predicted latency at one phase: per-block tables over (heads, MLP width) at
-    that phase's shape plus a constant rest.
+    that phase's shape, one set per number of blocks that run, plus a constant rest.
 
-    Each entry times as many copies of the pruned block as the model has blocks, in a row, each
-    with its own weights and cache (`DecodingBlocks`: one token after `shape.past` cached
-    positions for decode, `shape.prompt` tokens after none for prefill), as wall time, the
-    fastest of many runs, less that of a graph passing the same inputs through
-    (`passthrough_graph`), divided by the copies. Over a grid, bilinear in between
-    (`latency.blocks.BlockTable`). The rest is the dense KV-cache graph's fastest run less its
-    blocks' tables: the embeddings, final norm, output layer and per-run overhead, which pruning
-    does not change. A removed block costs nothing.
+    The entry for c blocks times c copies of the pruned block in a row, each with its own
+    weights and cache (`DecodingBlocks`: one token after `shape.past` cached positions for
+    decode, `shape.prompt` tokens after none for prefill), as wall time, the fastest of many
+    runs, less that of a graph passing the same inputs through (`passthrough_graph`), divided
+    by c. Over a grid, bilinear in between (`latency.blocks.BlockTable`). A network whose k
+    blocks run is priced by the tables for k (the nearest measured count). The rest is the
+    dense KV-cache graph's fastest run less its blocks' tables: the embeddings, final norm,
+    output layer and per-run overhead, which pruning does not change. A removed block costs
+    nothing.
 
     Why not as the ViT tables are (`latency.blocks`: one block alone, onnxruntime's per-node
     kernel times): measured on gpt_tiny (decode, past 96, 1 thread, Xeon with AVX-512), a
     decode block's ~30 nodes take 1-3 us each, at the profiler's own cost and resolution, and
     its tables came out flat (0.068-0.085 ms at any heads and width) while measured ratios
-    ranged 0.26-0.98. One block alone, timed by wall clock, stays in the core's cache and cost
-    0.027 ms, but each block added to the decoder cost 0.07-0.085 ms (dense gpt_tiny with 1, 2,
-    3, 4 blocks: 0.038, 0.110, 0.195, 0.268 ms, fastest of 500 runs, repeatable to 1%): decode
-    reads every weight once per token, and four blocks' 3.2 MB do not stay in cache between
-    runs while one block's 0.8 MB does. So the copies: a block is timed in a working set the size
-    of the dense model's. What is left: a heavily pruned decoder fits the cache again and runs
-    faster than its blocks' tables say (predicted 0.42, measured 0.26 with three blocks
-    removed); prefill, compute-bound, is priced within 5% on the policies tried."""
+    ranged 0.26-0.98. And why per count of blocks: one block alone, timed by wall clock, stays
+    in the core's cache and cost 0.027 ms, but each block added to the decoder cost 0.07-0.085
+    ms (dense gpt_tiny with 1, 2, 3, 4 blocks: 0.038, 0.110, 0.195, 0.268 ms, fastest of 500
+    runs, repeatable to 1%): decode reads every weight once per token, and four blocks' 3.2 MB
+    do not stay in cache between runs while one block's 0.8 MB does. Tables timed at the dense
+    count alone (4 copies) priced decode with a median error of 5.8% but a max of 81% over 50
+    random policies (the heavily pruned ones fit the cache again); prefill, compute-bound,
+    needs no such care."""
 
     phase: str
     shape: DecodeShape
-    blocks: BlockTables
+    blocks: dict[int, BlockTables]  # by the number of blocks that run
     rest_ms: float
     dense_ms: float  # the dense graph measured: rest_ms plus its blocks' tables
 
     def predict_ms(self, shapes: list[LayerShape]) -> float:
         """Predicted ms of the network whose layers have `shapes` (`Skeleton.layer_shapes`)."""
-        return self.rest_ms + sum(self.blocks.block_ms(shapes).values())
+        any_tables = next(iter(self.blocks.values()))
+        running = len(any_tables.block_ms(shapes))
+        if running == 0:
+            return self.rest_ms
+        count = min(self.blocks, key=lambda c: (abs(c - running), -c))
+        return self.rest_ms + sum(self.blocks[count].block_ms(shapes).values())
 
     def predict_ratio(self, shapes: list[LayerShape]) -> float:
         """`predict_ms` as a ratio of the dense graph's: what a decode or prefill budget costs."""
@@ -274,36 +280,40 @@ class DecodeTables(NamedTuple):
 
 def measure_decode_tables(model: nn.Module, tokens: torch.Tensor, settings: ProbeSettings,
                           shape: DecodeShape, phase: str, heads_grid: Callable[[int], list[int]],
-                          hidden_grid: Callable[[int], list[int]], runs: int = 300,
+                          hidden_grid: Callable[[int], list[int]],
+                          counts: list[int] | None = None, runs: int = 300,
                           positions: str = "position") -> DecodeTables:
     """Time one block of each signature of a rewritten decoder (`pruning.explicit_attention`)
-    pruned to every (heads, hidden) of its grid at `phase`'s shape, and the dense KV-cache graph
-    whole (`DecodeTables`). `tokens` [1, n] is an example the blocks are found on."""
+    pruned to every (heads, hidden) of its grid at `phase`'s shape, in a row of c copies for each
+    c of `counts` (None: 1 to the number of blocks), and the dense KV-cache graph whole
+    (`DecodeTables`). `tokens` [1, n] is an example the blocks are found on."""
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r} is not one of {PHASES}")
     new, past = (1, shape.past) if phase == "decode" else (shape.prompt, 0)
     sites, inputs = block_sites(model, tokens)
     blocks = {b.name: b for b in find_blocks(model, tokens)}
-    tables: dict[str, BlockTable] = {}
+    counts = sorted(set(counts or range(1, len(sites) + 1)) | {len(sites)})
 
-    copies = len(sites)
-
-    def timed(block: nn.Module, width: int) -> float:
+    def timed(block: nn.Module, width: int, copies: int) -> float:
         graph, feed = decoding_blocks_graph(block, copies, width, new, past)
         return max(0.0, fastest_ms(graph, feed, settings, runs)
                    - fastest_ms(passthrough_graph(feed), feed, settings, runs)) / copies
 
-    for site in sites:
-        if site.signature not in tables:
-            width = inputs[site.name].shape[-1]
-            heads, hidden = heads_grid(site.heads), hidden_grid(site.hidden)
-            tables[site.signature] = BlockTable(heads, hidden, [
-                [timed(pruned_block(model, blocks[site.name], h, w), width) for w in hidden]
-                for h in heads])
-    block_tables = BlockTables(sites, tables)
+    by_count = {}
+    for copies in counts:
+        tables: dict[str, BlockTable] = {}
+        for site in sites:
+            if site.signature not in tables:
+                width = inputs[site.name].shape[-1]
+                heads, hidden = heads_grid(site.heads), hidden_grid(site.hidden)
+                tables[site.signature] = BlockTable(heads, hidden, [
+                    [timed(pruned_block(model, blocks[site.name], h, w), width, copies)
+                     for w in hidden] for h in heads])
+        by_count[copies] = BlockTables(sites, tables)
     dense = decoder_onnx_bytes(model, positions)
     feed = decoder_timing_session(dense, settings, shape, phase).feed
     dense_ms = fastest_ms(dense, feed, settings, runs)
-    dense_blocks = sum(block_tables.block_ms(measure_layer_shapes(model, tokens)).values())
-    return DecodeTables(phase, shape, block_tables, max(0.0, dense_ms - dense_blocks),
+    dense_shapes = measure_layer_shapes(model, tokens)
+    dense_blocks = sum(by_count[len(sites)].block_ms(dense_shapes).values())
+    return DecodeTables(phase, shape, by_count, max(0.0, dense_ms - dense_blocks),
                         max(dense_ms, dense_blocks))

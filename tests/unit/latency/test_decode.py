@@ -70,7 +70,8 @@ def test_an_image_model_or_a_bad_shape_is_refused():
 @functools.cache
 def tables(phase: str):
     return measure_decode_tables(dense(), TOKENS, QUICK, DecodeShape(past=96, prompt=64), phase,
-                                 lambda heads: [1, heads], lambda hidden: [16, hidden], runs=30)
+                                 lambda heads: [1, heads], lambda hidden: [16, hidden],
+                                 counts=[2], runs=30)
 
 
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
@@ -82,4 +83,5 @@ def test_the_tables_rank_a_pruned_decoder_faster_and_price_the_dense_one_at_one(
         {unit.name: 0.5 for unit in skeleton.units if unit.kind != "block"}))
     fewer = found.predict_ratio(skeleton.layer_shapes(HALF))
     assert fewer < narrower < 1.0
-    assert found.rest_ms >= 0 and len(found.blocks.tables) == 1  # four equal blocks, one table
+    assert sorted(found.blocks) == [2, 4]  # the dense count is always measured
+    assert found.rest_ms >= 0 and len(found.blocks[4].tables) == 1  # four equal blocks, one table
