@@ -48,7 +48,7 @@ from torch import nn
 from compressor.errors import ExportError
 from compressor.io import atomic
 from compressor.io.export import DEFAULT_TOLERANCE, Tolerance, compare_outputs
-from compressor.pruning.attention import ExplicitAttention
+from compressor.pruning.attention import ExplicitAttention, set_module
 
 DECODER_METADATA = "compressor.decoder"
 """Key of the ONNX metadata entry (JSON): {"context": positions, "layers": [{"name", "heads",
@@ -118,11 +118,6 @@ class ShiftedPositions(nn.Module):
         return self.embedding(positions + self.offset)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 class CachedDecoder(nn.Module):
     """`forward(tokens, past_key_0, past_value_0, ...) -> (logits, present_key_0,
     present_value_0, ...)`: a copy of `model` (left untouched) run by its own forward with every
@@ -137,7 +132,7 @@ class CachedDecoder(nn.Module):
             raise ValueError(f"{positions} is a {type(embedding).__name__}, not the position "
                              "nn.Embedding")
         self.positions = ShiftedPositions(embedding)
-        _set(self.model, positions, self.positions)
+        set_module(self.model, positions, self.positions)
         found = [(n, m) for n, m in self.model.named_modules() if isinstance(m, ExplicitAttention)]
         if not found:
             raise ValueError("no ExplicitAttention left to cache (rewrite the attention first, "
@@ -145,7 +140,7 @@ class CachedDecoder(nn.Module):
         self.cached = nn.ModuleList()
         for name, attention in found:
             cached = CachedAttention(attention)
-            _set(self.model, name, cached)
+            set_module(self.model, name, cached)
             self.cached.append(cached)
         self.layers = [CacheLayer(n, m.num_heads, m.head_dim) for n, m in found]
         self.context = getattr(model, "context", embedding.num_embeddings)
