@@ -91,14 +91,14 @@ def rounds(probe: DecodeProbe, count: int, measure) -> dict:
 
 
 def table_errors(plain: torch.nn.Module, dense: torch.nn.Module, tokens: torch.Tensor,
-                 probe: DecodeProbe, count: int) -> dict:
+                 probe: DecodeProbe, count: int, phases: tuple[str, ...] = PHASES) -> dict:
     """Per phase: the tables' predicted ratio against the measured one on `count` random
     policies, and the median and max relative error."""
     config = PruningConfig(round_to=16)
     skeleton = build_skeleton(plain, tokens, config)
     policies = random_policies(list(skeleton.names), count, seed=0)
     found = {}
-    for phase in PHASES:
+    for phase in phases:
         started = time.time()
         tables = measure_decode_tables(dense, tokens, probe.settings, probe.shape, phase,
                                        lambda heads: list(range(1, heads + 1)),
@@ -116,13 +116,18 @@ def table_errors(plain: torch.nn.Module, dense: torch.nn.Module, tokens: torch.T
         found[phase] = {"median_error": statistics.median(errors), "max_error": max(errors),
                         "table_seconds": seconds, "rest_ms": tables.rest_ms,
                         "dense_ms": tables.dense_ms, "rows": rows}
+        for kept in sorted({r["blocks_kept"] for r in rows}):
+            mine = [r["error"] for r in rows if r["blocks_kept"] == kept]
+            print(f"  {kept} blocks kept: {len(mine)} policies, median error "
+                  f"{statistics.median(mine):.3f}, max {max(mine):.3f}", flush=True)
         print(f"{phase} tables: median error {statistics.median(errors):.3f}, max "
               f"{max(errors):.3f} over {len(rows)} policies ({seconds:.0f} s to build)",
               flush=True)
     return found
 
 
-def run(past: int, prompt: int, count: int, policies: int, tables_only: bool = False) -> dict:
+def run(past: int, prompt: int, count: int, policies: int, tables_only: bool = False,
+        phases: tuple[str, ...] = PHASES) -> dict:
     torch.manual_seed(0)
     tokens = torch.tensor([list(PROMPT)])
     plain = gpt_tiny().eval()
@@ -130,7 +135,7 @@ def run(past: int, prompt: int, count: int, policies: int, tables_only: bool = F
     settings = ProbeSettings(threads=1, warmup=20, runs=50, blocks=8)
     probe = DecodeProbe(dense, settings, DecodeShape(past=past, prompt=prompt))
     if tables_only:
-        return {"latency_model": table_errors(plain, dense, tokens, probe, policies)}
+        return {"latency_model": table_errors(plain, dense, tokens, probe, policies, phases)}
     alone = {}
     for phase in PHASES:
         timed = [measure_ms(probe.references[phase], replace(settings, statistic=s))
@@ -162,11 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--policies", type=int, default=50)
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--tables-only", action="store_true",
                         help="only the latency model's errors")
     parser.add_argument("--out", default="runs/bench/decode")
     args = parser.parse_args(argv)
-    result = run(args.past, args.prompt, args.rounds, args.policies, args.tables_only)
+    result = run(args.past, args.prompt, args.rounds, args.policies, args.tables_only,
+                 tuple(args.phases))
     atomic.write_text(Path(args.out) / "decode.json", json.dumps(result, indent=1))
 
 

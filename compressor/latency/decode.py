@@ -55,7 +55,7 @@ from compressor.pruning.decoder_export import (
     read_layers,
 )
 from compressor.pruning.shapes import LayerShape, measure_layer_shapes
-from compressor.pruning.transformer import find_blocks, pruned_block
+from compressor.pruning.transformer import RemovedBlock, find_blocks, pruned_block
 
 PHASES = ("decode", "prefill")
 
@@ -240,10 +240,11 @@ class DecodeTables(NamedTuple):
     decode, `shape.prompt` tokens after none for prefill), as wall time, the fastest of many
     runs, less that of a graph passing the same inputs through (`passthrough_graph`), divided
     by c. Over a grid, bilinear in between (`latency.blocks.BlockTable`). A network whose k
-    blocks run is priced by the tables for k (the nearest measured count). The rest is the
-    dense KV-cache graph's fastest run less its blocks' tables: the embeddings, final norm,
-    output layer and per-run overhead, which pruning does not change. A removed block costs
-    nothing.
+    blocks run is priced by the tables for k (the nearest measured count) plus the rest for k:
+    the fastest run of the KV-cache graph with its first k blocks dense and the others removed,
+    less their tables (the embeddings, final norm, output layer and per-run overhead, which
+    pruning does not change, but which also read faster from a warmer cache). A removed block
+    costs nothing.
 
     Why not as the ViT tables are (`latency.blocks`: one block alone, onnxruntime's per-node
     kernel times): measured on gpt_tiny (decode, past 96, 1 thread, Xeon with AVX-512), a
@@ -261,17 +262,17 @@ class DecodeTables(NamedTuple):
     phase: str
     shape: DecodeShape
     blocks: dict[int, BlockTables]  # by the number of blocks that run
-    rest_ms: float
-    dense_ms: float  # the dense graph measured: rest_ms plus its blocks' tables
+    rest_ms: dict[int, float]  # likewise
+    dense_ms: float  # the dense graph measured: its rest plus its blocks' tables
 
     def predict_ms(self, shapes: list[LayerShape]) -> float:
         """Predicted ms of the network whose layers have `shapes` (`Skeleton.layer_shapes`)."""
         any_tables = next(iter(self.blocks.values()))
         running = len(any_tables.block_ms(shapes))
-        if running == 0:
-            return self.rest_ms
         count = min(self.blocks, key=lambda c: (abs(c - running), -c))
-        return self.rest_ms + sum(self.blocks[count].block_ms(shapes).values())
+        if running == 0:
+            return self.rest_ms[count]
+        return self.rest_ms[count] + sum(self.blocks[count].block_ms(shapes).values())
 
     def predict_ratio(self, shapes: list[LayerShape]) -> float:
         """`predict_ms` as a ratio of the dense graph's: what a decode or prefill budget costs."""
@@ -285,8 +286,8 @@ def measure_decode_tables(model: nn.Module, tokens: torch.Tensor, settings: Prob
                           positions: str = "position") -> DecodeTables:
     """Time one block of each signature of a rewritten decoder (`pruning.explicit_attention`)
     pruned to every (heads, hidden) of its grid at `phase`'s shape, in a row of c copies for each
-    c of `counts` (None: 1 to the number of blocks), and the dense KV-cache graph whole
-    (`DecodeTables`). `tokens` [1, n] is an example the blocks are found on."""
+    c of `counts` (None: 1 to the number of blocks), and the KV-cache graph whole with c dense
+    blocks (`DecodeTables`). `tokens` [1, n] is an example the blocks are found on."""
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r} is not one of {PHASES}")
     new, past = (1, shape.past) if phase == "decode" else (shape.prompt, 0)
@@ -310,10 +311,15 @@ def measure_decode_tables(model: nn.Module, tokens: torch.Tensor, settings: Prob
                     [timed(pruned_block(model, blocks[site.name], h, w), width, copies)
                      for w in hidden] for h in heads])
         by_count[copies] = BlockTables(sites, tables)
-    dense = decoder_onnx_bytes(model, positions)
-    feed = decoder_timing_session(dense, settings, shape, phase).feed
-    dense_ms = fastest_ms(dense, feed, settings, runs)
-    dense_shapes = measure_layer_shapes(model, tokens)
-    dense_blocks = sum(by_count[len(sites)].block_ms(dense_shapes).values())
-    return DecodeTables(phase, shape, by_count, max(0.0, dense_ms - dense_blocks),
-                        max(dense_ms, dense_blocks))
+    rests, dense_ms = {}, 0.0
+    for copies in counts:  # the first `copies` blocks dense, the others removed
+        work = copy.deepcopy(model)
+        for site in sites[copies:]:
+            set_module(work, site.name, RemovedBlock(blocks[site.name].returns))
+        data = decoder_onnx_bytes(work, positions)
+        measured = fastest_ms(data, decoder_timing_session(data, settings, shape, phase).feed,
+                              settings, runs)
+        tabled = sum(by_count[copies].block_ms(measure_layer_shapes(work, tokens)).values())
+        rests[copies] = max(0.0, measured - tabled)
+        dense_ms = rests[copies] + tabled  # the last count is the dense network's
+    return DecodeTables(phase, shape, by_count, rests, dense_ms)

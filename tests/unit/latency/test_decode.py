@@ -84,4 +84,5 @@ def test_the_tables_rank_a_pruned_decoder_faster_and_price_the_dense_one_at_one(
     fewer = found.predict_ratio(skeleton.layer_shapes(HALF))
     assert fewer < narrower < 1.0
     assert sorted(found.blocks) == [2, 4]  # the dense count is always measured
-    assert found.rest_ms >= 0 and len(found.blocks[4].tables) == 1  # four equal blocks, one table
+    assert sorted(found.rest_ms) == [2, 4] and min(found.rest_ms.values()) >= 0
+    assert len(found.blocks[4].tables) == 1  # four equal blocks, one table
