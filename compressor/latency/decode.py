@@ -254,10 +254,11 @@ class DecodeTables(NamedTuple):
     in the core's cache and cost 0.027 ms, but each block added to the decoder cost 0.07-0.085
     ms (dense gpt_tiny with 1, 2, 3, 4 blocks: 0.038, 0.110, 0.195, 0.268 ms, fastest of 500
     runs, repeatable to 1%): decode reads every weight once per token, and four blocks' 3.2 MB
-    do not stay in cache between runs while one block's 0.8 MB does. Tables timed at the dense
-    count alone (4 copies) priced decode with a median error of 5.8% but a max of 81% over 50
-    random policies (the heavily pruned ones fit the cache again); prefill, compute-bound,
-    needs no such care."""
+    do not stay in cache between runs while one block's 0.8 MB does. Over 50 random policies
+    (benchmarks/decode_latency.py, a shared machine at load 7-15), decode erred by median 5.8%,
+    max 81% with tables at the dense count alone (heavily pruned networks fit the cache again:
+    46-81% off with one or two blocks left), 2.7% / 79% with tables per count and one rest, and
+    3.9% / 11.0% with both per count."""
 
     phase: str
     shape: DecodeShape
