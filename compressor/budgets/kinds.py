@@ -34,6 +34,12 @@ class BudgetConfig:
     """MACs as a ratio of the dense model's."""
     params: Annotated[float | None, flag("--params-budget")] = None
     """Parameters as a ratio of the dense model's."""
+    decode: Annotated[float | None, flag("--decode-budget")] = None
+    """A causal language model's per-token decode latency (batch 1, KV cache of a fixed past
+    length in and out, output layer included; `latency.decode`) as a ratio of the dense model's."""
+    prefill: Annotated[float | None, flag("--prefill-budget")] = None
+    """A causal language model's prefill latency of a prompt (batch 1, `latency.decode`) as a
+    ratio of the dense model's."""
     margin: Annotated[float, flag("--margin")] = 0.04
     """The search aims this fraction under a latency budget: the latency model's error on
     held-out policies (results/latency-model) plus measurement spread."""
@@ -60,7 +66,8 @@ class BudgetKind(NamedTuple):
     """One kind of budget: its name in costs and checks, and how it is aimed."""
 
     name: str
-    """"latency", "flops" or "params": the key of `costs` and of the measured values."""
+    """"latency", "flops", "params", "decode" or "prefill": the key of `costs` and of the
+    measured values."""
     aims_under: bool
     """Whether the search aims `margin` under the limit (a measured quantity with noise)."""
     describe: Callable[[float, BudgetRequest], str]
@@ -81,9 +88,12 @@ KINDS: tuple[BudgetKind, ...] = (
     BudgetKind("latency", True, _latency_words),
     BudgetKind("flops", False, _ratio_words),
     BudgetKind("params", False, _ratio_words),
+    BudgetKind("decode", True, _ratio_words),
+    BudgetKind("prefill", True, _ratio_words),
 )
 FLAGS = {"latency": "--latency-budget (or --latency-ms)", "flops": "--flops-budget",
-         "params": "--params-budget"}
+         "params": "--params-budget", "decode": "--decode-budget",
+         "prefill": "--prefill-budget"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,10 @@ class BudgetRequest:
     """Latency ratio limit (from --latency-budget, or --latency-ms / dense_ms, the tighter)."""
     flops: float | None = None
     params: float | None = None
+    decode: float | None = None
+    """Decode latency ratio limit (ms per token against the dense model's, `latency.decode`)."""
+    prefill: float | None = None
+    """Prefill latency ratio limit (a prompt's, against the dense model's)."""
     latency_ms: float | None = None
     """The absolute limit as given, when given."""
     dense_ms: float | None = None
@@ -112,6 +126,7 @@ class BudgetRequest:
             ratio = config.latency_ms / dense_ms
             latency = ratio if latency is None else min(latency, ratio)
         request = cls(latency=latency, flops=config.flops, params=config.params,
+                      decode=config.decode, prefill=config.prefill,
                       latency_ms=config.latency_ms, dense_ms=dense_ms)
         for kind in KINDS:
             limit = request.limit(kind.name)
@@ -119,8 +134,8 @@ class BudgetRequest:
                 raise UserError(f"{kind.name} budget {limit} is out of range; give a ratio of the "
                                 "dense model strictly between 0 and 1")
         if not request.limits():
-            raise UserError("no budget given; pass --latency-budget, --latency-ms, --flops-budget "
-                            "or --params-budget")
+            raise UserError("no budget given; pass --latency-budget, --latency-ms, --flops-budget, "
+                            "--params-budget, --decode-budget or --prefill-budget")
         return request
 
     def limit(self, name: str) -> float | None:
@@ -146,7 +161,13 @@ class Check(NamedTuple):
 
 def wall_budgets(request: BudgetRequest, costs: Mapping[str, Callable], margin: float
                  ) -> list[Budget]:
-    """The budgets the action wall enforces: each kind's cost of a ratio vector, aimed under."""
+    """The budgets the action wall enforces: each kind's cost of a ratio vector, aimed under. A
+    budget whose kind has no cost here (a decode budget on an image model) is a one-line
+    UserError."""
+    for kind in KINDS:
+        if request.limit(kind.name) is not None and kind.name not in costs:
+            raise UserError(f"a {kind.name} budget cannot be priced for this model (it has "
+                            f"{', '.join(costs) or 'no'} costs); drop {FLAGS[kind.name]}")
     return [Budget(kind.name, costs[kind.name],
                    request.limit(kind.name) * (1 - margin if kind.aims_under else 1))
             for kind in KINDS if request.limit(kind.name) is not None]

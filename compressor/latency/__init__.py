@@ -8,6 +8,7 @@
 """
 
 from compressor.latency.correction import ProbeCorrection
+from compressor.latency.decode import DecodeProbe, DecodeShape
 from compressor.latency.fit import FitResult, fit_to_latency
 from compressor.latency.model import LatencyModel, Quantize, load_or_build
 from compressor.latency.probe import (
@@ -28,7 +29,8 @@ from compressor.latency.probe import (
     resolve_batch_size,
 )
 
-__all__ = ["FitResult", "LatencyModel", "LatencyResult", "PairedLatency", "Probe", "ProbeCorrection",
+__all__ = ["DecodeProbe", "DecodeShape", "FitResult", "LatencyModel", "LatencyResult",
+           "PairedLatency", "Probe", "ProbeCorrection",
            "ProbeSettings", "Quantize", "Session", "architecture_key", "auto_batch_size",
            "check_same_input", "fit_to_latency", "fresh_rounds", "load_or_build", "make_session",
            "measure_against_limit", "measure_ms", "measure_pair", "pool_rounds",

@@ -77,3 +77,20 @@ def test_judge_and_verdict():
 def test_a_budget_without_a_measurement_is_left_out_of_the_verdict():
     request = BudgetRequest.from_config(BudgetConfig(latency=0.5, flops=0.6))
     assert set(judge(request, {"flops": 0.5})) == {"flops"}
+
+
+def test_decode_and_prefill_are_kinds_aimed_under_and_judged_like_latency():
+    request = BudgetRequest.from_config(BudgetConfig(decode=0.5, prefill=0.7))
+    assert request.limits() == {"decode": 0.5, "prefill": 0.7}
+    costs = {**COSTS, "decode": lambda v: 1.0 - v[0], "prefill": lambda v: 1.0 - v[0]}
+    limits = {b.name: b.limit for b in wall_budgets(request, costs, margin=0.1)}
+    assert limits == {"decode": pytest.approx(0.45), "prefill": pytest.approx(0.63)}
+    checks = judge(request, {"decode": 0.48, "prefill": 0.75, "latency": 0.9})
+    assert {k: c.ok for k, c in checks.items()} == {"decode": True, "prefill": False}
+    assert verdict(checks) == "OVER BUDGET"
+
+
+def test_a_decode_budget_without_a_decode_cost_is_a_one_line_error():
+    request = BudgetRequest.from_config(BudgetConfig(decode=0.5))
+    with pytest.raises(UserError, match="decode budget cannot be priced.*drop --decode-budget"):
+        wall_budgets(request, COSTS, margin=0.04)
