@@ -24,6 +24,7 @@ from compressor.pruning.config import Importance, PruningConfig
 from compressor.quantize import QuantizeConfig
 from compressor.training.train import TrainConfig
 from compressor.zoo.datasets import DataConfig
+from compressor.zoo.text import TextConfig
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,11 @@ class Pretrain:
     weights: str | None = None
     """Start from torchvision weights (e.g. IMAGENET1K_V1) or a checkpoint."""
     out: str | None = None
-    """Checkpoint path (None: MODELS_DIR/MODEL-DATASET.pt)."""
+    """Checkpoint path (None: MODELS_DIR/MODEL-DATASET.pt; a causal LM: MODELS_DIR/MODEL-stdlib.pt)."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """A causal LM's corpus (gpt_tiny: the standard library's source)."""
+    steps: int | None = None
+    """A causal LM's optimizer steps (None: its recipe's)."""
 
     def __call__(self) -> int:
         from compressor.pipeline.compress import check_compressible
@@ -99,6 +104,8 @@ class Pretrain:
         from compressor.zoo.datasets import load_dataset
 
         model = self.baseline.model
+        if models.task_of(model) == "text":
+            return self.pretrain_lm()
         models.check_model_name(model)
         epochs = baselines.with_recipe(model, self.train).epochs
         dataset = load_dataset(self.data)
@@ -112,6 +119,26 @@ class Pretrain:
               f"in {meta['train_seconds'] / 60:.1f} min; saved {path}")
         if meta.get("warning"):
             print(f"warning: {meta['warning']}", file=sys.stderr)
+        return 0
+
+    def pretrain_lm(self) -> int:
+        from compressor.provenance import pick_device
+        from compressor.zoo import baselines, models
+        from compressor.zoo.text import load_corpus
+
+        model, b = self.baseline.model, self.baseline
+        corpus = load_corpus(self.text)
+        recipe = baselines.lm_recipe(model, self.steps)
+        path = Path(self.out or models.baseline_path(b.models_dir, model, baselines.TEXT_DATASET))
+        print(f"pretraining {model} on {corpus.root} ({len(corpus.train) / 1e6:.1f} MB train, "
+              f"Python {corpus.python_version}, corpus {corpus.fingerprint}) for {recipe.steps} "
+              f"steps of {recipe.batch_size} windows -> {path}")
+        _, meta = baselines.pretrain_lm(model, corpus, path, pick_device(b.device),
+                                        steps=self.steps, seed=self.train.seed)
+        print(f"{model}: test perplexity {meta['test_perplexity']:.3f} "
+              f"({meta['test_bits_per_byte']:.3f} bits/byte, next-byte top-1 "
+              f"{meta['test_next_byte_top1']:.1f}%) after {recipe.steps} steps in "
+              f"{meta['train_minutes']:.1f} min; saved {path}")
         return 0
 
 

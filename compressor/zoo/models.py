@@ -37,6 +37,11 @@ def list_classification_models() -> list[str]:
     return [*EMBEDDED, *sorted(torchvision.models.list_models(module=torchvision.models))]
 
 
+def task_of(name: str) -> str:
+    """"text" for a causal LM of ours (`zoo.embedded`), else "image" (what every other name is)."""
+    return EMBEDDED[name].task if name in EMBEDDED else "image"
+
+
 def check_model_name(name: str, task: str | None = "image") -> None:
     """A torchvision classification name, one of ours (`zoo.embedded`) for `task` (None: any),
     or a factory spec (checked when it is built)."""
