@@ -168,10 +168,10 @@ def pretrain_lm(model_name: str, corpus: TextCorpus, path: Path, device: torch.d
     seed_everything(seed)
     model = models.build_model(model_name, corpus.vocab_size)
     context = model.context
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     losses = train_lm(model, corpus.train.batches(recipe.batch_size, context=context, seed=seed),
                       recipe.steps, recipe.config, device)
-    train_seconds = time.time() - started
+    train_seconds, cpu_seconds = time.time() - started, time.process_time() - cpu_started
     models.check_finite_outputs(model, torch.zeros(1, context, dtype=torch.long),
                                 f"the {model_name} baseline")
     scores = lm_scores(model, corpus, context, device, eval_windows)
@@ -187,6 +187,8 @@ def pretrain_lm(model_name: str, corpus: TextCorpus, path: Path, device: torch.d
         "test_tokens": test.tokens, "validation_perplexity": scores["validation"].perplexity,
         "validation_cross_entropy": scores["validation"].cross_entropy,
         "train_seconds": train_seconds, "train_minutes": train_seconds / 60,
+        # CPU time too: on a shared machine the wall clock says how busy it was.
+        "train_cpu_minutes": cpu_seconds / 60,
         "wall_seconds": time.time() - started, "torch_threads": torch.get_num_threads(),
         "loss_curve": {str(i): losses[i] for i in range(0, len(losses), every)},
         "final_train_loss": losses[-1], **provenance(),

@@ -343,3 +343,41 @@ def test_the_embedded_vit_pretrains_by_its_recipe_compresses_and_its_policy_appl
     applied_report = RunReport.from_dict(json.loads((applied / "report.json").read_text()))
     assert applied_report.policy == policy["policy"]
     assert applied_report.final.parity.top1_agreement >= 0.9
+
+
+def test_the_embedded_gpt_pretrains_on_the_stdlib_compresses_by_perplexity_and_exports(tmp_path):
+    """gpt_tiny end to end on a 300 kB slice of the standard library: a few pretraining steps,
+    a short ddpg search rewarded by minus validation cross-entropy, an LM-loss fine-tune, and
+    the verified ONNX export of token ids timed as a prefill at batch 1."""
+    root, text = tmp_path, ["--text.max-bytes", "300000"]
+    assert main(["pretrain", "--model", "gpt_tiny", "--steps", "5", "--models-dir",
+                 str(root / "models"), *text]) == 0
+    _, meta = models.load_baseline(root / "models" / "gpt_tiny-stdlib.pt", "gpt_tiny", 256)
+    assert meta["steps"] == 5 and meta["test_perplexity"] > 1 and meta["python_version"]
+    out = root / "run"
+    code = main(["compress", "--model", "gpt_tiny", "--models-dir", str(root / "models"), *text,
+                 "--latency-budget", "0.6", "--episodes", "3", "--bn-batches", "1",
+                 "--episode-finetune-steps", "2", "--candidates", "1", "--candidate-steps", "2",
+                 "--probe-every", "0", "--margin", "0.1", "--lm-eval-windows", "8",
+                 "--lm-test-windows", "16", "--out", str(out), "--policies-dir",
+                 str(root / "policies"), "--results-dir", str(root / "results")])
+    report = json.loads((root / "results" / "run" / "report.json").read_text())
+    assert code == (0 if report["verdict"] == "within budget" else 1)
+    assert report["dataset"] == "stdlib" and report["config"]["reward"] == "cross-entropy"
+    assert report["config"]["probe"]["batch_size"] == 1
+    lm = report["language_model"]
+    assert lm["dense_test_perplexity"] > 1 and lm["test_perplexity"] > 1
+    assert lm["test_tokens"] == 16 * 128 and report["headline"].startswith("test perplexity")
+    assert report["final"]["parity"]["top1_agreement"] >= 0.9
+    assert report["final"]["latency"]["settings"]["input_shape"] == [128]
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert all(e["reward"] == pytest.approx(e["top1"]) and e["top1"] < 0 for e in episodes)
+    policy = json.loads((root / "policies" / "run.json").read_text())
+    assert len(policy["policy"]) == 12  # 4 blocks: block, heads, mlp each
+    assert "perplexity" in (root / "results" / "run" / "report.md").read_text()
+
+
+def test_an_image_dataset_for_the_embedded_gpt_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="drop --dataset cifar10"):
+        main(["--debug", "compress", "--model", "gpt_tiny", "--dataset", "cifar10",
+              "--models-dir", str(tmp_path), "--latency-budget", "0.5"])
