@@ -16,7 +16,7 @@ from typing import Annotated
 
 from tyro.conf import Positional, arg
 
-from compressor.errors import EXIT_BUDGET_MISSED, EXIT_OK
+from compressor.errors import EXIT_BUDGET_MISSED, EXIT_OK, UserError
 from compressor.flags import REPEATABLE
 from compressor.latency import ProbeSettings
 from compressor.pipeline.compress import CompressConfig
@@ -136,6 +136,10 @@ class Pretrain:
         from compressor.zoo.text import load_corpus
 
         model, b = self.baseline.model, self.baseline
+        if self.data.dataset not in (DataConfig().dataset, baselines.TEXT_DATASET):
+            raise UserError(f"{model} is a causal LM trained on the standard library's source: "
+                            f"drop --dataset {self.data.dataset}; --text.root picks another "
+                            "directory of .py files")
         corpus = load_corpus(self.text)
         recipe = baselines.lm_recipe(model, self.steps)
         path = Path(self.out or models.baseline_path(b.models_dir, model, baselines.TEXT_DATASET))

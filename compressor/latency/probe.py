@@ -180,9 +180,11 @@ class Session:
             wanted = (3, wanted, wanted)
         wanted = tuple(int(d) for d in wanted)
         declared = self.input_shape[1:]
+        fixed = [isinstance(d, int) and d > 0 for d in declared]
+        if not explicit and all(fixed):  # e.g. a causal LM's [tokens] beside the image default
+            return tuple(declared)
         if len(wanted) != len(declared):
             raise UserError(f"{self.source} takes inputs {declared}, not {list(wanted)}")
-        fixed = [isinstance(d, int) and d > 0 for d in declared]
         if explicit and any(f and d != w for f, d, w in zip(fixed, declared, wanted, strict=True)):
             raise UserError(f"{self.source} takes inputs {declared}, not {list(wanted)}; "
                             "measure it at the input size it was exported for (--input-size)")
