@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BudgetConfig", "CompressConfig", "FinalConfig", "Workspace", "build_workspace",
            "check_method", "example_for", "make_env", "plan", "preflight", "prepare",
-           "real_batch", "search_fields"]
+           "check_text_config", "real_batch", "search_fields", "text_workspace"]
 
 
 @dataclass(frozen=True)
@@ -150,14 +150,16 @@ class CompressConfig:
         agent = (self.agent or AgentConfig()).resolved(self.loop.episodes, self.seed)
         config = replace(self, agent=agent,
                          probe=replace(self.probe, input_size=self.data.input_size))
-        if self.task != "text":
-            return config
-        defaults = DataConfig()
+        return config.for_text() if self.task == "text" else config
+
+    def for_text(self) -> CompressConfig:
+        """A causal LM's defaults where this config has the image ones: the stdlib corpus, the
+        cross-entropy reward, latency at batch 1."""
         data = replace(self.data, dataset=baseline.TEXT_DATASET) \
-            if self.data.dataset == defaults.dataset else self.data
-        return replace(config, data=data,
+            if self.data.dataset in (DataConfig().dataset, "user") else self.data
+        return replace(self, data=data,
                        reward="cross-entropy" if self.reward == "error" else self.reward,
-                       probe=replace(config.probe, batch_size=self.probe.batch_size or 1))
+                       probe=replace(self.probe, batch_size=self.probe.batch_size or 1))
 
     @property
     def run_name(self) -> str:
@@ -461,18 +463,29 @@ def prepare_text(config: CompressConfig, t0: float, say=log.info) -> Workspace:
         if config.checkpoint is None else None
     dense, meta = baseline.load_or_pretrain_lm(config.model, corpus, config.models_dir, device,
                                                config.checkpoint, seed=config.seed, say=say)
-    task = TextTask(dataset, context, config.lm, device)
-    dense_test = task.test(dense.eval())
-    say(f"dense {config.model}: test perplexity {dense_test.perplexity:.3f} "
-        f"({dense_test.bits_per_token:.3f} bits/byte) over {dense_test.tokens} tokens")
-    meta = {**meta, "test_top1": dense_test.top1, "lm_test": dense_test._asdict()}
     loaded = time.time() - t0
-    ws = build_workspace(config, dataset, dense, meta, example, cache_name=config.model,
-                         plan_=checked, score=task.score, test_score=task.test_top1,
-                         finetune=task.recover, model_spec=config.model, say=say)
+    ws = text_workspace(config, dataset, context, dense, meta, cache_name=config.model,
+                        plan_=checked, model_spec=config.model, say=say)
+    ws.times = {"baseline": loaded, **ws.times}
+    return ws
+
+
+def text_workspace(config: CompressConfig, dataset: Dataset, context: int, dense: nn.Module,
+                   meta: dict, *, cache_name: str, plan_: Plan | None = None,
+                   model_spec: str | None = None, say=log.info) -> Workspace:
+    """`build_workspace` for a causal LM (the command line's and the API's): the dense model's
+    test score once, the text task's score, recovery and final fine-tune in the hooks."""
+    task = TextTask(dataset, context, config.lm, pick_device(config.device))
+    dense_test = task.test(dense.eval())
+    say(f"dense model: test perplexity {dense_test.perplexity:.3f} "
+        f"({dense_test.bits_per_token:.3f} bits/token) over {dense_test.tokens} tokens")
+    meta = {**meta, "test_top1": dense_test.top1, "lm_test": dense_test._asdict()}
+    example = latency_example(config.lm.latency_workload, context)
+    ws = build_workspace(config, dataset, dense, meta, example, cache_name=cache_name,
+                         plan_=plan_, score=task.score, test_score=task.test_top1,
+                         finetune=task.recover, model_spec=model_spec, say=say)
     ws.finetune = task.final_finetune  # the evaluator recovers, the final stage fine-tunes
     ws.text = task
-    ws.times = {"baseline": loaded, **ws.times}
     return ws
 
 
