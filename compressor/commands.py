@@ -20,6 +20,7 @@ from compressor.errors import EXIT_BUDGET_MISSED, EXIT_OK, UserError
 from compressor.flags import REPEATABLE
 from compressor.latency import ProbeSettings
 from compressor.pipeline.compress import CompressConfig
+from compressor.pipeline.text import TextTaskConfig
 from compressor.pruning.config import Importance, PruningConfig
 from compressor.quantize import QuantizeConfig
 from compressor.training.train import TrainConfig
@@ -200,6 +201,10 @@ class Apply:
     """Channel ranking (see --importance of compress)."""
     seed: int = CompressConfig.seed
     """Seed of the recalibration batches and the fine-tune."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """A causal LM's corpus (gpt_tiny: the standard library's source)."""
+    lm: TextTaskConfig = field(default_factory=TextTaskConfig)
+    """A causal LM's test windows, fine-tune rate and latency workload."""
 
     @property
     def pruning(self) -> PruningConfig:
@@ -211,9 +216,22 @@ class Apply:
                              **({} if round_to is None else {"round_to": round_to}))
 
     def __call__(self) -> int:
-        from compressor.pipeline.apply import apply_policy_file
+        from compressor.pipeline.apply import apply_policy_file, apply_text_policy
+        from compressor.zoo.models import task_of
 
         b = self.baseline
+        if task_of(b.model) == "text":
+            r = apply_text_policy(b.model, self.policy, self.out, self.text, self.lm, self.probe,
+                                  self.pruning, finetune_epochs=self.finetune_epochs,
+                                  seed=self.seed, models_dir=b.models_dir, checkpoint=b.checkpoint,
+                                  device_name=b.device)
+            lm = r["language_model"]
+            print(f"{b.model}: test perplexity {lm['test_perplexity']:.3f} (dense "
+                  f"{lm['dense_test_perplexity']:.3f}), {r['macs'] / 1e6:.1f} MMACs "
+                  f"({r['macs'] / r['dense_macs']:.3f}), measured latency ratio "
+                  f"{r['latency_ratio_measured']:.3f} ({lm['latency_workload']}); wrote "
+                  f"{self.out}/model.onnx, model.pt, policy.json")
+            return 0
         r = apply_policy_file(
             b.model, self.policy, self.out, self.data,
             replace(self.probe, input_size=self.data.input_size), self.pruning,

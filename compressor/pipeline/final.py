@@ -206,7 +206,8 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
     checkpoints.save_pruned_checkpoint(
         tuned.model, checkpoint, {"model": config.model, **metrics}, policy=ratios,
         base_name=ws.model_spec, num_classes=ws.dataset.num_classes,
-        example_shape=tuple(ws.example.shape), round_to=config.pruning.round_to)
+        example_shape=tuple(ws.example.shape), round_to=config.pruning.round_to,
+        example_dtype=ws.example.dtype)
     return SavedWinner(policy_path, checkpoint)
 
 

@@ -12,6 +12,7 @@ from compressor.io.policies import read_round_to
 from compressor.io.report import RunReport
 from compressor.pipeline.compress import CompressConfig
 from compressor.pruning import PruningConfig
+from compressor.pruning.checkpoints import load_pruned_checkpoint
 from compressor.zoo import models
 from tests.integration.conftest import SLICE
 
@@ -375,6 +376,19 @@ def test_the_embedded_gpt_pretrains_on_the_stdlib_compresses_by_perplexity_and_e
     policy = json.loads((root / "policies" / "run.json").read_text())
     assert len(policy["policy"]) == 12  # 4 blocks: block, heads, mlp each
     assert "perplexity" in (root / "results" / "run" / "report.md").read_text()
+    # The pruned LM reloads from its recorded shapes on token ids (tensors only).
+    reloaded = load_pruned_checkpoint(out / "model.pt").model
+    ids = torch.zeros(1, 128, dtype=torch.long)
+    assert reloaded(ids).shape == (1, 128, 256)
+    # The policy applies again to the cached baseline, scored and timed the same way.
+    applied = root / "applied"
+    assert main(["apply", "--model", "gpt_tiny", "--models-dir", str(root / "models"), *text,
+                 "--policy", str(root / "policies" / "run.json"), "--out", str(applied),
+                 "--lm-test-windows", "16"]) == 0
+    applied_report = RunReport.from_dict(json.loads((applied / "report.json").read_text()))
+    assert applied_report.policy == policy["policy"]
+    assert applied_report.language_model["test_tokens"] == 16 * 128
+    assert applied_report.final.parity.top1_agreement >= 0.9
 
 
 def test_an_image_dataset_for_the_embedded_gpt_is_refused_in_one_line(tmp_path):
