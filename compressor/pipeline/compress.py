@@ -183,6 +183,9 @@ def search_fields(config: CompressConfig) -> dict:
     d["pruning"]["importance"] = importance_label(config.pruning.importance)
     for key in ("out", "policies_dir", "results_dir", "tensorboard", "device", "final"):
         d.pop(key)
+    if config.task != "text":  # an image search does not read them (older runs still resume)
+        d.pop("text")
+        d.pop("lm")
     # Where episodes run does not change them, but the batch they are proposed in (one episode
     # per worker) does; serial runs keep the fields they had before workers existed.
     workers = d.pop("distributed")["workers"]
