@@ -109,3 +109,17 @@ def test_the_headline_gives_perplexity_beside_the_dense_model():
     line = lm_headline({"test_perplexity": 3.3, "dense_test_perplexity": 3.0,
                         "perplexity_change": 0.1, "latency_workload": "prefill"}, None)
     assert line == "test perplexity 3.300 (dense 3.000, +10.0%)"
+
+
+def test_a_text_model_resolves_to_its_corpus_reward_and_prefill_batch():
+    from compressor.pipeline.compress import CompressConfig, search_fields
+
+    resolved = CompressConfig(model="gpt_tiny").resolved()
+    assert (resolved.data.dataset, resolved.reward, resolved.probe.batch_size) == \
+        ("stdlib", "cross-entropy", 1)
+    image = CompressConfig(model="resnet18").resolved()
+    assert (image.data.dataset, image.reward, image.probe.batch_size) == \
+        ("fashion-mnist", "error", None)
+    # Only a text search records (and on resume compares) the text sections.
+    assert {"text", "lm"} <= set(search_fields(resolved))
+    assert not {"text", "lm"} & set(search_fields(image))
