@@ -367,12 +367,18 @@ class Units:
     def __call__(self) -> int:
         import torch
 
+        from compressor.pipeline.text import prefill_example
         from compressor.pruning import build_skeleton
         from compressor.zoo import models
+        from compressor.zoo.text import VOCAB_SIZE
 
-        models.check_model_name(self.model)
-        untrained = models.build_model(self.model, self.num_classes).eval()
-        example = torch.zeros(1, 3, self.input_size, self.input_size)
+        text = models.task_of(self.model) == "text"
+        models.check_model_name(self.model, task=None if text else "image")
+        untrained = models.build_model(self.model, VOCAB_SIZE if text else self.num_classes).eval()
+        # A causal LM of ours takes token ids over its context (--input-size and
+        # --num-classes are an image model's).
+        example = prefill_example(untrained.context) if text else \
+            torch.zeros(1, 3, self.input_size, self.input_size)
         models.check_input_size(untrained, example, self.model)
         skeleton = build_skeleton(untrained, example, self.pruning)
         total = skeleton.macs({})
@@ -382,8 +388,9 @@ class Units:
                               "kept_dense": [e._asdict() | {"macs_share": e.macs / total}
                                              for e in skeleton.excluded]}, indent=1))
             return 0
+        at = f"{example.shape[1]} tokens" if text else f"{self.input_size} px"
         print(f"{self.model}: {len(skeleton.units)} units searched, {len(skeleton.excluded)} "
-              f"kept dense; {total / 1e6:.1f} MMACs at {self.input_size} px")
+              f"kept dense; {total / 1e6:.1f} MMACs at {at}")
         width = max([40, *(len(u.name) for u in skeleton.units)])
         counted = {"heads": "heads", "block": "block"}  # what a transformer unit's count counts
         for u in skeleton.units:

@@ -48,9 +48,9 @@ def check_model_name(name: str, task: str | None = "image") -> None:
     if is_factory_spec(name):
         return
     if name in EMBEDDED and task is not None and EMBEDDED[name].task != task:
-        raise UserError(f"{name} is a causal language model: `compressor pretrain`, `compress` "
-                        "and `apply` take it (and `check` its ONNX files); this command takes "
-                        "image classifiers only for now")
+        raise UserError(f"{name} is a causal language model: `compressor pretrain`, `compress`, "
+                        "`apply` and `units` take it (and `check` its ONNX files); this command "
+                        "takes image classifiers only for now")
     names = list_classification_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)

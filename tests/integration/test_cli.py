@@ -391,6 +391,13 @@ def test_the_embedded_gpt_pretrains_on_the_stdlib_compresses_by_perplexity_and_e
     assert applied_report.final.parity.top1_agreement >= 0.9
 
 
+def test_units_lists_the_embedded_gpts_units_at_its_context(capsys):
+    assert main(["units", "gpt_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpt_tiny: 12 units searched, 0 kept dense") and "128 tokens" in out
+    assert "blocks.3.attn" in out
+
+
 def test_an_image_dataset_for_the_embedded_gpt_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="drop --dataset cifar10"):
         main(["--debug", "compress", "--model", "gpt_tiny", "--dataset", "cifar10",
