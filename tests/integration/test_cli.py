@@ -209,7 +209,7 @@ def _flags(config, prefix="--"):
 def test_compress_help_is_grouped_by_config_section_with_the_field_docstrings(capsys):
     text = _help(["compress"], capsys)
     for section in ("data", "budget", "pruning", "evaluator", "loop", "agent", "final",
-                    "quantize", "probe", "distributed"):
+                    "quantize", "probe", "distributed", "text", "lm"):
         assert f"{section} options" in text
     # The field's docstring is its help; today's name comes first, then the section's.
     assert "--margin FLOAT, --budget.margin FLOAT The search aims this fraction under" in text
@@ -219,7 +219,7 @@ def test_compress_help_is_grouped_by_config_section_with_the_field_docstrings(ca
     assert [f for f in _flags(CompressConfig()) if f not in text] == sorted(hidden)
     # Registries give the choices.
     assert "--agent {ddpg,random,greedy,uniform,global}, --method" in text
-    assert "--reward {error,error-log-flops}" in text
+    assert "--reward {error,error-log-flops,cross-entropy}" in text
     top = _help([], capsys)
     for command in ("models", "pretrain", "evaluate", "compress", "apply", "latency", "check"):
         assert f"• {command}" in top
