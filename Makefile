@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh clone:
-#   make compress MODEL=resnet18     (the main job on the embedded Fashion-MNIST default)
+#   make compress MODEL=resnet18     (the main job on the embedded Fashion-MNIST default;
+#                                     MODEL=gpt_tiny: the byte-level GPT on the stdlib's source)
 #   make test                        (the test suite)
 # Both create .venv and fetch the data first; each step runs once (stamp files).
 
@@ -8,7 +9,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/compressor
 MODEL ?= resnet18
-DATASET ?= fashion-mnist
+# Causal LMs of ours train on the Python standard library's source (no download), not images.
+TEXT_MODELS := gpt_tiny
+DATASET ?= $(if $(filter $(TEXT_MODELS),$(MODEL)),stdlib,fashion-mnist)
 BUDGET ?= 0.5
 EPISODES ?=
 SEED ?= 0

@@ -32,11 +32,13 @@ from compressor.io.export import export_onnx as _export_onnx
 from compressor.pipeline import compress as pipeline
 from compressor.pipeline.data import first_batch, user_dataset
 from compressor.pipeline.final import test_score
+from compressor.pipeline.text import text_dataset
 from compressor.provenance import seed_everything
 from compressor.search import distributed
 from compressor.search.evaluator import checked_score
 from compressor.search.loop import LoopConfig
 from compressor.zoo import models
+from compressor.zoo.text import TextCorpus
 
 log = logging.getLogger("compressor")
 
@@ -67,6 +69,10 @@ class CompressResult:
     checkpoint, policy, report: only when `out` was given."""
     report: dict[str, Any] = field(default_factory=dict)
     """Everything report.json holds."""
+    perplexity: float | None = None
+    """A causal LM's test perplexity (`top1` is then its next-token top-1); None otherwise."""
+    baseline_perplexity: float | None = None
+    """The dense causal LM's test perplexity on the same windows."""
 
 
 def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
@@ -130,9 +136,15 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
     """Prune `model` to a budget, fine-tune the best policy, export and measure it.
 
     Args:
-        model: any `nn.Module` returning [batch, classes] logits; it is not modified.
+        model: any `nn.Module` returning [batch, classes] logits, or a causal LM mapping token
+            ids [batch, tokens] to logits [batch, tokens, vocab] (with a `TextCorpus` as
+            `train`); it is not modified.
         train: training data, a DataLoader of (images, labels) or an (images, labels) tensor
-            pair: BatchNorm recalibration, short fine-tunes and the final fine-tune read it.
+            pair: BatchNorm recalibration, short fine-tunes and the final fine-tune read it. For
+            a causal LM a `compressor.zoo.text.TextCorpus` (`load_corpus`), whose validation
+            windows score the search (minus cross-entropy) and test windows the reported
+            perplexity; `example_input` (token ids [1, context]) or `model.context` gives the
+            window length.
         val: data the search scores policies on (default: 10% carved from tensor `train`).
         test: data of the reported numbers (default: `val`).
         example_input: one input batch shaped as the model takes it (default: from `train`).
@@ -168,33 +180,81 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
 
     _check_arguments(model, method, evaluate, finetune)
     seed_everything(seed)
-    dataset, example = _user_data(model, train, val, test, example_input, evaluate)
+    text = isinstance(train, TextCorpus)
+    if text:
+        dataset, example = _text_data(model, train, val, test, example_input, evaluate, finetune)
+    else:
+        dataset, example = _user_data(model, train, val, test, example_input, evaluate)
     config = _resolved_config(
         config, example, seed=seed, device=device, method=method, episodes=episodes,
         budget={"latency": latency_budget, "latency_ms": latency_ms, "flops": flops_budget,
                 "params": params_budget},
         final_epochs=final_epochs, quantize=quantize, workers=workers)
+    if text:
+        config = config.for_text()
+        pipeline.check_text_config(config)
     distributed.check(config.distributed)  # before any work: Ray missing, cluster unreachable
-    dense, evaluate, finetune = _user_model(model, example, evaluate, finetune)
+    if text:
+        dense = copy.deepcopy(model).cpu().eval()
+    else:
+        dense, evaluate, finetune = _user_model(model, example, evaluate, finetune)
     score = checked_score(evaluate) if evaluate is not None else None
     with tempfile.TemporaryDirectory(prefix="compressor-") as scratch:
         root = Path(out) if out is not None else Path(scratch)
         config = replace(config, models_dir=str(root / "cache"), out=str(root / "run"),
                          results_dir=str(root), policies_dir=str(root))
-        ws = pipeline.build_workspace(
-            config, dataset, dense, {}, example, cache_name=type(model).__name__, score=score,
-            test_score=score, finetune=finetune, say=log.info)
+        if text:
+            ws = pipeline.text_workspace(config, dataset, int(example.shape[1]), dense, {},
+                                         cache_name=type(model).__name__, say=log.info)
+        else:
+            ws = pipeline.build_workspace(
+                config, dataset, dense, {}, example, cache_name=type(model).__name__,
+                score=score, test_score=score, finetune=finetune, say=log.info)
+            ws.meta["test_top1"] = test_score(ws, ws.dense)
         ws.progress = progress
-        ws.meta["test_top1"] = test_score(ws, ws.dense)
         outcome = run_job(ws, root / "run", root, root / "policy.json")
     search = outcome.run_report.search or {}
+    lm = outcome.run_report.language_model or {}
     return CompressResult(
         model=_unwrapped(outcome.model), policy=outcome.policy,
         latency_ratio=outcome.latency_ratio,
         top1=outcome.test_top1, baseline_top1=ws.meta["test_top1"], verdict=outcome.verdict,
         checks=outcome.checks, evaluations=search.get("evaluations", 0),
         search_seconds=search.get("seconds", 0.0),
-        paths=outcome.paths if out is not None else {}, report=outcome.report)
+        paths=outcome.paths if out is not None else {}, report=outcome.report,
+        perplexity=lm.get("test_perplexity"), baseline_perplexity=lm.get("dense_test_perplexity"))
+
+
+def _text_data(model: nn.Module, corpus: TextCorpus, val: Any, test: Any,
+               example_input: torch.Tensor | None, evaluate: Any, finetune: Any
+               ) -> tuple[Any, torch.Tensor]:
+    """A causal LM's corpus as the pipeline's dataset, and its prefill example (token ids
+    [1, context]); the model is checked to map them to [1, context, vocab] logits."""
+    if val is not None or test is not None or evaluate is not None or finetune is not None:
+        raise UserError("with a TextCorpus as train= the corpus's own validation and test splits "
+                        "score the model: drop val=, test=, evaluate= and finetune=")
+    if example_input is not None:
+        context = int(example_input.shape[-1])
+    elif isinstance(getattr(model, "context", None), int):
+        context = model.context
+    else:
+        raise UserError("pass example_input= token ids [1, context] (or give the model an int "
+                        "`context` attribute): the window length the LM is scored and timed at")
+    example = torch.zeros(1, context, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            logits = copy.deepcopy(model).cpu().eval()(example)
+    except Exception as exc:
+        raise UserError(f"the model refused token ids of shape {tuple(example.shape)} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); pass "
+                        "example_input= shaped as the model takes it") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or \
+            logits.shape[:2] != (1, context) or logits.shape[2] < corpus.vocab_size:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise UserError(f"the model returns {shape} for token ids [1, {context}], not logits "
+                        f"[1, {context}, vocab >= {corpus.vocab_size}]; wrap it so forward "
+                        "returns the logits tensor")
+    return text_dataset(corpus, context), example
 
 
 def _user_data(model: nn.Module, train: Any, val: Any | None, test: Any | None,

@@ -16,14 +16,16 @@ from typing import Annotated
 
 from tyro.conf import Positional, arg
 
-from compressor.errors import EXIT_BUDGET_MISSED, EXIT_OK
+from compressor.errors import EXIT_BUDGET_MISSED, EXIT_OK, UserError
 from compressor.flags import REPEATABLE
 from compressor.latency import ProbeSettings
 from compressor.pipeline.compress import CompressConfig
+from compressor.pipeline.text import TextTaskConfig
 from compressor.pruning.config import Importance, PruningConfig
 from compressor.quantize import QuantizeConfig
 from compressor.training.train import TrainConfig
 from compressor.zoo.datasets import DataConfig
+from compressor.zoo.text import TextConfig
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,15 @@ class Compress:
         outcome = compress_from_config(self.run_config, resume=self.resume,
                                        argv=["compressor", *sys.argv[1:]])
         baseline, final = outcome.report["baseline"], outcome.report["final"]
+        lm = outcome.report.get("language_model")
+        if lm:  # a causal LM: perplexity where a classifier says top-1
+            print(f"{self.config.model}: test perplexity {lm['test_perplexity']:.3f} (dense "
+                  f"{lm['dense_test_perplexity']:.3f}), next-byte top-1 "
+                  f"{lm['test_next_byte_top1']:.2f}% (dense {lm['dense_test_next_byte_top1']:.2f}%)"
+                  f", latency ratio {outcome.latency_ratio:.3f} measured "
+                  f"({lm['latency_workload']}); {outcome.verdict}")
+            print("wrote " + ", ".join(str(p) for p in outcome.paths.values()))
+            return EXIT_OK if outcome.verdict == "within budget" else EXIT_BUDGET_MISSED
         precision = {"int8": " in INT8", "mixed": " in mixed INT8/FP32"}.get(
             final.get("precision"), "")
         print(f"{self.config.model}: test top-1 {outcome.test_top1:.2f}%{precision} (dense "
@@ -90,7 +101,11 @@ class Pretrain:
     weights: str | None = None
     """Start from torchvision weights (e.g. IMAGENET1K_V1) or a checkpoint."""
     out: str | None = None
-    """Checkpoint path (None: MODELS_DIR/MODEL-DATASET.pt)."""
+    """Checkpoint path (None: MODELS_DIR/MODEL-DATASET.pt; a causal LM: MODELS_DIR/MODEL-stdlib.pt)."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """A causal LM's corpus (gpt_tiny: the standard library's source)."""
+    steps: int | None = None
+    """A causal LM's optimizer steps (None: its recipe's)."""
 
     def __call__(self) -> int:
         from compressor.pipeline.compress import check_compressible
@@ -99,6 +114,8 @@ class Pretrain:
         from compressor.zoo.datasets import load_dataset
 
         model = self.baseline.model
+        if models.task_of(model) == "text":
+            return self.pretrain_lm()
         models.check_model_name(model)
         epochs = baselines.with_recipe(model, self.train).epochs
         dataset = load_dataset(self.data)
@@ -112,6 +129,30 @@ class Pretrain:
               f"in {meta['train_seconds'] / 60:.1f} min; saved {path}")
         if meta.get("warning"):
             print(f"warning: {meta['warning']}", file=sys.stderr)
+        return 0
+
+    def pretrain_lm(self) -> int:
+        from compressor.provenance import pick_device
+        from compressor.zoo import baselines, models
+        from compressor.zoo.text import load_corpus
+
+        model, b = self.baseline.model, self.baseline
+        if self.data.dataset not in (DataConfig().dataset, baselines.TEXT_DATASET):
+            raise UserError(f"{model} is a causal LM trained on the standard library's source: "
+                            f"drop --dataset {self.data.dataset}; --text.root picks another "
+                            "directory of .py files")
+        corpus = load_corpus(self.text)
+        recipe = baselines.lm_recipe(model, self.steps)
+        path = Path(self.out or models.baseline_path(b.models_dir, model, baselines.TEXT_DATASET))
+        print(f"pretraining {model} on {corpus.root} ({len(corpus.train) / 1e6:.1f} MB train, "
+              f"Python {corpus.python_version}, corpus {corpus.fingerprint}) for {recipe.steps} "
+              f"steps of {recipe.batch_size} windows -> {path}")
+        _, meta = baselines.pretrain_lm(model, corpus, path, pick_device(b.device),
+                                        steps=self.steps, seed=self.train.seed)
+        print(f"{model}: test perplexity {meta['test_perplexity']:.3f} "
+              f"({meta['test_bits_per_byte']:.3f} bits/byte, next-byte top-1 "
+              f"{meta['test_next_byte_top1']:.1f}%) after {recipe.steps} steps in "
+              f"{meta['train_minutes']:.1f} min; saved {path}")
         return 0
 
 
@@ -160,6 +201,10 @@ class Apply:
     """Channel ranking (see --importance of compress)."""
     seed: int = CompressConfig.seed
     """Seed of the recalibration batches and the fine-tune."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """A causal LM's corpus (gpt_tiny: the standard library's source)."""
+    lm: TextTaskConfig = field(default_factory=TextTaskConfig)
+    """A causal LM's test windows, fine-tune rate and latency workload."""
 
     @property
     def pruning(self) -> PruningConfig:
@@ -171,9 +216,22 @@ class Apply:
                              **({} if round_to is None else {"round_to": round_to}))
 
     def __call__(self) -> int:
-        from compressor.pipeline.apply import apply_policy_file
+        from compressor.pipeline.apply import apply_policy_file, apply_text_policy
+        from compressor.zoo.models import task_of
 
         b = self.baseline
+        if task_of(b.model) == "text":
+            r = apply_text_policy(b.model, self.policy, self.out, self.text, self.lm, self.probe,
+                                  self.pruning, finetune_epochs=self.finetune_epochs,
+                                  seed=self.seed, models_dir=b.models_dir, checkpoint=b.checkpoint,
+                                  device_name=b.device)
+            lm = r["language_model"]
+            print(f"{b.model}: test perplexity {lm['test_perplexity']:.3f} (dense "
+                  f"{lm['dense_test_perplexity']:.3f}), {r['macs'] / 1e6:.1f} MMACs "
+                  f"({r['macs'] / r['dense_macs']:.3f}), measured latency ratio "
+                  f"{r['latency_ratio_measured']:.3f} ({lm['latency_workload']}); wrote "
+                  f"{self.out}/model.onnx, model.pt, policy.json")
+            return 0
         r = apply_policy_file(
             b.model, self.policy, self.out, self.data,
             replace(self.probe, input_size=self.data.input_size), self.pruning,
@@ -309,12 +367,18 @@ class Units:
     def __call__(self) -> int:
         import torch
 
+        from compressor.pipeline.text import prefill_example
         from compressor.pruning import build_skeleton
         from compressor.zoo import models
+        from compressor.zoo.text import VOCAB_SIZE
 
-        models.check_model_name(self.model)
-        untrained = models.build_model(self.model, self.num_classes).eval()
-        example = torch.zeros(1, 3, self.input_size, self.input_size)
+        text = models.task_of(self.model) == "text"
+        models.check_model_name(self.model, task=None if text else "image")
+        untrained = models.build_model(self.model, VOCAB_SIZE if text else self.num_classes).eval()
+        # A causal LM of ours takes token ids over its context (--input-size and
+        # --num-classes are an image model's).
+        example = prefill_example(untrained.context) if text else \
+            torch.zeros(1, 3, self.input_size, self.input_size)
         models.check_input_size(untrained, example, self.model)
         skeleton = build_skeleton(untrained, example, self.pruning)
         total = skeleton.macs({})
@@ -324,8 +388,9 @@ class Units:
                               "kept_dense": [e._asdict() | {"macs_share": e.macs / total}
                                              for e in skeleton.excluded]}, indent=1))
             return 0
+        at = f"{example.shape[1]} tokens" if text else f"{self.input_size} px"
         print(f"{self.model}: {len(skeleton.units)} units searched, {len(skeleton.excluded)} "
-              f"kept dense; {total / 1e6:.1f} MMACs at {self.input_size} px")
+              f"kept dense; {total / 1e6:.1f} MMACs at {at}")
         width = max([40, *(len(u.name) for u in skeleton.units)])
         counted = {"heads": "heads", "block": "block"}  # what a transformer unit's count counts
         for u in skeleton.units:

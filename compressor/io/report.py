@@ -131,6 +131,9 @@ class RunReport:
     baseline: dict[str, Any] = field(default_factory=dict)
     """The dense model: test_top1, macs, params and its export's parity."""
     final: ShippedModel = field(default_factory=ShippedModel)
+    language_model: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    """A causal LM's test perplexity, cross-entropy, bits per byte and next-byte top-1 beside
+    the dense model's, and the latency workload timed (`pipeline.text.TextTask.summary`)."""
     policy: dict[str, float] = field(default_factory=dict)
     """Pruning ratio per unit (precision entries are in `unit_precisions`)."""
     uniform_policy: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)
@@ -344,9 +347,16 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
         lines += [f"**The final stage failed:** {report['failure']}. The fine-tuned checkpoint "
                   f"({final['checkpoint']}) and the policy ({final['policy_file']}) were saved "
                   "before it.", ""]
+    lm = report.get("language_model")
+    lines += [_row(["", "dense", "pruned"]), _row(["---", "---", "---"])]
+    if lm:  # a causal LM: perplexity first, its top-1 is of the next token
+        lines += [_row(["test perplexity", f"{lm['dense_test_perplexity']:.3f}",
+                        f"{lm['test_perplexity']:.3f}"]),
+                  _row(["test bits per byte", f"{lm['dense_test_bits_per_byte']:.3f}",
+                        f"{lm['test_bits_per_byte']:.3f}"])]
     lines += [
-        _row(["", "dense", "pruned"]), _row(["---", "---", "---"]),
-        _row(["test top-1 (%)", f"{base['test_top1']:.2f}", f"{final['test_top1']:.2f}"]),
+        _row(["test top-1 (%)" if not lm else "next-byte top-1 (%)", f"{base['test_top1']:.2f}",
+              f"{final['test_top1']:.2f}"]),
         _row(["MMACs", f"{base['macs'] / 1e6:.1f}", f"{final['macs'] / 1e6:.1f}"]),
         _row(["params (M)", f"{base['params'] / 1e6:.2f}", f"{final['params'] / 1e6:.2f}"]),
     ]

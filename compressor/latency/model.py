@@ -71,6 +71,7 @@ from compressor.latency.probe import (
     make_session,
     measure_ms,
     measure_pair,
+    random_input,
     resolve_batch_size,
     session_options,
 )
@@ -176,8 +177,8 @@ def _time_graph(data: bytes, input_shape: tuple[int, ...], settings: ProbeSettin
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(profile_dir) / "layer")
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name:
-            np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+    first = session.get_inputs()[0]
+    feed = {first.name: random_input(input_shape, first.type)}
     spent, runs = 0.0, 0
     while runs < 2 + 5 or (spent < target_ms and runs < 60):  # two warm-up runs
         started = time.perf_counter()

@@ -86,14 +86,16 @@ class ProbeSettings:
             raise UserError(f"latency input size {self.input_size} must be >= 1")
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
-            if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+            if len(shape) not in (1, 3) or not all(isinstance(d, int) and d >= 1 for d in shape):
                 raise UserError(f"latency input shape {self.input_shape} must be three positive "
-                                "sizes (channels, height, width), without the batch")
+                                "sizes (channels, height, width), or one (tokens), without the "
+                                "batch")
             object.__setattr__(self, "input_shape", shape)  # a list from JSON becomes a tuple
 
     @property
-    def example_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) these settings ask for: `input_shape`, else 3 x input_size x input_size."""
+    def example_shape(self) -> tuple[int, ...]:
+        """(C, H, W) these settings ask for: `input_shape` (a causal LM's: (tokens,)), else
+        3 x input_size x input_size."""
         if self.input_shape is not None:
             return self.input_shape  # type: ignore[return-value]
         return (3, self.input_size, self.input_size)
@@ -156,9 +158,10 @@ class Session:
     """
 
     def __init__(self, inner, input_name: str, input_shape: list, source: str,
-                 settings: ProbeSettings | None = None):
+                 settings: ProbeSettings | None = None, input_type: str = "tensor(float)"):
         self.inner, self.input_name, self.input_shape, self.source = (
             inner, input_name, input_shape, source)
+        self.input_type = input_type  # onnxruntime's name of the input's element type
         self.settings = settings or ProbeSettings()
         self.feed: dict[str, np.ndarray] = {}
 
@@ -177,9 +180,11 @@ class Session:
             wanted = (3, wanted, wanted)
         wanted = tuple(int(d) for d in wanted)
         declared = self.input_shape[1:]
+        fixed = [isinstance(d, int) and d > 0 for d in declared]
+        if not explicit and all(fixed):  # e.g. a causal LM's [tokens] beside the image default
+            return tuple(declared)
         if len(wanted) != len(declared):
             raise UserError(f"{self.source} takes inputs {declared}, not {list(wanted)}")
-        fixed = [isinstance(d, int) and d > 0 for d in declared]
         if explicit and any(f and d != w for f, d, w in zip(fixed, declared, wanted, strict=True)):
             raise UserError(f"{self.source} takes inputs {declared}, not {list(wanted)}; "
                             "measure it at the input size it was exported for (--input-size)")
@@ -188,9 +193,8 @@ class Session:
     def prepare(self, batch_size: int, input_shape: Sequence[int] | int | None = None) -> None:
         """Fix the timed input: `batch_size` seeded random inputs of `example_shape(input_shape)`
         (None: the file's fixed sizes, symbolic ones from the session's settings)."""
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch_size, *self.example_shape(input_shape))).astype(np.float32)
-        self.feed = {self.input_name: x}
+        self.feed = {self.input_name: random_input(
+            (batch_size, *self.example_shape(input_shape)), self.input_type)}
 
     @property
     def batch_size(self) -> int | None:
@@ -223,6 +227,19 @@ def session_options(settings: ProbeSettings):
     return options
 
 
+TOKEN_TYPE = "tensor(int64)"
+"""A causal LM's input: token ids [batch, tokens]."""
+
+
+def random_input(shape: Sequence[int], onnx_type: str = "tensor(float)") -> np.ndarray:
+    """A seeded timed input: N(0, 1) floats, or token ids 0 and 1 for an int64 input (valid in
+    every vocabulary; an embedding lookup costs the same whichever rows it reads)."""
+    rng = np.random.default_rng(0)
+    if onnx_type == TOKEN_TYPE:
+        return rng.integers(0, 2, size=tuple(shape), dtype=np.int64)
+    return rng.standard_normal(tuple(shape)).astype(np.float32)
+
+
 def make_session(model: bytes | str | Path, settings: ProbeSettings) -> Session:
     """A CPU session for ONNX bytes or a file; a one-line UserError for anything that is not an
     image model. With `settings.batch_size` set, the timed input is prepared too."""
@@ -240,10 +257,12 @@ def make_session(model: bytes | str | Path, settings: ProbeSettings) -> Session:
                         "a .onnx file written by `compressor compress` or `compressor apply`"
                         ) from None
     inputs = inner.get_inputs()
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise UserError(f"{source} must take one NCHW image input, it takes "
-                        f"{[i.shape for i in inputs]}")
-    session = Session(inner, inputs[0].name, list(inputs[0].shape), source, settings)
+    tokens = len(inputs) == 1 and len(inputs[0].shape) == 2 and inputs[0].type == TOKEN_TYPE
+    if len(inputs) != 1 or (len(inputs[0].shape) != 4 and not tokens):
+        raise UserError(f"{source} must take one NCHW image input or one [batch, tokens] int64 "
+                        f"input of token ids, it takes {[i.shape for i in inputs]}")
+    session = Session(inner, inputs[0].name, list(inputs[0].shape), source, settings,
+                      inputs[0].type)
     if settings.batch_size is not None:
         session.prepare(settings.batch_size)
     return session

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,13 @@ from torch import nn
 from compressor import latency, pruning, quantize
 from compressor.io import export, policies, report
 from compressor.pipeline.int8 import Int8Plan, quantize_winner
+from compressor.pipeline.text import (
+    TextTask,
+    TextTaskConfig,
+    latency_example,
+    lm_headline,
+    text_dataset,
+)
 from compressor.provenance import pick_device, provenance, seed_everything
 from compressor.pruning import checkpoints
 from compressor.pruning.importance import importance_label
@@ -26,6 +33,7 @@ from compressor.training.train import TrainConfig, evaluate_top1, train
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, load_dataset
+from compressor.zoo.text import TextConfig, load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +193,74 @@ def _quantize(out: Path, reference: latency.Session, settings: latency.ProbeSett
                               Int8Plan(config, choice, None, 0.0), dataset, seed, settings, None,
                               fp32_ratio, 0, layers=layers, fp32_layers=fp32_layers)
     return {"choice": choice.as_dict(), **shipped.as_dict(), "fp32_layers": fp32_layers}
+
+
+def apply_text_policy(model_name: str, policy_path: str, out_dir: str, text: TextConfig,
+                      lm: TextTaskConfig, probe: latency.ProbeSettings,
+                      pruning_config: pruning.PruningConfig, finetune_epochs: int = 0,
+                      seed: int = 0, models_dir: str = "models", checkpoint: str | None = None,
+                      device_name: str = "auto", say=log.info) -> dict:
+    """`apply` for a causal LM of ours: the policy on its cached baseline, `finetune_epochs`
+    passes of LM loss (in steps of 128 windows, as compress's final fine-tune), test perplexity
+    beside the dense model's, the verified export timed as a prefill at batch 1."""
+    seed_everything(seed)
+    device = pick_device(device_name)
+    corpus = load_corpus(text)
+    models.check_model_name(model_name, task="text")
+    untrained = models.build_model(model_name, corpus.vocab_size).eval()
+    context = untrained.context
+    example = latency_example(lm.latency_workload, context)
+    skeleton = pruning.build_skeleton(pruning.explicit_attention(untrained, example), example,
+                                      pruning_config)
+    policy = policies.read_policy(policy_path, model=model_name, valid_units=list(skeleton.names))
+    dense, meta = baseline.load_or_pretrain_lm(model_name, corpus, models_dir, device, checkpoint,
+                                               seed=seed, say=say)
+    dense = pruning.explicit_attention(dense.cpu().eval(), example)
+    dataset = text_dataset(corpus, context)
+    task = TextTask(dataset, context, lm, device)
+    dense_score = task.test(dense)
+    model = pruning.apply_policy(dense, policy, example, pruning_config)
+    steps = finetune_epochs * -(-len(dataset.train) // 128)
+    if steps > 0:
+        task.final_finetune(model, steps)
+    model = model.cpu().eval()
+    summary = task.summary(model, dense_score)
+    out = Path(out_dir)
+    metrics = {"test_top1": summary["test_next_byte_top1"],
+               "baseline_test_top1": dense_score.top1,
+               "test_perplexity": summary["test_perplexity"],
+               "baseline_test_perplexity": dense_score.perplexity,
+               "macs": skeleton.macs(policy), "params": skeleton.params(policy),
+               "dense_macs": skeleton.macs({}), "dense_params": skeleton.params({})}
+    checkpoints.save_pruned_checkpoint(
+        model, out / "model.pt", {"model": model_name, **metrics}, policy=policy,
+        base_name=model_name, num_classes=corpus.vocab_size, example_shape=tuple(example.shape),
+        round_to=pruning_config.round_to, ignored_layers=pruning_config.ignored_layers,
+        example_dtype=example.dtype)
+    batch = next(iter(dataset.test.batches(16, limit=1)))[0]
+    probe = replace(probe, batch_size=probe.batch_size or 1)
+    exported, _, settings, paired = _export_and_measure(model, dense, batch, out, probe)
+    metrics.update(latency_ratio_measured=paired.ratio, onnx_max_abs_diff=exported.max_abs_diff,
+                   onnx_relative_diff=exported.relative_diff,
+                   onnx_top1_agreement=exported.top1_agreement)
+    policies.write_policy(out / "policy.json", model=model_name, dataset=baseline.TEXT_DATASET,
+                          input_size=context, policy=policy, units=list(skeleton.names),
+                          budget={}, metrics=metrics,
+                          extra={"source": str(policy_path), "finetune_epochs": finetune_epochs,
+                                 "round_to": pruning_config.round_to,
+                                 "latency": paired.as_dict(), **provenance()})
+    final = _shipped(out, metrics, exported, paired, None)
+    rep = report.RunReport(
+        model=model_name, dataset=baseline.TEXT_DATASET, run=out.name,
+        command=" ".join(shlex.quote(a) for a in sys.argv),
+        headline=lm_headline(summary, final.latency_ratio), language_model=summary,
+        baseline={"test_top1": dense_score.top1, "macs": skeleton.macs({}),
+                  "params": skeleton.params({})},
+        final=final, policy=pruning.pruning_ratios(policy),
+        config={"policy_file": str(policy_path), "finetune_epochs": finetune_epochs,
+                "seed": seed, "text": asdict(text), "lm": asdict(lm), "probe": asdict(settings),
+                "pruning": {"round_to": pruning_config.round_to,
+                            "importance": importance_label(pruning_config.importance)}},
+        kept_dense=skeleton.kept_dense() or None, provenance=provenance())
+    report.write_report_json(out, rep)
+    return {**metrics, "latency": paired.as_dict(), "language_model": summary, "out": str(out)}

@@ -32,6 +32,7 @@ from compressor.pipeline.int8 import (
     find_sensitive_layers,
     plan_int8,
 )
+from compressor.pipeline.text import TextTask, TextTaskConfig, latency_example, text_dataset
 from compressor.provenance import pick_device, seed_everything
 from compressor.pruning.importance import importance_label
 from compressor.pruning.skeleton import trace
@@ -46,12 +47,13 @@ from compressor.training.train import TrainConfig
 from compressor.zoo import baselines as baseline
 from compressor.zoo import models
 from compressor.zoo.datasets import DataConfig, Dataset, load_dataset
+from compressor.zoo.text import TextConfig, load_corpus
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BudgetConfig", "CompressConfig", "FinalConfig", "Workspace", "build_workspace",
            "check_method", "example_for", "make_env", "plan", "preflight", "prepare",
-           "real_batch", "search_fields"]
+           "check_text_config", "real_batch", "search_fields", "text_workspace"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ class CompressConfig:
     """Largest pruning ratio of any unit."""
     reward: Annotated[str, choices(REWARDS)] = "error"
     """What an episode's reward is: error (under a hard budget), error-log-flops (AMC's
-    R_FLOPs, for searches without one)."""
+    R_FLOPs, for searches without one), cross-entropy (a causal LM's: minus the held-out
+    next-token cross-entropy; what a text model's runs resolve to)."""
     data: DataConfig = field(default_factory=DataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     pruning: pruning.PruningConfig = field(default_factory=pruning.PruningConfig)
@@ -131,12 +134,32 @@ class CompressConfig:
     """How latency is measured; the network's input decides the shape (`data.input_size`)."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """Where episodes are scored: in-process (default) or on Ray workers (`--workers`)."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """A causal LM's corpus (gpt_tiny: the standard library's source, split by module)."""
+    lm: TextTaskConfig = field(default_factory=TextTaskConfig)
+    """How a causal LM is scored, recovered and timed (`pipeline.text`)."""
+
+    @property
+    def task(self) -> str:
+        """"text" for a causal LM of ours, else "image"."""
+        return models.task_of(self.model)
 
     def resolved(self) -> CompressConfig:
-        """Every derived default made explicit, so the saved config says what ran."""
+        """Every derived default made explicit, so the saved config says what ran. A causal LM
+        runs on the stdlib corpus with the cross-entropy reward, timed at batch 1 (a prefill)."""
         agent = (self.agent or AgentConfig()).resolved(self.loop.episodes, self.seed)
-        return replace(self, agent=agent,
-                       probe=replace(self.probe, input_size=self.data.input_size))
+        config = replace(self, agent=agent,
+                         probe=replace(self.probe, input_size=self.data.input_size))
+        return config.for_text() if self.task == "text" else config
+
+    def for_text(self) -> CompressConfig:
+        """A causal LM's defaults where this config has the image ones: the stdlib corpus, the
+        cross-entropy reward, latency at batch 1."""
+        data = replace(self.data, dataset=baseline.TEXT_DATASET) \
+            if self.data.dataset in (DataConfig().dataset, "user") else self.data
+        return replace(self, data=data,
+                       reward="cross-entropy" if self.reward == "error" else self.reward,
+                       probe=replace(self.probe, batch_size=self.probe.batch_size or 1))
 
     @property
     def run_name(self) -> str:
@@ -160,6 +183,9 @@ def search_fields(config: CompressConfig) -> dict:
     d["pruning"]["importance"] = importance_label(config.pruning.importance)
     for key in ("out", "policies_dir", "results_dir", "tensorboard", "device", "final"):
         d.pop(key)
+    if config.task != "text":  # an image search does not read them (older runs still resume)
+        d.pop("text")
+        d.pop("lm")
     # Where episodes run does not change them, but the batch they are proposed in (one episode
     # per worker) does; serial runs keep the fields they had before workers existed.
     workers = d.pop("distributed")["workers"]
@@ -199,6 +225,8 @@ class Workspace:
     """Progress bars (the CLI); the API turns them off unless asked."""
     int8: Int8Plan | None = None
     """With --quantize int8 or mixed: the format chosen here, the INT8 tables and curve."""
+    text: TextTask | None = None
+    """A causal LM's scoring and recoveries (`pipeline.text`); None for an image model."""
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
@@ -385,6 +413,8 @@ def prepare(config: CompressConfig, say=log.info) -> Workspace:
         summary_writer_class()  # a missing optional dependency is refused before any work
     distributed.check(config.distributed)  # so are a missing Ray and an unreachable cluster
     seed_everything(config.seed)
+    if config.task == "text":
+        return prepare_text(config, t0, say)
     dataset = load_dataset(config.data)
     checked = preflight(config, dataset, say) if config.checkpoint is None else None
     dense, meta = baseline.load_or_pretrain(
@@ -401,6 +431,64 @@ def prepare(config: CompressConfig, say=log.info) -> Workspace:
     ws.times = {"baseline": loaded - int8_seconds, **ws.times}
     if int8_seconds:
         ws.times["int8_plan"] = int8_seconds
+    return ws
+
+
+def check_text_config(config: CompressConfig) -> None:
+    """What a causal LM's run cannot do yet, refused in one line before any work."""
+    if config.data.dataset != baseline.TEXT_DATASET:
+        raise UserError(f"{config.model} is a causal LM trained on the standard library's source: "
+                        f"drop --dataset {config.data.dataset} (or pass --dataset "
+                        f"{baseline.TEXT_DATASET}); --text.root picks another directory of .py files")
+    if config.reward != "cross-entropy":
+        raise UserError(f"--reward {config.reward} scores classifiers; a causal LM's reward is "
+                        "cross-entropy (drop --reward)")
+    if config.quantize.enabled:
+        raise UserError("--quantize is not supported for causal LMs yet; drop it")
+    if config.distributed.workers > 1:
+        raise UserError("--workers is not supported for causal LMs yet; drop it")
+
+
+def prepare_text(config: CompressConfig, t0: float, say=log.info) -> Workspace:
+    """A causal LM's path: the corpus, preflight on an untrained instance, the baseline
+    (pretrained once), its test perplexity on this run's test windows, the workspace with the
+    text task's score and recoveries (`pipeline.text`)."""
+    check_text_config(config)
+    models.check_model_name(config.model, task="text")
+    device = pick_device(config.device)
+    corpus = load_corpus(config.text)
+    untrained = models.build_model(config.model, corpus.vocab_size).eval()
+    context = untrained.context
+    example = latency_example(config.lm.latency_workload, context)
+    dataset = text_dataset(corpus, context)
+    models.check_input_size(untrained, example, config.model)
+    checked = plan(untrained, example, config, config.model, say) \
+        if config.checkpoint is None else None
+    dense, meta = baseline.load_or_pretrain_lm(config.model, corpus, config.models_dir, device,
+                                               config.checkpoint, seed=config.seed, say=say)
+    loaded = time.time() - t0
+    ws = text_workspace(config, dataset, context, dense, meta, cache_name=config.model,
+                        plan_=checked, model_spec=config.model, say=say)
+    ws.times = {"baseline": loaded, **ws.times}
+    return ws
+
+
+def text_workspace(config: CompressConfig, dataset: Dataset, context: int, dense: nn.Module,
+                   meta: dict, *, cache_name: str, plan_: Plan | None = None,
+                   model_spec: str | None = None, say=log.info) -> Workspace:
+    """`build_workspace` for a causal LM (the command line's and the API's): the dense model's
+    test score once, the text task's score, recovery and final fine-tune in the hooks."""
+    task = TextTask(dataset, context, config.lm, pick_device(config.device))
+    dense_test = task.test(dense.eval())
+    say(f"dense model: test perplexity {dense_test.perplexity:.3f} "
+        f"({dense_test.bits_per_token:.3f} bits/token) over {dense_test.tokens} tokens")
+    meta = {**meta, "test_top1": dense_test.top1, "lm_test": dense_test._asdict()}
+    example = latency_example(config.lm.latency_workload, context)
+    ws = build_workspace(config, dataset, dense, meta, example, cache_name=cache_name,
+                         plan_=plan_, score=task.score, test_score=task.test_top1,
+                         finetune=task.recover, model_spec=model_spec, say=say)
+    ws.finetune = task.final_finetune  # the evaluator recovers, the final stage fine-tunes
+    ws.text = task
     return ws
 
 

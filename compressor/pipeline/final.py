@@ -30,10 +30,12 @@ from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import export, policies, report
 from compressor.pipeline.compress import Workspace, real_batch
 from compressor.pipeline.int8 import ShippedInt8, policy_fp32_layers, quantize_winner
+from compressor.pipeline.text import lm_headline
 from compressor.provenance import provenance
 from compressor.pruning import checkpoints
 from compressor.pruning.importance import importance_label
 from compressor.search.loop import Candidate
+from compressor.training.language import LMScore
 from compressor.training.train import TrainConfig, evaluate_top1, train
 
 log = logging.getLogger(__name__)
@@ -204,7 +206,8 @@ def save_winner(ws: Workspace, winner: CandidateRow, tuned: FinetuneResult, run_
     checkpoints.save_pruned_checkpoint(
         tuned.model, checkpoint, {"model": config.model, **metrics}, policy=ratios,
         base_name=ws.model_spec, num_classes=ws.dataset.num_classes,
-        example_shape=tuple(ws.example.shape), round_to=config.pruning.round_to)
+        example_shape=tuple(ws.example.shape), round_to=config.pruning.round_to,
+        example_dtype=ws.example.dtype)
     return SavedWinner(policy_path, checkpoint)
 
 
@@ -416,11 +419,14 @@ def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
     config, sk, policy = ws.config, ws.skeleton, stage.winner.policy
     base_top1 = ws.meta.get("test_top1", float("nan"))
     precisions = pruning.unit_precisions(policy)
+    language_model = ws.text.summary(stage.model, LMScore(**ws.meta["lm_test"])) \
+        if ws.text is not None else None
     return report.RunReport(
         model=config.model, dataset=config.data.dataset, run=run_dir.name,
         command=" ".join(shlex.quote(a) for a in (argv or sys.argv)),
-        headline=report.headline(final.test_top1, base_top1, final.precision,
-                                 final.latency_ratio),
+        headline=lm_headline(language_model, final.latency_ratio) if language_model else
+        report.headline(final.test_top1, base_top1, final.precision, final.latency_ratio),
+        language_model=language_model,
         verdict=verdict_text, failure=failure,
         checks={k: c._asdict() for k, c in checks.items()},
         budgets=ws.request.as_dict(), search_target={b.name: b.limit for b in ws.budgets},

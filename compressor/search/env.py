@@ -70,7 +70,8 @@ OBS_DIM = 11
 class Evaluation(NamedTuple):
     """What the injected evaluator says of one pruned network."""
 
-    top1: float  # percent, on the search split
+    top1: float  # the search score: top-1 (%) on the search split, a user's `evaluate`, or a
+    # causal LM's minus validation cross-entropy (`pipeline.text`)
     flops_ratio: float  # MACs of the pruned network / dense MACs
     metrics: dict[str, Any]  # anything else worth logging (latency, timings, cache hit)
 
@@ -90,9 +91,23 @@ def reward_error_log_flops(evaluation: Evaluation) -> float:
     return -(100.0 - evaluation.top1) / 100.0 * math.log(max(evaluation.flops_ratio, 1e-9) * 1e9)
 
 
+LM_OVER_BUDGET = -10.0
+"""A causal LM's reward when its measured latency broke the budget: worse than a uniform guess
+over 22,000 tokens (ln 22026 = 10 nats)."""
+
+
+def reward_cross_entropy(evaluation: Evaluation) -> float:
+    """A causal LM's reward: minus the held-out next-token cross-entropy (nats per token), which
+    is its search score (`pipeline.text.TextTask.score`); the wall enforces the budget."""
+    if evaluation.metrics.get("over_budget"):
+        return LM_OVER_BUDGET
+    return evaluation.top1
+
+
 REWARDS: dict[str, Callable[[Evaluation], float]] = {
     "error": reward_error,
     "error-log-flops": reward_error_log_flops,
+    "cross-entropy": reward_cross_entropy,
 }
 
 

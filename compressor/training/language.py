@@ -46,6 +46,12 @@ class LMScore(NamedTuple):
     cross_entropy: float  # mean nats per predicted token
     perplexity: float  # exp(cross_entropy)
     tokens: int  # predicted tokens it is the mean over
+    top1: float = float("nan")  # percent of tokens whose most likely prediction is the next one
+
+    @property
+    def bits_per_token(self) -> float:
+        """Cross-entropy in bits (bits per byte when tokens are bytes)."""
+        return self.cross_entropy / math.log(2)
 
 
 def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -57,23 +63,25 @@ def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> to
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, windows: Iterable[tuple[torch.Tensor, torch.Tensor]],
                 device: torch.device) -> LMScore:
-    """Mean next-token cross-entropy and perplexity over every token of `windows` (eval mode;
-    the model's mode is restored)."""
+    """Mean next-token cross-entropy, perplexity and top-1 next-token accuracy over every token
+    of `windows` (eval mode; the model's mode is restored)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, right = 0.0, 0, 0
     try:
         for inputs, targets in windows:
             logits = main_output(model(inputs.to(device)))
+            targets = targets.to(device)
             total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                           targets.to(device).reshape(-1), reduction="sum"))
+                                           targets.reshape(-1), reduction="sum"))
+            right += int((logits.argmax(-1) == targets).sum())
             count += targets.numel()
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("evaluate_lm needs at least one window")
     mean = total / count
-    return LMScore(mean, math.exp(mean), count)
+    return LMScore(mean, math.exp(mean), count, 100.0 * right / count)
 
 
 def lm_optimizer(model: nn.Module, config: LMConfig) -> torch.optim.AdamW:

@@ -37,15 +37,20 @@ def list_classification_models() -> list[str]:
     return [*EMBEDDED, *sorted(torchvision.models.list_models(module=torchvision.models))]
 
 
+def task_of(name: str) -> str:
+    """"text" for a causal LM of ours (`zoo.embedded`), else "image" (what every other name is)."""
+    return EMBEDDED[name].task if name in EMBEDDED else "image"
+
+
 def check_model_name(name: str, task: str | None = "image") -> None:
     """A torchvision classification name, one of ours (`zoo.embedded`) for `task` (None: any),
     or a factory spec (checked when it is built)."""
     if is_factory_spec(name):
         return
     if name in EMBEDDED and task is not None and EMBEDDED[name].task != task:
-        raise UserError(f"{name} is a causal language model: the commands take image "
-                        "classifiers only for now; prune it from Python with compressor.pruning "
-                        "(docs/transformers.md, \"Causal decoders\")")
+        raise UserError(f"{name} is a causal language model: `compressor pretrain`, `compress`, "
+                        "`apply` and `units` take it (and `check` its ONNX files); this command "
+                        "takes image classifiers only for now")
     names = list_classification_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)

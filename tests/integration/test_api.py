@@ -194,3 +194,54 @@ def test_a_vision_transformer_compresses_by_heads_mlp_width_and_blocks():
     assert set(result.policy) == set(kinds)
     assert sorted(set(kinds.values())) == ["block", "heads", "mlp"]
     assert result.model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+class UserBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 64), nn.GELU(), nn.Linear(64, width))
+
+    def forward(self, x):
+        t = x.shape[1]
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
+        x = x + self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(x)
+
+
+class UserLM(nn.Module):
+    """A user's causal LM: token ids [batch, tokens] -> logits [batch, tokens, 256], attention
+    through nn.MultiheadAttention under a causal mask, no `context` attribute."""
+
+    def __init__(self, width: int = 32, tokens: int = 32):
+        super().__init__()
+        self.embed, self.position = nn.Embedding(256, width), nn.Embedding(tokens, width)
+        self.blocks = nn.Sequential(UserBlock(width), UserBlock(width))
+        self.out = nn.Linear(width, 256)
+
+    def forward(self, ids):
+        x = self.embed(ids) + self.position(torch.arange(ids.shape[1]))
+        return self.out(self.blocks(x))
+
+
+def test_a_users_causal_lm_compresses_on_a_text_corpus_by_perplexity(stdlib_text):
+    torch.manual_seed(0)
+    model = UserLM()
+    config = CompressConfig(
+        evaluator=EvaluatorConfig(bn_batches=1, finetune_steps=2),
+        final=FinalConfig(candidates=1, candidate_steps=2, latency_blocks=2, recheck_rounds=0))
+    result = compressor.compress(model, train=stdlib_text, example_input=torch.zeros(
+        1, 32, dtype=torch.long), flops_budget=0.7, episodes=3, final_epochs=0, config=config)
+    assert result.verdict == "within budget" and result.checks["flops"].value <= 0.7
+    assert result.perplexity > 1 and result.baseline_perplexity > 1
+    assert result.report["config"]["reward"] == "cross-entropy"
+    assert result.report["language_model"]["context"] == 32
+    ids = torch.zeros(2, 32, dtype=torch.long)
+    assert result.model(ids).shape == (2, 32, 256)
+
+
+def test_a_causal_lm_without_a_window_length_or_with_image_data_args_is_refused(stdlib_text):
+    with pytest.raises(UserError, match="example_input= token ids"):
+        compressor.compress(UserLM(), train=stdlib_text, flops_budget=0.5)
+    with pytest.raises(UserError, match="drop val="):
+        compressor.compress(UserLM(), train=stdlib_text, val=stdlib_text, flops_budget=0.5)

@@ -12,6 +12,7 @@ from compressor.io.policies import read_round_to
 from compressor.io.report import RunReport
 from compressor.pipeline.compress import CompressConfig
 from compressor.pruning import PruningConfig
+from compressor.pruning.checkpoints import load_pruned_checkpoint
 from compressor.zoo import models
 from tests.integration.conftest import SLICE
 
@@ -208,7 +209,7 @@ def _flags(config, prefix="--"):
 def test_compress_help_is_grouped_by_config_section_with_the_field_docstrings(capsys):
     text = _help(["compress"], capsys)
     for section in ("data", "budget", "pruning", "evaluator", "loop", "agent", "final",
-                    "quantize", "probe", "distributed"):
+                    "quantize", "probe", "distributed", "text", "lm"):
         assert f"{section} options" in text
     # The field's docstring is its help; today's name comes first, then the section's.
     assert "--margin FLOAT, --budget.margin FLOAT The search aims this fraction under" in text
@@ -218,7 +219,7 @@ def test_compress_help_is_grouped_by_config_section_with_the_field_docstrings(ca
     assert [f for f in _flags(CompressConfig()) if f not in text] == sorted(hidden)
     # Registries give the choices.
     assert "--agent {ddpg,random,greedy,uniform,global}, --method" in text
-    assert "--reward {error,error-log-flops}" in text
+    assert "--reward {error,error-log-flops,cross-entropy}" in text
     top = _help([], capsys)
     for command in ("models", "pretrain", "evaluate", "compress", "apply", "latency", "check"):
         assert f"• {command}" in top
@@ -343,3 +344,61 @@ def test_the_embedded_vit_pretrains_by_its_recipe_compresses_and_its_policy_appl
     applied_report = RunReport.from_dict(json.loads((applied / "report.json").read_text()))
     assert applied_report.policy == policy["policy"]
     assert applied_report.final.parity.top1_agreement >= 0.9
+
+
+def test_the_embedded_gpt_pretrains_on_the_stdlib_compresses_by_perplexity_and_exports(tmp_path):
+    """gpt_tiny end to end on a 300 kB slice of the standard library: a few pretraining steps,
+    a short ddpg search rewarded by minus validation cross-entropy, an LM-loss fine-tune, and
+    the verified ONNX export of token ids timed as a prefill at batch 1."""
+    root, text = tmp_path, ["--text.max-bytes", "300000"]
+    assert main(["pretrain", "--model", "gpt_tiny", "--steps", "5", "--models-dir",
+                 str(root / "models"), *text]) == 0
+    _, meta = models.load_baseline(root / "models" / "gpt_tiny-stdlib.pt", "gpt_tiny", 256)
+    assert meta["steps"] == 5 and meta["test_perplexity"] > 1 and meta["python_version"]
+    out = root / "run"
+    code = main(["compress", "--model", "gpt_tiny", "--models-dir", str(root / "models"), *text,
+                 "--latency-budget", "0.6", "--episodes", "3", "--bn-batches", "1",
+                 "--episode-finetune-steps", "2", "--candidates", "1", "--candidate-steps", "2",
+                 "--probe-every", "0", "--margin", "0.1", "--lm-eval-windows", "8",
+                 "--lm-test-windows", "16", "--out", str(out), "--policies-dir",
+                 str(root / "policies"), "--results-dir", str(root / "results")])
+    report = json.loads((root / "results" / "run" / "report.json").read_text())
+    assert code == (0 if report["verdict"] == "within budget" else 1)
+    assert report["dataset"] == "stdlib" and report["config"]["reward"] == "cross-entropy"
+    assert report["config"]["probe"]["batch_size"] == 1
+    lm = report["language_model"]
+    assert lm["dense_test_perplexity"] > 1 and lm["test_perplexity"] > 1
+    assert lm["test_tokens"] == 16 * 128 and report["headline"].startswith("test perplexity")
+    assert report["final"]["parity"]["top1_agreement"] >= 0.9
+    assert report["final"]["latency"]["settings"]["input_shape"] == [128]
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert all(e["reward"] == pytest.approx(e["top1"]) and e["top1"] < 0 for e in episodes)
+    policy = json.loads((root / "policies" / "run.json").read_text())
+    assert len(policy["policy"]) == 12  # 4 blocks: block, heads, mlp each
+    assert "perplexity" in (root / "results" / "run" / "report.md").read_text()
+    # The pruned LM reloads from its recorded shapes on token ids (tensors only).
+    reloaded = load_pruned_checkpoint(out / "model.pt").model
+    ids = torch.zeros(1, 128, dtype=torch.long)
+    assert reloaded(ids).shape == (1, 128, 256)
+    # The policy applies again to the cached baseline, scored and timed the same way.
+    applied = root / "applied"
+    assert main(["apply", "--model", "gpt_tiny", "--models-dir", str(root / "models"), *text,
+                 "--policy", str(root / "policies" / "run.json"), "--out", str(applied),
+                 "--lm-test-windows", "16"]) == 0
+    applied_report = RunReport.from_dict(json.loads((applied / "report.json").read_text()))
+    assert applied_report.policy == policy["policy"]
+    assert applied_report.language_model["test_tokens"] == 16 * 128
+    assert applied_report.final.parity.top1_agreement >= 0.9
+
+
+def test_units_lists_the_embedded_gpts_units_at_its_context(capsys):
+    assert main(["units", "gpt_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpt_tiny: 12 units searched, 0 kept dense") and "128 tokens" in out
+    assert "blocks.3.attn" in out
+
+
+def test_an_image_dataset_for_the_embedded_gpt_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="drop --dataset cifar10"):
+        main(["--debug", "compress", "--model", "gpt_tiny", "--dataset", "cifar10",
+              "--models-dir", str(tmp_path), "--latency-budget", "0.5"])

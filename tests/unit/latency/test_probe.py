@@ -224,8 +224,8 @@ def test_input_shape_settings_resolve_and_validate():
     assert ProbeSettings(input_size=48).example_shape == (3, 48, 48)
     settings = ProbeSettings(input_shape=[1, 28, 40])  # a list from JSON
     assert settings.example_shape == (1, 28, 40) and settings.input_shape == (1, 28, 40)
-    for bad in ((28, 40), (1, 0, 40), (1, 28, 40, 2)):
-        with pytest.raises(UserError, match="three positive sizes"):
+    for bad in ((28, 40), (1, 0, 40), (1, 28, 40, 2), (0,)):
+        with pytest.raises(UserError, match="three positive sizes"):  # or one (tokens)
             ProbeSettings(input_shape=bad)
 
 
@@ -324,3 +324,23 @@ def test_the_probe_names_the_architecture_it_timed(resnet, dense_bytes):
     paired = latency.Probe(resnet, torch.zeros(1, 3, 32, 32), QUICK).measure(resnet)
     assert paired.architecture == latency.architecture_key(dense_bytes)
     assert paired.as_dict()["architecture"] == paired.architecture
+
+
+def test_a_causal_lm_is_timed_on_int64_token_ids_at_its_own_length():
+    """gpt_tiny's export takes token ids [batch, 128]: the probe feeds valid ids (0 and 1) at the
+    file's own length whatever the image-shaped defaults say, and a pruned copy pairs with it."""
+    from compressor.pruning import explicit_attention
+
+    torch.manual_seed(0)
+    model = explicit_attention(build_model("gpt_tiny", 256).eval(),
+                               torch.zeros(1, 128, dtype=torch.long))
+    session = latency.make_session(onnx_bytes(model, torch.zeros(1, 128, dtype=torch.long)),
+                                   replace(QUICK, batch_size=1))
+    feed = session.feed[session.input_name]
+    assert feed.dtype == np.int64 and feed.shape == (1, 128) and set(np.unique(feed)) <= {0, 1}
+    assert session.timed_shape == (128,)
+    probe = latency.Probe(model, torch.zeros(1, 128, dtype=torch.long),
+                          replace(QUICK, batch_size=1))
+    assert probe.settings.example_shape == (128,)
+    assert probe.measure(model).ratio == pytest.approx(1.0, abs=0.5)
+    assert ProbeSettings(input_shape=(128,)).example_shape == (128,)

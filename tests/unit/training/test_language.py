@@ -40,6 +40,9 @@ def test_perplexity_is_exp_of_the_mean_token_cross_entropy(stdlib_text):
     want = F.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1))
     assert score.cross_entropy == pytest.approx(float(want), rel=1e-5)
     assert score.perplexity == pytest.approx(math.exp(score.cross_entropy))
+    assert score.bits_per_token == pytest.approx(score.cross_entropy / math.log(2))
+    hits = (logits.argmax(-1) == targets).float().mean() * 100
+    assert score.top1 == pytest.approx(float(hits))
     # An untrained GPT (N(0, 0.02) weights) predicts nearly uniformly: perplexity near 256.
     assert 200 < score.perplexity < 320
     assert model.training  # its mode is restored

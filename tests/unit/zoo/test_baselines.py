@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -98,3 +100,33 @@ def test_finite_outputs_pass_the_check(fmnist_batch):
     model = models.build_model("resnet18", 10)
     models.check_finite_outputs(model.train(), fmnist_batch[0], "resnet18")
     assert model.training  # the caller's mode is restored
+
+
+def test_a_causal_lm_pretrains_caches_its_perplexity_and_corpus_and_is_reused(stdlib_text,
+                                                                               tmp_path):
+    path = models.baseline_path(tmp_path, "gpt_tiny", baselines.TEXT_DATASET)
+    assert path.name == "gpt_tiny-stdlib.pt"
+    model, meta = baselines.pretrain_lm("gpt_tiny", stdlib_text, path, torch.device("cpu"),
+                                        steps=4, eval_windows=64)
+    assert meta["steps"] == 4 and meta["data_fingerprint"] == stdlib_text.fingerprint
+    assert meta["python_version"] == stdlib_text.python_version and meta["task"] == "text"
+    # Bytes: bits per byte is the cross-entropy in bits; perplexity its exp in nats.
+    assert meta["test_bits_per_byte"] == pytest.approx(meta["test_cross_entropy"] / math.log(2))
+    assert meta["test_perplexity"] == pytest.approx(math.exp(meta["test_cross_entropy"]))
+    assert 0 <= meta["test_next_byte_top1"] <= 100 and meta["train_minutes"] > 0
+    assert meta["test_perplexity"] < 256  # four steps already beat a uniform guess over bytes
+    # The cache is reused (same weights, no training) and loads with weights_only=True.
+    again, again_meta = baselines.load_or_pretrain_lm("gpt_tiny", stdlib_text, tmp_path,
+                                                      torch.device("cpu"))
+    tokens = next(stdlib_text.test.windows(2, context=128))[0]
+    with torch.no_grad():
+        assert torch.equal(model(tokens), again.eval()(tokens))
+    assert again_meta["test_perplexity"] == meta["test_perplexity"]
+
+
+def test_a_cached_causal_lm_of_another_corpus_is_refused(stdlib_text, tmp_path):
+    path = models.baseline_path(tmp_path, "gpt_tiny", baselines.TEXT_DATASET)
+    models.save_baseline(path, models.build_model("gpt_tiny", 256), "gpt_tiny", 256,
+                         {**baselines.text_metadata(stdlib_text), "data_fingerprint": "other"})
+    with pytest.raises(UserError, match="data_fingerprint=other"):
+        baselines.load_or_pretrain_lm("gpt_tiny", stdlib_text, tmp_path, torch.device("cpu"))

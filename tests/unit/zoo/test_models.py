@@ -23,8 +23,10 @@ def test_unknown_model_suggests_close_names():
 
 
 def test_a_language_model_is_refused_by_the_image_commands_in_one_line():
-    with pytest.raises(UserError, match="causal language model"):
+    with pytest.raises(UserError, match="causal language model: `compressor pretrain`, `compress`"):
         models.check_model_name("gpt_tiny")
+    models.check_model_name("gpt_tiny", task="text")
+    assert models.task_of("gpt_tiny") == "text" and models.task_of("resnet18") == "image"
 
 
 def test_unknown_weights_name_lists_valid_ones():
