@@ -3,13 +3,23 @@
     python -m benchmarks.latency_model --model resnet18 --policies 50 --seed 0
     python -m benchmarks.latency_model --model mobilenet_v2 --policies 50 --seed 0
     python -m benchmarks.latency_model --model vit32 --policies 50 --seed 0 --out results/vit-latency
+    python -m benchmarks.latency_model --model resnet50 --input-size 224 --num-classes 1000 \
+        --policies 50 --policies-from runs/resnet50-run --searched 20
+
+`--input-size` and `--num-classes` set the network's input side and head (224 and 1000: the
+ImageNet shape users deploy; weights stay random, latency depends on shapes only): the latency
+model's tables are timed at the feature-map sizes of that input and the probe measures it.
+`--policies-from` scores, beside the random policies, the `--searched` best-rewarded distinct
+policies of a real search (a compress run directory's episodes.jsonl, or policy files): the
+policies a search prefers are the ones a latency model must not underestimate (issue 33).
 
 Each run builds the latency model from scratch (timed: the build cost), draws random per-unit
 pruning policies, prunes with `compressor.pruning.apply_policy`, measures every pruned network
 against the dense one (paired, alternating blocks) and compares with `predict_ratio` on the
 skeleton's predicted shapes, i.e. exactly what the budget wall sees. The MACs ratio is reported
 beside it as the proxy the latency model replaces. Results per model go to
-latency_model_<model>.json in `--out` (default runs/bench/latency-model); latency_model.md there is
+latency_model_<model>.json (latency_model_<model>_<size>px.json at another input
+size) in `--out` (default runs/bench/latency-model); latency_model.md there is
 rewritten from all of them (the committed study: results/latency-model).
 Run it on a quiet machine: a training job on the other core adds its own noise to the measured
 side.
@@ -45,12 +55,14 @@ VITS = {"vit32": dict(image_size=32, patch_size=4, num_layers=6, num_heads=4, hi
 embedded ViT (32 px, patch 4: 65 tokens, 6 blocks of 4 heads, MLP 2x)."""
 
 
-def benchmark_model(name: str, classes: int = 10) -> torch.nn.Module:
-    """A zoo model by name, or one of `VITS`."""
+def benchmark_model(name: str, classes: int = 10, input_size: int = 32) -> torch.nn.Module:
+    """A zoo model by name (its input size is the example's), or one of `VITS` built for
+    `input_size` (a ViT's positional embedding fixes its input)."""
     if name in VITS:
         import torchvision
 
-        return torchvision.models.VisionTransformer(**VITS[name], num_classes=classes)
+        return torchvision.models.VisionTransformer(**{**VITS[name], "image_size": input_size},
+                                                    num_classes=classes)
     return build_model(name, classes)
 
 
@@ -64,6 +76,44 @@ def random_policies(names: list[str], count: int, seed: int, max_ratio: float = 
         ceiling = rng.uniform(0.1, max_ratio)
         policies.append({name: rng.uniform(0.0, ceiling) for name in names})
     return policies
+
+
+def searched_policies(sources: list[str | Path], count: int, names: list[str]
+                      ) -> list[dict[str, float]]:
+    """The `count` best-rewarded distinct policies of real searches, best first.
+
+    A source is a compress run directory (its episodes.jsonl: one line per episode, with
+    `policy` and `reward`), an episodes .jsonl file, or a policy file (`compressor-policy-v1`:
+    its one `policy`, ranked first). A policy searched at another input size on the same
+    architecture names the same units (a policy is keyed by unit name, not by shape). Units a
+    policy leaves out stay dense; a unit `names` lacks is refused (another architecture)."""
+    found: list[tuple[float, dict[str, float]]] = []
+    for source in map(Path, sources):
+        path = source / "episodes.jsonl" if source.is_dir() else source
+        if not path.exists():
+            raise SystemExit(f"--policies-from {source}: no {path.name} there")
+        if path.suffix == ".jsonl":
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    episode = json.loads(line)
+                    if episode.get("policy"):
+                        found.append((float(episode.get("reward") or float("-inf")),
+                                      episode["policy"]))
+        else:
+            found.append((float("inf"), json.loads(path.read_text())["policy"]))
+    known, chosen, seen = set(names), [], set()
+    for _, policy in sorted(found, key=lambda rp: -rp[0]):
+        unknown = sorted(set(policy) - known)
+        if unknown:
+            raise SystemExit(f"--policies-from: units {unknown[:3]} are not in this model "
+                             "(a search on another architecture?)")
+        key = tuple(round(policy.get(n, 0.0), 6) for n in names)
+        if key not in seen:
+            seen.add(key)
+            chosen.append({n: float(policy.get(n, 0.0)) for n in names})
+        if len(chosen) == count:
+            break
+    return chosen
 
 
 def kernel_ms(onnx: bytes, batch: int, settings: latency.ProbeSettings) -> float:
@@ -100,9 +150,13 @@ def variants(model: lm.LatencyModel, calibration: list[tuple[float, float, float
 
 def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSettings,
           measure: latency.ProbeSettings, grid_points: int, calibration: int,
-          say=print) -> dict:
+          say=print, num_classes: int = 10, policies_from: list[str] | None = None,
+          searched: int = 20) -> dict:
+    """Build the latency model of `model_name` at `settings.input_size` and score it on
+    `policies` random policies and (with `policies_from`) up to `searched` searched ones."""
     torch.manual_seed(seed)
-    dense = benchmark_model(model_name).eval()  # weights do not change latency; shapes do
+    # weights do not change latency; shapes do
+    dense = benchmark_model(model_name, num_classes, settings.input_size).eval()
     x = torch.randn(1, 3, settings.input_size, settings.input_size)
     if pruning.has_attention(dense):  # the form every pruned copy has (as the pipeline does)
         dense = pruning.explicit_attention(dense, x)
@@ -143,12 +197,17 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
     models = variants(model, calibrated, layers_only)
 
     dense_macs = skeleton.macs({})
+    chosen = [("random", p) for p in random_policies(list(skeleton.names), policies, seed + 1000)]
+    if policies_from:
+        chosen += [("searched", p) for p in searched_policies(policies_from, searched,
+                                                              list(skeleton.names))]
     rows = []
-    for i, policy in enumerate(random_policies(list(skeleton.names), policies, seed + 1000)):
+    for i, (source, policy) in enumerate(chosen):
         shapes = skeleton.layer_shapes(policy)
         paired = measured(policy, measure)
         predicted = {name: m.predict_ratio(shapes) for name, m in models.items()}
-        row = {"measured": paired.ratio, "predicted": predicted["latency model"],
+        row = {"source": source, "measured": paired.ratio,
+               "predicted": predicted["latency model"],
                "variants": predicted, "spread": list(paired.spread),
                "macs": skeleton.macs(policy) / dense_macs,
                "kernel_ratio": kernel_ms(onnx_bytes(pruning.apply_policy(
@@ -157,7 +216,7 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
                "candidate_ms": paired.candidate_ms, "reference_ms": paired.reference_ms}
         row["error"] = row["predicted"] / paired.ratio - 1
         rows.append(row)
-        say(f"  {i:3d}: measured {paired.ratio:.3f} ({paired.spread[0]:.3f}-"
+        say(f"  {i:3d} {source}: measured {paired.ratio:.3f} ({paired.spread[0]:.3f}-"
             f"{paired.spread[1]:.3f}) predicted {row['predicted']:.3f} ({row['error']:+.1%}), "
             f"MACs {row['macs']:.3f}, kernel-time ratio {row['kernel_ratio']:.3f}")
     started = time.perf_counter()
@@ -166,23 +225,46 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         model.predict_ratio(shapes)
     predict_us = (time.perf_counter() - started) * 1000.0
 
-    def summary(predicted: list[float], against: str = "measured") -> dict[str, float]:
-        errors = [abs(p / r[against] - 1) for p, r in zip(predicted, rows, strict=True)]
-        signed = [p / r[against] - 1 for p, r in zip(predicted, rows, strict=True)]
+    def summary(predicted: list[float], against: str = "measured",
+                among: list[dict] = rows) -> dict[str, float]:
+        if not among:
+            return {"median": float("nan"), "max": float("nan"), "mean_signed": float("nan")}
+        errors = [abs(p / r[against] - 1) for p, r in zip(predicted, among, strict=True)]
+        signed = [p / r[against] - 1 for p, r in zip(predicted, among, strict=True)]
         return {"median": statistics.median(errors), "max": max(errors),
                 "mean_signed": statistics.mean(signed)}
 
-    ablations = {name: summary([r["variants"][name] for r in rows]) for name in models}
-    ablations["MACs ratio (proxy)"] = summary([r["macs"] for r in rows])
+    random_rows = [r for r in rows if r["source"] == "random"]
+    ablations = {name: summary([r["variants"][name] for r in random_rows], among=random_rows)
+                 for name in models}
+    ablations["MACs ratio (proxy)"] = summary([r["macs"] for r in random_rows],
+                                              among=random_rows)
     ablations["kernel-time ratio (a second measurement)"] = summary(
-        [r["kernel_ratio"] for r in rows])
+        [r["kernel_ratio"] for r in random_rows], among=random_rows)
     for name in models:
         ablations[f"{name} vs the kernel-time ratio"] = summary(
-            [r["variants"][name] for r in rows], "kernel_ratio")
+            [r["variants"][name] for r in random_rows], "kernel_ratio", random_rows)
+    searched_rows = [r for r in rows if r["source"] == "searched"]
+    on_searched = {name: summary([r["variants"][name] for r in searched_rows],
+                                 among=searched_rows) for name in models}
+    on_searched["MACs ratio (proxy)"] = summary([r["macs"] for r in searched_rows],
+                                                among=searched_rows)
+    command = (f"python -m benchmarks.latency_model --model {model_name} --policies {policies} "
+               f"--seed {seed}")
+    if settings.input_size != 32 or num_classes != 10:
+        command += f" --input-size {settings.input_size} --num-classes {num_classes}"
+    if policies_from:
+        command += "".join(f" --policies-from {p}" for p in policies_from) + \
+            f" --searched {searched}"
     return {
-        "model": model_name, "policies": policies, "seed": seed,
+        "model": model_name, "input_size": settings.input_size, "num_classes": num_classes,
+        "policies": len(random_rows), "searched_policies": len(searched_rows),
+        "policies_from": [str(p) for p in policies_from or []], "seed": seed,
         "median_error": ablations["latency model"]["median"],
-        "max_error": ablations["latency model"]["max"], "ablations": ablations,
+        "max_error": ablations["latency model"]["max"],
+        "searched_median_error": on_searched["latency model"]["median"],
+        "searched_max_error": on_searched["latency model"]["max"],
+        "ablations": ablations, "ablations_searched": on_searched,
         "build_seconds": build_seconds, "calibration_seconds": calibration_seconds,
         "calibration_fit": {"beta_ms_per_mb": models[list(models)[-1]].beta,
                             "knee_mb": models[list(models)[-1]].knee_mb,
@@ -193,8 +275,7 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         "measure_settings": measure.as_dict(), "cpu": cpu_name(), "cores": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "pretrain_running_after": busy(), "versions": library_versions(),
-        "command": f"python -m benchmarks.latency_model --model {model_name} "
-                   f"--policies {policies} --seed {seed}",
+        "command": command + f" --blocks {measure.blocks} --runs {measure.runs}",
     }
 
 
@@ -212,20 +293,26 @@ def report(results: list[dict]) -> str:
              "predicted shapes, as the budget wall does. Error = predicted / measured - 1. "
              f"Targets: median |error| <= {TARGETS['median']:.0%}, max <= {TARGETS['max']:.0%}.",
              "",
-             "| model | policies | median abs error | max abs error | targets | MACs proxy median "
-             "/ max | build (s) | predict (us) | batch | threads | CPU | command |",
-             "|---" * 12 + "|"]
+             "| model | input | policies | median abs error | max abs error | targets | "
+             "searched policies: median / max abs error | MACs proxy median / max | build (s) | "
+             "predict (us) | batch | threads | CPU | command |",
+             "|---" * 14 + "|"]
     for r in results:
         meta, macs = r["latency_model"], r["ablations"]["MACs ratio (proxy)"]
+        searched = (f"{r['searched_policies']}: {r['searched_median_error']:.1%} / "
+                    f"{r['searched_max_error']:.1%}" if r.get("searched_policies") else "-")
         lines.append(
-            f"| {r['model']} | {r['policies']} | {r['median_error']:.1%} | {r['max_error']:.1%}"
+            f"| {r['model']} | {r.get('input_size', 32)} | {r['policies']} | "
+            f"{r['median_error']:.1%} | {r['max_error']:.1%}"
             f" | median {verdict(r['median_error'], 'median')}, max "
-            f"{verdict(r['max_error'], 'max')} | {macs['median']:.1%} / {macs['max']:.1%} | "
-            f"{r['build_seconds']:.1f} | "
+            f"{verdict(r['max_error'], 'max')} | {searched} | "
+            f"{macs['median']:.1%} / {macs['max']:.1%} | {r['build_seconds']:.1f} | "
             f"{r['predict_us']:.0f} | {meta['batch_size']} | {meta['threads']} | {r['cpu']} "
             f"({r['cores']} cores) | `{r['command']}` |")
-    lines += ["", "Settings: input 32x32, num_classes 10, random weights (latency depends on "
-              "shapes only), onnxruntime "
+    shapes = sorted({(r.get("input_size", 32), r.get("num_classes", 10)) for r in results})
+    lines += ["", "Settings: input " + ", ".join(f"{size}x{size} with {classes} classes"
+                                                  for size, classes in shapes) +
+              ", random weights (latency depends on shapes only), onnxruntime "
               f"{results[0]['versions']['onnxruntime']}, graph optimisation all, 1 intra-op "
               "thread, batch picked by `auto_batch_size` (dense >= 10 ms); measured with "
               + ", ".join(f"{k}={v}" for k, v in results[0]["measure_settings"].items()
@@ -255,10 +342,11 @@ def report(results: list[dict]) -> str:
                               key=lambda kv: (order + [kv[0]]).index(kv[0])):
             lines.append(f"| {name} | {a['median']:.1%} | {a['max']:.1%} | "
                          f"{a['mean_signed']:+.1%} |")
-        lines += ["", "| # | measured (block min-max) | predicted | error | MACs ratio | "
-                  "traffic (MB) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| # | policy | measured (block min-max) | predicted | error | MACs ratio | "
+                  "traffic (MB) |", "|---|---|---|---|---|---|---|"]
         for i, row in enumerate(r["rows"]):
-            lines.append(f"| {i} | {row['measured']:.3f} ({row['spread'][0]:.3f}-"
+            lines.append(f"| {i} | {row.get('source', 'random')} | {row['measured']:.3f} "
+                         f"({row['spread'][0]:.3f}-"
                          f"{row['spread'][1]:.3f}) | {row['predicted']:.3f} | "
                          f"{row['error']:+.1%} | {row['macs']:.3f} | {row['traffic_mb']:.1f} |")
         lines.append("")
@@ -276,6 +364,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="calibration networks for the 'calibrated' ablation")
     parser.add_argument("--blocks", type=int, default=10, help="paired blocks per policy")
     parser.add_argument("--runs", type=int, default=20, help="runs per block")
+    parser.add_argument("--input-size", type=int, default=32,
+                        help="side of the square input (224: the ImageNet shape)")
+    parser.add_argument("--num-classes", type=int, default=10,
+                        help="classifier outputs (1000: the ImageNet head)")
+    parser.add_argument("--policies-from", action="append", metavar="RUN_DIR",
+                        help="a compress run directory (episodes.jsonl), an episodes .jsonl or "
+                             "a policy file; repeatable: its best-rewarded policies are scored "
+                             "beside the random ones")
+    parser.add_argument("--searched", type=int, default=20,
+                        help="how many distinct searched policies to score (best reward first)")
     parser.add_argument("--out", default="runs/bench/latency-model")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # pruning and export on one core, like the probe
@@ -283,11 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: a `compressor pretrain` job is running; measurements will be noisy")
     out = Path(args.out)
     for name in args.model or ["resnet18", "mobilenet_v2"]:
-        result = bench(name, args.policies, args.seed, latency.ProbeSettings(),
+        result = bench(name, args.policies, args.seed,
+                       latency.ProbeSettings(input_size=args.input_size),
                        latency.ProbeSettings(runs=args.runs, blocks=args.blocks),
-                       args.grid_points, args.calibration)
-        atomic.write_json(out / f"latency_model_{name}.json", result)
-        print(f"{name}: median |error| {result['median_error']:.1%}, max "
+                       args.grid_points, args.calibration, num_classes=args.num_classes,
+                       policies_from=args.policies_from, searched=args.searched)
+        suffix = "" if args.input_size == 32 else f"_{args.input_size}px"
+        atomic.write_json(out / f"latency_model_{name}{suffix}.json", result)
+        print(f"{name} at {args.input_size} px: median |error| {result['median_error']:.1%}, max "
               f"{result['max_error']:.1%}, build {result['build_seconds']:.1f} s")
     results = [json.loads(p.read_text()) for p in sorted(out.glob("latency_model_*.json"))]
     atomic.write_text(out / "latency_model.md", report(results))
