@@ -37,6 +37,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -44,6 +45,7 @@ from compressor import latency, pruning
 from compressor.io import atomic
 from compressor.io.export import onnx_bytes
 from compressor.latency import model as lm
+from compressor.latency.probe import measured_settings
 from compressor.provenance import cpu_name, library_versions
 from compressor.zoo.models import build_model
 
@@ -116,6 +118,54 @@ def searched_policies(sources: list[str | Path], count: int, names: list[str]
     return chosen
 
 
+class ClockedPair(NamedTuple):
+    """One paired measurement read on two clocks from the same runs."""
+
+    wall: latency.PairedLatency  # what the probe measures (`latency.measure_pair`'s protocol)
+    cpu_ratio: float  # the same statistic over the calling thread's CPU time
+    cpu_block_ratios: list[float]
+
+
+def measure_pair_clocks(candidate: latency.Session, reference: latency.Session,
+                        settings: latency.ProbeSettings) -> ClockedPair:
+    """`latency.measure_pair`'s protocol (warm-up, blocks alternating C R / R C, the settings'
+    statistic per block, median block ratio), each run timed twice: wall time, and the CPU time
+    of the calling thread. With one intra-op thread onnxruntime runs the whole graph on the
+    calling thread (its thread and process CPU times agree), so CPU time leaves out the time
+    other jobs on the core take from it: on a loaded machine (load average 8-9 on 2 cores)
+    dense resnet18 at 224 px took 96-163 ms of wall time a run and 21-24 ms of CPU time.
+    What it keeps: the caches and memory bandwidth the other jobs share."""
+    summarise = min if settings.statistic == "min" else statistics.median
+    for session in (candidate, reference):
+        for _ in range(settings.warmup):
+            session.run_once()
+
+    def block(session: latency.Session) -> tuple[float, float]:
+        wall, cpu = [], []
+        for _ in range(settings.runs):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            session.inner.run(None, session.feed)
+            cpu.append((time.thread_time() - c0) * 1000.0)
+            wall.append((time.perf_counter() - w0) * 1000.0)
+        return summarise(wall), summarise(cpu)
+
+    cand, ref = [], []
+    for i in range(settings.blocks):
+        if i % 2 == 0:
+            cand.append(block(candidate))
+            ref.append(block(reference))
+        else:
+            ref.append(block(reference))
+            cand.append(block(candidate))
+    wall_ratios = [c[0] / r[0] for c, r in zip(cand, ref, strict=True)]
+    cpu_ratios = [c[1] / r[1] for c, r in zip(cand, ref, strict=True)]
+    wall = latency.PairedLatency(statistics.median(wall_ratios),
+                                 statistics.median(c[0] for c in cand),
+                                 statistics.median(r[0] for r in ref), wall_ratios,
+                                 measured_settings(settings, reference))
+    return ClockedPair(wall, statistics.median(cpu_ratios), cpu_ratios)
+
+
 def kernel_ms(onnx: bytes, batch: int, settings: latency.ProbeSettings) -> float:
     """Sum over a network's nodes of each node's fastest run (onnxruntime's profiler): a second,
     less load-sensitive measurement beside the paired wall-time ratio (a busy core adds time to
@@ -181,6 +231,11 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         return latency.measure_pair(latency.make_session(onnx_bytes(pruned, x), probe),
                                     reference, probe)
 
+    def clocked(policy: dict[str, float]) -> ClockedPair:
+        pruned = pruning.apply_policy(dense, policy, x, config)
+        return measure_pair_clocks(latency.make_session(onnx_bytes(pruned, x), measure),
+                                   reference, measure)
+
     dense_kernel = kernel_ms(onnx_bytes(dense, x), model.batch_size, measure)
 
     layers_only = None if model.blocks is None else lm.build_latency_model(
@@ -204,7 +259,8 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
     rows = []
     for i, (source, policy) in enumerate(chosen):
         shapes = skeleton.layer_shapes(policy)
-        paired = measured(policy, measure)
+        both = clocked(policy)
+        paired = both.wall
         predicted = {name: m.predict_ratio(shapes) for name, m in models.items()}
         row = {"source": source, "measured": paired.ratio,
                "predicted": predicted["latency model"],
@@ -212,13 +268,16 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
                "macs": skeleton.macs(policy) / dense_macs,
                "kernel_ratio": kernel_ms(onnx_bytes(pruning.apply_policy(
                    dense, policy, x, config), x), model.batch_size, measure) / dense_kernel,
+               "measured_cpu": both.cpu_ratio,
+               "cpu_spread": [min(both.cpu_block_ratios), max(both.cpu_block_ratios)],
                "traffic_mb": lm.traffic_mb(shapes, model.batch_size),
                "candidate_ms": paired.candidate_ms, "reference_ms": paired.reference_ms}
         row["error"] = row["predicted"] / paired.ratio - 1
         rows.append(row)
         say(f"  {i:3d} {source}: measured {paired.ratio:.3f} ({paired.spread[0]:.3f}-"
             f"{paired.spread[1]:.3f}) predicted {row['predicted']:.3f} ({row['error']:+.1%}), "
-            f"MACs {row['macs']:.3f}, kernel-time ratio {row['kernel_ratio']:.3f}")
+            f"MACs {row['macs']:.3f}, kernel-time ratio {row['kernel_ratio']:.3f}, CPU-time "
+            f"ratio {both.cpu_ratio:.3f} ({row['predicted'] / both.cpu_ratio - 1:+.1%})")
     started = time.perf_counter()
     shapes = skeleton.layer_shapes(random_policies(list(skeleton.names), 1, seed)[0])
     for _ in range(1000):
@@ -241,14 +300,21 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
                                               among=random_rows)
     ablations["kernel-time ratio (a second measurement)"] = summary(
         [r["kernel_ratio"] for r in random_rows], among=random_rows)
+    ablations["CPU-time ratio (the same runs' thread CPU time)"] = summary(
+        [r["measured_cpu"] for r in random_rows], among=random_rows)
     for name in models:
         ablations[f"{name} vs the kernel-time ratio"] = summary(
             [r["variants"][name] for r in random_rows], "kernel_ratio", random_rows)
+        ablations[f"{name} vs the CPU-time ratio"] = summary(
+            [r["variants"][name] for r in random_rows], "measured_cpu", random_rows)
     searched_rows = [r for r in rows if r["source"] == "searched"]
     on_searched = {name: summary([r["variants"][name] for r in searched_rows],
                                  among=searched_rows) for name in models}
     on_searched["MACs ratio (proxy)"] = summary([r["macs"] for r in searched_rows],
                                                 among=searched_rows)
+    for name in models:
+        on_searched[f"{name} vs the CPU-time ratio"] = summary(
+            [r["variants"][name] for r in searched_rows], "measured_cpu", searched_rows)
     command = (f"python -m benchmarks.latency_model --model {model_name} --policies {policies} "
                f"--seed {seed}")
     if settings.input_size != 32 or num_classes != 10:
@@ -264,6 +330,11 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         "max_error": ablations["latency model"]["max"],
         "searched_median_error": on_searched["latency model"]["median"],
         "searched_max_error": on_searched["latency model"]["max"],
+        "cpu_median_error": ablations["latency model vs the CPU-time ratio"]["median"],
+        "cpu_max_error": ablations["latency model vs the CPU-time ratio"]["max"],
+        "searched_cpu_median_error":
+            on_searched["latency model vs the CPU-time ratio"]["median"],
+        "searched_cpu_max_error": on_searched["latency model vs the CPU-time ratio"]["max"],
         "ablations": ablations, "ablations_searched": on_searched,
         "build_seconds": build_seconds, "calibration_seconds": calibration_seconds,
         "calibration_fit": {"beta_ms_per_mb": models[list(models)[-1]].beta,

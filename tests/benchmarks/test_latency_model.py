@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.latency_model import main, searched_policies
-from compressor import pruning
+from benchmarks.latency_model import main, measure_pair_clocks, searched_policies
+from compressor import latency, pruning
+from compressor.io.export import onnx_bytes
 from compressor.zoo.models import build_model
 
 TINY = "tests.benchmarks.test_latency_model:tiny_cnn"
@@ -72,3 +73,15 @@ def test_the_benchmark_runs_at_another_input_size_on_random_and_searched_policie
     assert "--input-size 48 --num-classes 7" in result["command"]
     report = (out / "latency_model.md").read_text()
     assert "48x48 with 7 classes" in report and "| searched |" in report
+
+
+def test_both_clocks_of_a_pair_see_a_smaller_network_as_faster():
+    x = torch.randn(1, 3, 64, 64)
+    settings = latency.ProbeSettings(batch_size=2, input_size=64, warmup=2, runs=5, blocks=2)
+    big, small = (latency.make_session(onnx_bytes(build_model(TINY, 10).eval(), x), settings),
+                  latency.make_session(onnx_bytes(nn.Sequential(
+                      nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval(), x),
+                      settings))
+    pair = measure_pair_clocks(small, big, settings)
+    assert 0 < pair.wall.ratio < 1 and 0 < pair.cpu_ratio < 1
+    assert len(pair.cpu_block_ratios) == len(pair.wall.block_ratios) == 2
