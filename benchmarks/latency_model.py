@@ -201,7 +201,7 @@ def variants(model: lm.LatencyModel, calibration: list[tuple[float, float, float
 def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSettings,
           measure: latency.ProbeSettings, grid_points: int, calibration: int,
           say=print, num_classes: int = 10, policies_from: list[str] | None = None,
-          searched: int = 20) -> dict:
+          searched: int = 20, kernel_time: bool = True) -> dict:
     """Build the latency model of `model_name` at `settings.input_size` and score it on
     `policies` random policies and (with `policies_from`) up to `searched` searched ones."""
     torch.manual_seed(seed)
@@ -231,12 +231,11 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
         return latency.measure_pair(latency.make_session(onnx_bytes(pruned, x), probe),
                                     reference, probe)
 
-    def clocked(policy: dict[str, float]) -> ClockedPair:
-        pruned = pruning.apply_policy(dense, policy, x, config)
-        return measure_pair_clocks(latency.make_session(onnx_bytes(pruned, x), measure),
-                                   reference, measure)
+    def clocked(onnx: bytes) -> ClockedPair:
+        return measure_pair_clocks(latency.make_session(onnx, measure), reference, measure)
 
-    dense_kernel = kernel_ms(onnx_bytes(dense, x), model.batch_size, measure)
+    dense_kernel = kernel_ms(onnx_bytes(dense, x), model.batch_size, measure) \
+        if kernel_time else float("nan")
 
     layers_only = None if model.blocks is None else lm.build_latency_model(
         dense, x, replace(settings, batch_size=model.batch_size), round_to=config.round_to,
@@ -259,15 +258,16 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
     rows = []
     for i, (source, policy) in enumerate(chosen):
         shapes = skeleton.layer_shapes(policy)
-        both = clocked(policy)
+        onnx = onnx_bytes(pruning.apply_policy(dense, policy, x, config), x)
+        both = clocked(onnx)
         paired = both.wall
         predicted = {name: m.predict_ratio(shapes) for name, m in models.items()}
         row = {"source": source, "measured": paired.ratio,
                "predicted": predicted["latency model"],
                "variants": predicted, "spread": list(paired.spread),
                "macs": skeleton.macs(policy) / dense_macs,
-               "kernel_ratio": kernel_ms(onnx_bytes(pruning.apply_policy(
-                   dense, policy, x, config), x), model.batch_size, measure) / dense_kernel,
+               "kernel_ratio": kernel_ms(onnx, model.batch_size, measure) / dense_kernel
+               if kernel_time else float("nan"),
                "measured_cpu": both.cpu_ratio,
                "cpu_spread": [min(both.cpu_block_ratios), max(both.cpu_block_ratios)],
                "traffic_mb": lm.traffic_mb(shapes, model.batch_size),
@@ -322,6 +322,7 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
     if policies_from:
         command += "".join(f" --policies-from {p}" for p in policies_from) + \
             f" --searched {searched}"
+    command += f" --calibration {calibration}" + ("" if kernel_time else " --no-kernel-time")
     return {
         "model": model_name, "input_size": settings.input_size, "num_classes": num_classes,
         "policies": len(random_rows), "searched_policies": len(searched_rows),
@@ -445,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                              "beside the random ones")
     parser.add_argument("--searched", type=int, default=20,
                         help="how many distinct searched policies to score (best reward first)")
+    parser.add_argument("--no-kernel-time", dest="kernel_time", action="store_false",
+                        help="skip the profiler's kernel-time ratio of every policy (a second "
+                             "measurement; on a loaded machine it is noise)")
     parser.add_argument("--out", default="runs/bench/latency-model")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # pruning and export on one core, like the probe
@@ -456,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                        latency.ProbeSettings(input_size=args.input_size),
                        latency.ProbeSettings(runs=args.runs, blocks=args.blocks),
                        args.grid_points, args.calibration, num_classes=args.num_classes,
-                       policies_from=args.policies_from, searched=args.searched)
+                       policies_from=args.policies_from, searched=args.searched,
+                       kernel_time=args.kernel_time)
         suffix = "" if args.input_size == 32 else f"_{args.input_size}px"
         atomic.write_json(out / f"latency_model_{name}{suffix}.json", result)
         print(f"{name} at {args.input_size} px: median |error| {result['median_error']:.1%}, max "
