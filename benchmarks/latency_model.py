@@ -80,15 +80,37 @@ def random_policies(names: list[str], count: int, seed: int, max_ratio: float = 
     return policies
 
 
-def searched_policies(sources: list[str | Path], count: int, names: list[str]
-                      ) -> list[dict[str, float]]:
+SEARCH_METHODS = ("agent", "ddpg")
+"""Rows of a benchmark summary whose policy came from the agent's search."""
+
+
+def _summary_policies(node, model: str | None) -> list[tuple[float, dict[str, float]]]:
+    """(test top-1, policy) of every row of a benchmark summary (results/*/summary.json) that
+    holds a `policy`, is of `model` and was searched by the agent."""
+    found = []
+    if isinstance(node, dict):
+        if isinstance(node.get("policy"), dict) and node.get("model", model) == model \
+                and node.get("method", "agent") in SEARCH_METHODS:
+            found.append((float(node.get("test_top1") or 0.0), node["policy"]))
+        for value in node.values():
+            found += _summary_policies(value, model)
+    elif isinstance(node, list):
+        for value in node:
+            found += _summary_policies(value, model)
+    return found
+
+
+def searched_policies(sources: list[str | Path], count: int, names: list[str],
+                      model: str | None = None) -> list[dict[str, float]]:
     """The `count` best-rewarded distinct policies of real searches, best first.
 
     A source is a compress run directory (its episodes.jsonl: one line per episode, with
-    `policy` and `reward`), an episodes .jsonl file, or a policy file (`compressor-policy-v1`:
-    its one `policy`, ranked first). A policy searched at another input size on the same
-    architecture names the same units (a policy is keyed by unit name, not by shape). Units a
-    policy leaves out stay dense; a unit `names` lacks is refused (another architecture)."""
+    `policy` and `reward`), an episodes .jsonl file, a policy file (`compressor-policy-v1`:
+    its one `policy`, ranked first), or a benchmark summary (results/bench-v2/summary.json:
+    the policies its agent runs of `model` shipped, best test top-1 first). A policy searched
+    at another input size on the same architecture names the same units (a policy is keyed by
+    unit name, not by shape). Units a policy leaves out stay dense; a unit `names` lacks is
+    refused (another architecture)."""
     found: list[tuple[float, dict[str, float]]] = []
     for source in map(Path, sources):
         path = source / "episodes.jsonl" if source.is_dir() else source
@@ -102,7 +124,11 @@ def searched_policies(sources: list[str | Path], count: int, names: list[str]
                         found.append((float(episode.get("reward") or float("-inf")),
                                       episode["policy"]))
         else:
-            found.append((float("inf"), json.loads(path.read_text())["policy"]))
+            document = json.loads(path.read_text())
+            if isinstance(document.get("policy"), dict):
+                found.append((float("inf"), document["policy"]))
+            else:
+                found += _summary_policies(document, model)
     known, chosen, seen = set(names), [], set()
     for _, policy in sorted(found, key=lambda rp: -rp[0]):
         unknown = sorted(set(policy) - known)
@@ -253,8 +279,8 @@ def bench(model_name: str, policies: int, seed: int, settings: latency.ProbeSett
     dense_macs = skeleton.macs({})
     chosen = [("random", p) for p in random_policies(list(skeleton.names), policies, seed + 1000)]
     if policies_from:
-        chosen += [("searched", p) for p in searched_policies(policies_from, searched,
-                                                              list(skeleton.names))]
+        chosen += [("searched", p) for p in searched_policies(
+            policies_from, searched, list(skeleton.names), model_name)]
     rows = []
     for i, (source, policy) in enumerate(chosen):
         shapes = skeleton.layer_shapes(policy)
@@ -441,9 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=10,
                         help="classifier outputs (1000: the ImageNet head)")
     parser.add_argument("--policies-from", action="append", metavar="RUN_DIR",
-                        help="a compress run directory (episodes.jsonl), an episodes .jsonl or "
-                             "a policy file; repeatable: its best-rewarded policies are scored "
-                             "beside the random ones")
+                        help="a compress run directory (episodes.jsonl), an episodes .jsonl, "
+                             "a policy file or a benchmark summary.json (its agent rows of the "
+                             "model); repeatable: the best policies are scored beside the random "
+                             "ones")
     parser.add_argument("--searched", type=int, default=20,
                         help="how many distinct searched policies to score (best reward first)")
     parser.add_argument("--no-kernel-time", dest="kernel_time", action="store_false",

@@ -43,6 +43,17 @@ def test_searched_policies_are_the_best_rewarded_distinct_ones(tmp_path):
         {"x": 0.5, "y": 0.0}]  # the shipped policy ranks first
 
 
+def test_searched_policies_of_a_benchmark_summary_are_its_agent_rows_of_the_model(tmp_path):
+    summary = {"cells": [{"rows": [
+        {"model": "a", "method": "agent", "test_top1": 90.0, "policy": {"x": 0.1}},
+        {"model": "a", "method": "agent", "test_top1": 91.0, "policy": {"x": 0.2}},
+        {"model": "a", "method": "uniform", "test_top1": 99.0, "policy": {"x": 0.3}},
+        {"model": "b", "method": "agent", "test_top1": 99.0, "policy": {"y": 0.4}}]}]}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    assert searched_policies([path], 5, ["x"], "a") == [{"x": 0.2}, {"x": 0.1}]
+
+
 def test_searched_policies_of_another_architecture_are_refused(tmp_path):
     _episodes(tmp_path / "episodes.jsonl", [({"layer4": 0.5}, 0.0)])
     with pytest.raises(SystemExit, match="not in this model"):
@@ -55,7 +66,8 @@ def test_the_benchmark_runs_at_another_input_size_on_random_and_searched_policie
     run.mkdir()
     out = tmp_path / "out"
     args = ["--model", TINY, "--input-size", 48, "--num-classes", 7, "--policies", 2,
-            "--grid-points", 2, "--calibration", 1, "--blocks", 2, "--runs", 3, "--out", out]
+            "--grid-points", 2, "--calibration", 1, "--blocks", 2, "--runs", 3, "--no-kernel-time",
+            "--out", out]
     x = torch.randn(1, 3, 48, 48)
     names = list(pruning.build_skeleton(build_model(TINY, 7).eval(), x,
                                         pruning.PruningConfig()).names)
@@ -68,8 +80,10 @@ def test_the_benchmark_runs_at_another_input_size_on_random_and_searched_policie
     assert result["latency_model"]["input_shape"] == [3, 48, 48]  # the tables were timed at 48
     assert result["policies"] == 2 and result["searched_policies"] == 2
     assert [r["source"] for r in result["rows"]] == ["random"] * 2 + ["searched"] * 2
-    assert all(r["measured"] > 0 and r["predicted"] > 0 for r in result["rows"])
+    assert all(r["measured"] > 0 and r["measured_cpu"] > 0 and r["predicted"] > 0
+               for r in result["rows"])
     assert math.isfinite(result["searched_median_error"])
+    assert math.isfinite(result["cpu_median_error"]) and math.isnan(result["rows"][0]["kernel_ratio"])
     assert "--input-size 48 --num-classes 7" in result["command"]
     report = (out / "latency_model.md").read_text()
     assert "48x48 with 7 classes" in report and "| searched |" in report
