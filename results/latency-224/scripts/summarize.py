@@ -1,4 +1,4 @@
-"""summary.json of results/latency-model-224 from the benchmark's per-model outputs."""
+"""summary.json of results/latency-224 from the benchmark's per-model outputs."""
 import json, sys, statistics
 from pathlib import Path
 
@@ -134,7 +134,7 @@ for model in ["resnet18", "mobilenet_v2", "resnet50"]:
         row["first_pass"] = first
     rows.append(row)
     models.append({"random": R, "searched": S})
-doc = {"study": "latency-model-224",
+doc = {"study": "latency-224",
        "question": "At 224 px (ImageNet shape, 1000 classes), how close is the latency model's predicted ratio to the paired measured ratio of really pruned resnet18, mobilenet_v2 and resnet50, on random and on searched policies?",
        "rows": rows, "runs": models}
 for model in ["resnet18", "mobilenet_v2", "resnet50"]:
