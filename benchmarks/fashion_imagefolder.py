@@ -3,7 +3,7 @@
     python -m benchmarks.fashion_imagefolder runs/bench/fashion224 --train 400 --val 100 --size 224
 
 A stand-in for a user's own 224-px data: enough to time a `compress` episode's stages at the
-resolution users deploy (results/latency-model-224), not to train a good model. Images are taken
+resolution users deploy (results/latency-224), not to train a good model. Images are taken
 in the files' order, `train` from the training set and `val` from the test set, one folder per
 class (`0` .. `9`), each upscaled bilinearly from 28 px to `size` px (grayscale PNG; torchvision's
 ImageFolder reads it as RGB).
