@@ -279,6 +279,19 @@ class DecodeTables(NamedTuple):
         """`predict_ms` as a ratio of the dense graph's: what a decode or prefill budget costs."""
         return self.predict_ms(shapes) / self.dense_ms
 
+    def to_json(self) -> dict:
+        return {"phase": self.phase, "shape": asdict(self.shape),
+                "blocks": {str(c): t.to_json() for c, t in self.blocks.items()},
+                "rest_ms": {str(c): ms for c, ms in self.rest_ms.items()},
+                "dense_ms": self.dense_ms}
+
+    @classmethod
+    def from_json(cls, blob: dict) -> DecodeTables:
+        return cls(blob["phase"], DecodeShape(**blob["shape"]),
+                   {int(c): BlockTables.from_json(t) for c, t in blob["blocks"].items()},
+                   {int(c): float(ms) for c, ms in blob["rest_ms"].items()},
+                   float(blob["dense_ms"]))
+
 
 def measure_decode_tables(model: nn.Module, tokens: torch.Tensor, settings: ProbeSettings,
                           shape: DecodeShape, phase: str, heads_grid: Callable[[int], list[int]],
