@@ -25,6 +25,13 @@ from compressor.budgets.wall import Budget
 from compressor.errors import UserError
 from compressor.flags import choices, flag
 from compressor.io import export
+from compressor.latency.decode import DecodeProbe, DecodeTables
+from compressor.pipeline.decode import (
+    budgeted_phases,
+    decode_probe,
+    load_or_measure_tables,
+    phase_costs,
+)
 from compressor.pipeline.int8 import (
     Int8Plan,
     SearchedPrecision,
@@ -167,7 +174,7 @@ class CompressConfig:
         parts = [name, self.data.dataset.replace(":", "-").replace("/", "_")]
         b = self.budget
         for tag, value in (("lat", b.latency), ("ms", b.latency_ms), ("flops", b.flops),
-                           ("params", b.params)):
+                           ("params", b.params), ("decode", b.decode), ("prefill", b.prefill)):
             if value is not None:
                 parts.append(f"{tag}{value:g}")
         if self.method != "ddpg":
@@ -227,6 +234,10 @@ class Workspace:
     """With --quantize int8 or mixed: the format chosen here, the INT8 tables and curve."""
     text: TextTask | None = None
     """A causal LM's scoring and recoveries (`pipeline.text`); None for an image model."""
+    decode_tables: dict[str, DecodeTables] = field(default_factory=dict)
+    """A causal LM's decode / prefill tables, by phase, for the budgets given of those kinds."""
+    decode_probe: DecodeProbe | None = None
+    """With decode / prefill tables: the paired probe of their phases (the final stage's fit)."""
 
     def budget_cost(self, policy: dict[str, float]) -> float:
         """max over budgets of cost / limit: <= 1 meets every budget."""
@@ -235,21 +246,27 @@ class Workspace:
         return budget_cost(self.skeleton, self.budgets, policy)
 
 
-def _costs(skeleton: pruning.Skeleton, latency_ratio) -> dict[str, Callable]:
+def _costs(skeleton: pruning.Skeleton, latency_ratio,
+           decode_tables: dict[str, DecodeTables] | None = None) -> dict[str, Callable]:
+    """Each budget kind's cost of a ratio vector; decode and prefill only with their tables (a
+    causal LM's, `pipeline.decode`)."""
     dense_macs, dense_params = skeleton.macs({}), skeleton.params({})
     as_policy = skeleton.policy_from_vector
     return {"latency": lambda v: latency_ratio(as_policy(v)),
             "flops": lambda v: skeleton.macs(as_policy(v)) / dense_macs,
-            "params": lambda v: skeleton.params(as_policy(v)) / dense_params}
+            "params": lambda v: skeleton.params(as_policy(v)) / dense_params,
+            **phase_costs(skeleton, decode_tables or {})}
 
 
 class Plan:
     """What preflight found: the skeleton, latency model and budgets of an architecture."""
 
     def __init__(self, skeleton, latency_model, request: BudgetRequest, budgets: list[Budget],
-                 int8: Int8Plan | None = None):
+                 int8: Int8Plan | None = None,
+                 decode_tables: dict[str, DecodeTables] | None = None):
         self.skeleton, self.latency_model = skeleton, latency_model
         self.request, self.budgets, self.int8 = request, budgets, int8
+        self.decode_tables = decode_tables or {}
 
     def latency_ratio(self, policy: dict[str, float]) -> float:
         """The predicted ratio of the dense FP32 latency for `policy`: the latency model's, and
@@ -283,7 +300,14 @@ def plan(model: nn.Module, example: torch.Tensor, config: CompressConfig, cache_
                 Path(config.models_dir) / "latency", cache_name, model, example, settings,
                 round_to=config.pruning.round_to, say=say, quantize=int8.quantizer(),
                 precision=int8.format.name))
-    found = Plan(skeleton, latency_model, request, [], int8)
+    phases = budgeted_phases(request.limits())
+    tables = {}
+    if phases and not example.is_floating_point():  # token ids: a causal LM's KV-cache graph
+        tables = load_or_measure_tables(
+            model, example, phases, config.lm.decode, config.probe, config.pruning.round_to,
+            config.lm.decode_grid_points, config.lm.decode_table_runs,
+            Path(config.models_dir) / "latency", cache_name, say)
+    found = Plan(skeleton, latency_model, request, [], int8, tables)
     set_budgets(found, config, say)
     return found
 
@@ -296,7 +320,8 @@ def set_budgets(found: Plan, config: CompressConfig, say=log.info) -> None:
     then ships FP32, as when no format beats FP32, rather than being refused.
     """
     def check() -> None:
-        found.budgets = wall_budgets(found.request, _costs(found.skeleton, found.latency_ratio),
+        found.budgets = wall_budgets(found.request, _costs(found.skeleton, found.latency_ratio,
+                                                           found.decode_tables),
                                      config.budget.margin)
         check_reachable(found.request, found.budgets, len(found.skeleton.units),
                         config.max_ratio, config.budget.margin)
@@ -378,7 +403,8 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
                                          enabled=config.budget.probe_correction)
     latency_ratio = correction
     if correction.enabled:
-        p.budgets = wall_budgets(p.request, _costs(p.skeleton, correction), config.budget.margin)
+        p.budgets = wall_budgets(p.request, _costs(p.skeleton, correction, p.decode_tables),
+                                 config.budget.margin)
     source_probe = config.budget.latency_source == "probe"
     searched = None
     if p.int8 is not None and p.int8.format is not None and p.int8.config.searched \
@@ -396,7 +422,9 @@ def build_workspace(config: CompressConfig, dataset: Dataset, dense: nn.Module, 
     return Workspace(config, dataset, dense, meta, example, p.skeleton, latency_ratio, probe,
                      p.request, p.budgets, evaluator, device, dense_export, times,
                      test_score=test_score, finetune=finetune, model_spec=model_spec,
-                     int8=p.int8)
+                     int8=p.int8, decode_tables=p.decode_tables,
+                     decode_probe=decode_probe(dense, config.lm.decode, config.probe)
+                     if p.decode_tables else None)
 
 
 def real_batch(dataset: Dataset, example: torch.Tensor) -> torch.Tensor:
@@ -507,7 +535,7 @@ def precision_budgets(ws: Workspace) -> Callable[[dict[str, bool]], list[Budget]
     def budgets(decided: dict[str, bool]) -> list[Budget]:
         keys = {pruning.precision_key(unit): float(int8) for unit, int8 in decided.items()}
         return wall_budgets(ws.request, _costs(ws.skeleton, lambda policy: ws.latency_ratio(
-            {**policy, **keys})), ws.config.budget.margin)
+            {**policy, **keys}), ws.decode_tables), ws.config.budget.margin)
     return budgets
 
 

@@ -28,7 +28,7 @@ workload (KV cache in and out) can be registered beside it without the pipeline 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import torch
@@ -36,6 +36,7 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.flags import flag
+from compressor.latency.decode import DecodeShape
 from compressor.training.language import LMConfig, LMScore, evaluate_lm, train_lm
 from compressor.zoo.datasets import Dataset
 from compressor.zoo.text import TextCorpus, TextSplit
@@ -63,6 +64,13 @@ class TextTaskConfig:
     latency_workload: Annotated[str, flag("--lm-latency")] = "prefill"
     """What the latency budget times (`LATENCY_WORKLOADS`): prefill = the forward over the
     full context at batch 1."""
+    decode: DecodeShape = field(default_factory=DecodeShape)
+    """What `--decode-budget` and `--prefill-budget` time (`latency.decode`, KV-cache graph)."""
+    decode_grid_points: Annotated[int, flag("--decode-grid-points")] = 4
+    """Head counts (from 1) and MLP widths (steps of `round_to`) per block in the decode and
+    prefill tables, bilinear in between."""
+    decode_table_runs: Annotated[int, flag("--decode-table-runs")] = 300
+    """Wall-clock runs per decode / prefill table entry (the fastest counts)."""
 
 
 def prefill_example(context: int) -> torch.Tensor:
