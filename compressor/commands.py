@@ -72,11 +72,14 @@ class Compress:
         baseline, final = outcome.report["baseline"], outcome.report["final"]
         lm = outcome.report.get("language_model")
         if lm:  # a causal LM: perplexity where a classifier says top-1
+            decode = final.get("decode") or {}
+            phases = "".join(f", {phase} ratio {decode[phase]['ratio']:.3f} measured (KV-cache "
+                             "graph)" for phase in ("decode", "prefill") if phase in decode)
             print(f"{self.config.model}: test perplexity {lm['test_perplexity']:.3f} (dense "
                   f"{lm['dense_test_perplexity']:.3f}), next-byte top-1 "
                   f"{lm['test_next_byte_top1']:.2f}% (dense {lm['dense_test_next_byte_top1']:.2f}%)"
                   f", latency ratio {outcome.latency_ratio:.3f} measured "
-                  f"({lm['latency_workload']}); {outcome.verdict}")
+                  f"({lm['latency_workload']}){phases}; {outcome.verdict}")
             print("wrote " + ", ".join(str(p) for p in outcome.paths.values()))
             return EXIT_OK if outcome.verdict == "within budget" else EXIT_BUDGET_MISSED
         precision = {"int8": " in INT8", "mixed": " in mixed INT8/FP32"}.get(

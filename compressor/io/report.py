@@ -92,6 +92,10 @@ class ShippedModel:
     """The ONNX file that ships."""
     fp32_onnx: str | None = field(default=None, metadata=_OPTIONAL)
     parity: ExportParity | None = field(default=None, metadata=_OPTIONAL)
+    decode: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    """A causal LM with a decode or prefill budget: its KV-cache export (`onnx`, `cache_layers`,
+    `parity` with greedy-token agreement) and each budgeted phase's paired measurement against
+    the dense model's KV-cache graph (`pipeline.decode.PhaseVerdicts`)."""
 
     @property
     def latency_ratio(self) -> float | None:
@@ -331,6 +335,36 @@ def _search_lines(report: dict[str, Any]) -> list[str]:
                if bias is not None else "") + ".", ""]
 
 
+def _decode_rows(decode: dict[str, Any] | None) -> list[str]:
+    """A causal LM's decode / prefill rows of the dense-vs-pruned table (KV-cache graphs)."""
+    rows = []
+    for phase in ("decode", "prefill"):
+        if decode and phase in decode:
+            paired = decode[phase]
+            unit = "ms/token" if phase == "decode" else "ms"
+            rows += [_row([f"{phase} latency ({unit}, KV cache)", f"{paired['reference_ms']:.3f}",
+                           f"{paired['candidate_ms']:.3f}"]),
+                     _row([f"{phase} ratio (paired)", "1.000", f"{paired['ratio']:.3f}"])]
+    return rows
+
+
+def _decode_lines(decode: dict[str, Any] | None) -> list[str]:
+    """Where the decode / prefill numbers come from: the verified KV-cache export, settings."""
+    if not decode:
+        return []
+    parity = decode["parity"]
+    lines = [f"KV-cache export {decode['onnx']}: max abs logit difference "
+             f"{parity['max_abs_diff']:.2e} (relative {parity['relative_diff']:.1e}), top-1 "
+             f"agreement {parity['top1_agreement']:.0%}, greedy tokens "
+             f"{parity['greedy_agreement']:.0%} identical over {parity['greedy_steps']} steps."]
+    for phase in ("decode", "prefill"):
+        if phase in decode:
+            lines.append(f"{phase.capitalize()} settings: " + ", ".join(
+                f"{k}={v}" for k, v in decode[phase]["settings"].items())
+                + f"; {decode[phase]['rounds']} round(s).")
+    return [*lines, ""]
+
+
 def write_report(out_dir: Path, run_report: RunReport) -> None:
     """report.json, and a short markdown summary of it (also of a failed final stage)."""
     write_report_json(out_dir, run_report)
@@ -365,6 +399,7 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
                         f"{lat['candidate_ms']:.2f}"]),
                   _row(["latency ratio (paired)", "1.000", f"{lat['ratio']:.3f}"])]
     lines += _int8_lines(final)
+    lines += _decode_rows(final.get("decode"))
     lines += [
         "",
         f"Budgets: {json.dumps(report['budgets'])}. Verdict: **{report['verdict']}**.",
@@ -383,6 +418,7 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
             f"{parity['max_abs_output']:.3g} (relative {parity['relative_diff']:.1e}; tolerance "
             f"{tol['atol']:g} + {tol['rtol']:g} x max |output|), top-1 agreement "
             f"{parity['top1_agreement']:.0%}.", ""]
+    lines += _decode_lines(final.get("decode"))
     lines += _search_lines(report)
     lines += [
         "## Time",

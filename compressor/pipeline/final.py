@@ -28,11 +28,20 @@ from compressor import latency, pruning
 from compressor.budgets.kinds import Check, judge, verdict
 from compressor.errors import CompressorError, InternalError, UserError
 from compressor.io import export, policies, report
+from compressor.latency.decode import PHASES
 from compressor.pipeline.compress import Workspace, real_batch
+from compressor.pipeline.decode import (
+    PhaseVerdicts,
+    budgeted_phases,
+    decode_probe,
+    measure_near,
+    measure_phases,
+)
 from compressor.pipeline.int8 import ShippedInt8, policy_fp32_layers, quantize_winner
 from compressor.pipeline.text import lm_headline
 from compressor.provenance import provenance
 from compressor.pruning import checkpoints
+from compressor.pruning.decoder_export import GREEDY_STEPS, decoder_onnx_bytes
 from compressor.pruning.importance import importance_label
 from compressor.search.loop import Candidate
 from compressor.training.language import LMScore
@@ -57,6 +66,9 @@ class CandidateRow:
     """How far under the budget the fit needed the measurement (wider than the configured margin
     for a noisy one)."""
     fitted: list[dict] = field(default_factory=list)
+    fit_kind: str = "latency"
+    """The budget `latency_measured` and the fit are of: latency, or (a causal LM without a
+    latency budget) decode or prefill, measured on the KV-cache graph."""
     finetuned_top1: float | None = None
     rejected: str | None = None
     chosen: bool = False
@@ -84,12 +96,46 @@ def _measure(ws: Workspace, policy: dict[str, float]) -> latency.PairedLatency:
                             else None)
 
 
+def _measure_phase(ws: Workspace, phase: str, policy: dict[str, float]
+                   ) -> latency.PairedLatency:
+    """`_measure` at a causal LM's decode or prefill, on the pruned KV-cache graph."""
+    data = decoder_onnx_bytes(ws.evaluator.prune(policy), ws.decode_probe.positions)
+    return measure_near(ws.decode_probe, data, phase, ws.request.limit(phase),
+                        ws.config.final.recheck_rounds, near=2 * ws.config.budget.margin)
+
+
+def fit_kind(ws: Workspace) -> str | None:
+    """The budget the final stage measures each candidate against and fits it to: latency when
+    given, else a causal LM's decode (or prefill) budget, else none (the fit rescales to one
+    measured budget; any other is judged on the shipped model)."""
+    if ws.request.latency is not None:
+        return "latency"
+    phases = budgeted_phases(ws.request.limits())
+    return phases[0] if phases and ws.decode_probe is not None else None
+
+
 def _fit(ws: Workspace, row: CandidateRow) -> latency.PairedLatency:
-    """Measure the candidate and, with a latency budget, rescale it into the measured budget.
-    Returns the measurement of the row's (fitted) policy, every round the fit pooled of it."""
-    limit, fin = ws.request.latency, ws.config.final
+    """Measure the candidate and, with a latency (or decode, or prefill) budget, rescale it into
+    the measured budget (`fit_kind`). Returns the measurement of the row's (fitted) policy, every
+    round the fit pooled of it."""
+    kind, fin = fit_kind(ws), ws.config.final
+    limit = ws.request.limit(kind) if kind is not None else None
+    row.fit_kind = kind or "latency"
+    if kind in PHASES:
+        tables = ws.decode_tables[kind]
+
+        def measure_one(policy: dict[str, float]) -> latency.PairedLatency:
+            return _measure_phase(ws, kind, policy)
+
+        def predict(policy: dict[str, float]) -> float:
+            return tables.predict_ratio(ws.skeleton.layer_shapes(policy))
+    else:
+        def measure_one(policy: dict[str, float]) -> latency.PairedLatency:
+            return _measure(ws, policy)
+
+        predict = ws.latency_ratio
     if limit is None or not fin.fit:
-        first = _measure(ws, row.policy)
+        first = measure_one(row.policy)
         row.latency_measured = first.ratio
         if limit is not None and row.latency_measured > limit:
             row.rejected = f"measured {row.latency_measured:.3f} > budget {limit:.3f}"
@@ -102,7 +148,7 @@ def _fit(ws: Workspace, row: CandidateRow) -> latency.PairedLatency:
         return ws.evaluator.key({**policy, **precisions})
 
     def measure(policy: dict[str, float]) -> latency.PairedLatency:
-        measured[key(policy)] = _measure(ws, {**policy, **precisions})
+        measured[key(policy)] = measure_one({**policy, **precisions})
         return measured[key(policy)]
 
     first = measure(row.policy)
@@ -111,16 +157,16 @@ def _fit(ws: Workspace, row: CandidateRow) -> latency.PairedLatency:
     # policy's five removed blocks did, from 0.23 to 0.72 of a 0.3 budget).
     widths = [u.name for u in ws.skeleton.units if u.kind != "block"]
     fitted = latency.fit_to_latency(row.policy, widths,
-                                    lambda p: ws.latency_ratio({**p, **precisions}), measure,
+                                    lambda p: predict({**p, **precisions}), measure,
                                     limit, ws.config.max_ratio, ws.config.budget.margin,
                                     measured=first, key=key)
     row.latency_measured_as_searched, row.latency_measured = first.ratio, fitted.measured
     row.fit_margin = fitted.margin
     row.fitted = [asdict(step) for step in fitted.steps]
     if fitted.steps:
-        log.info("candidate of episode %d: measured %.3f of the dense latency for a %.3f budget; "
+        log.info("candidate of episode %d: measured %.3f of the dense %s for a %.3f budget; "
                  "rescaled to %.3f (needing %.0f%% under) in %d step(s)", row.episode,
-                 first.ratio, limit, fitted.measured, 100 * fitted.margin, len(fitted.steps))
+                 first.ratio, kind, limit, fitted.measured, 100 * fitted.margin, len(fitted.steps))
     if not fitted.ok:
         row.rejected = f"measured {fitted.measured:.3f} > budget {limit:.3f}"
     else:  # rescaled ratios; the searched precisions stay as the search chose them
@@ -144,12 +190,15 @@ def choose_candidates(ws: Workspace, best: list[Candidate]) -> CandidateStage:
         scored.append((row, model, fitted_latency))
     if not scored:
         measured = ", ".join(f"{r.latency_measured:.3f}" for r in rows)
-        raise UserError(f"every candidate policy measured over the latency budget "
-                        f"{ws.request.latency:.3f} even after shrinking (measured {measured}); "
+        kind = rows[0].fit_kind
+        raise UserError(f"every candidate policy measured over the {kind} budget "
+                        f"{ws.request.limit(kind):.3f} even after shrinking (measured {measured}); "
                         "raise the budget or --max-ratio (see the run's episodes.jsonl)")
     row, model, fitted_latency = max(scored, key=lambda s: s[0].finetuned_top1)
     row.chosen = True
-    return CandidateStage(rows, row, model, time.time() - started, fitted_latency)
+    # Only a latency fit's measurement can stand for the shipped model's (same graph).
+    return CandidateStage(rows, row, model, time.time() - started,
+                          fitted_latency if row.fit_kind == "latency" else None)
 
 
 @dataclass
@@ -274,13 +323,15 @@ def quantize_and_measure(ws: Workspace, measured: Measurement, run_dir: Path,
         layers=[s.name for s in ws.skeleton.dense_shapes], fp32_layers=fp32_layers(ws, policy))
 
 
-def judge_run(ws: Workspace, policy: dict[str, float], latency_ratio: float | None
-              ) -> dict[str, Check]:
-    """The shipped model against every budget (the budget registry's verdict)."""
+def judge_run(ws: Workspace, policy: dict[str, float], latency_ratio: float | None,
+              phase_ratios: dict[str, float] | None = None) -> dict[str, Check]:
+    """The shipped model against every budget (the budget registry's verdict); `phase_ratios`:
+    a causal LM's measured decode / prefill ratios ({phase: ratio})."""
     sk = ws.skeleton
     measured = {"flops": sk.macs(policy) / sk.macs({}), "params": sk.params(policy) / sk.params({})}
     if latency_ratio is not None:
         measured["latency"] = latency_ratio
+    measured.update(phase_ratios or {})
     return judge(ws.request, measured)
 
 
@@ -323,6 +374,8 @@ class Exported:
 
     measured: Measurement | None = None
     int8: ShippedInt8 | None = None
+    decode: PhaseVerdicts | None = None
+    """A causal LM's KV-cache export and its decode / prefill measurements (those budgets)."""
     failure: str | None = None
 
     @property
@@ -349,11 +402,27 @@ def export_shipped(ws: Workspace, model: nn.Module, run_dir: Path, policy: dict[
         if ws.int8 is not None and ws.int8.format is not None:
             done.int8 = quantize_and_measure(ws, done.measured, run_dir, policy)
             ws.times["quantize"] = done.int8.seconds
+        limits = {p: ws.request.limit(p) for p in budgeted_phases(ws.request.limits())}
+        if limits and ws.decode_probe is not None:
+            started = time.time()
+            probe = decode_probe(ws.dense, ws.decode_probe.shape, ws.decode_probe.settings,
+                                 ws.config.final.latency_blocks)
+            done.decode = measure_phases(probe, model, decoder_tokens(ws), limits,
+                                         ws.config.final.recheck_rounds,
+                                         run_dir / "model.decoder.onnx")
+            ws.times["decode_export_and_measure"] = time.time() - started
     except CompressorError as exc:
         done.failure = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - reported, with the work saved, then re-raised
         done.failure = f"{type(exc).__name__}: {exc}"
     return done
+
+
+def decoder_tokens(ws: Workspace) -> torch.Tensor:
+    """Real text a KV-cache export is verified on: the first test window, short enough that its
+    greedy continuation fits the context."""
+    context = ws.text.context if ws.text is not None else ws.example.shape[1]
+    return real_batch(ws.dataset, ws.example)[:1, :max(2, context - GREEDY_STEPS)]
 
 
 def shipped_model(ws: Workspace, saved: SavedWinner, tuned: FinetuneResult, done: Exported,
@@ -383,7 +452,7 @@ def shipped_model(ws: Workspace, saved: SavedWinner, tuned: FinetuneResult, done
         precision=_precision(ws, policy) if ships_int8 else "fp32",
         macs=sk.macs(policy), params=sk.params(policy),
         checkpoint=str(saved.checkpoint_path), policy_file=str(saved.policy_path),
-        int8=int8_section, **measured)
+        int8=int8_section, decode=done.decode.as_dict() if done.decode else None, **measured)
 
 
 def _margin_note(config) -> str:
@@ -411,6 +480,18 @@ def _uniform_reference(ws: Workspace) -> dict[str, float] | None:
         return None
 
 
+def _lm_headline(summary: dict, final: report.ShippedModel) -> str:
+    """A causal LM's headline at its decode (or prefill) ratio when those were budgeted, else at
+    the latency of its full-window forward."""
+    phase = next((p for p in PHASES if p in (final.decode or {})), None)
+    if phase is None:
+        return lm_headline(summary, final.latency_ratio)
+    shape = final.decode[phase]["settings"]
+    workload = (f"decode of one token after {shape['past']} cached" if phase == "decode" else
+                f"prefill of {shape['prompt']} tokens") + ", KV-cache graph, batch 1"
+    return lm_headline({**summary, "latency_workload": workload}, final.decode[phase]["ratio"])
+
+
 def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
                checks: dict[str, Check], verdict_text: str, failure: str | None,
                episodes: list[dict], run_dir: Path, argv: list[str] | None,
@@ -424,7 +505,7 @@ def run_report(ws: Workspace, stage: CandidateStage, final: report.ShippedModel,
     return report.RunReport(
         model=config.model, dataset=config.data.dataset, run=run_dir.name,
         command=" ".join(shlex.quote(a) for a in (argv or sys.argv)),
-        headline=lm_headline(language_model, final.latency_ratio) if language_model else
+        headline=_lm_headline(language_model, final) if language_model else
         report.headline(final.test_top1, base_top1, final.precision, final.latency_ratio),
         language_model=language_model,
         verdict=verdict_text, failure=failure,
@@ -475,7 +556,7 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
     policy = stage.winner.policy
     done = export_shipped(ws, tuned.model, run_dir, policy, stage.winner_latency)
     ratio = done.latency_ratio
-    checks = judge_run(ws, policy, ratio)
+    checks = judge_run(ws, policy, ratio, done.decode.ratios() if done.decode else None)
     result = "export or measurement failed" if done.failure else verdict(checks)
     times["total"] = sum(v for k, v in times.items() if k != "total")
 
@@ -497,6 +578,8 @@ def finish(ws: Workspace, best: list[Candidate], run_dir: Path, argv: list[str] 
              "dense_onnx": measured.dense_onnx_path}
     if done.ships_int8:
         paths["fp32_onnx"] = measured.onnx_path
+    if done.decode is not None:
+        paths["decoder_onnx"] = Path(done.decode.export.path)
     return RunOutcome(rep, tuned.model, policy, checks, result, final.test_top1, ratio, paths)
 
 

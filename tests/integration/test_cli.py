@@ -391,6 +391,37 @@ def test_the_embedded_gpt_pretrains_on_the_stdlib_compresses_by_perplexity_and_e
     assert applied_report.final.parity.top1_agreement >= 0.9
 
 
+def test_the_embedded_gpt_compresses_to_a_decode_budget_judged_on_its_kv_cache_export(tmp_path):
+    """--decode-budget: the wall prices policies by decode tables (a coarse grid, few runs),
+    the fit rescales the candidate against the measured decode ratio, and the verdict is the
+    shipped model's KV-cache export (verified: greedy tokens identical) timed per token."""
+    root, text = tmp_path, ["--text.max-bytes", "300000"]
+    assert main(["pretrain", "--model", "gpt_tiny", "--steps", "5", "--models-dir",
+                 str(root / "models"), *text]) == 0
+    code = main(["compress", "--model", "gpt_tiny", "--models-dir", str(root / "models"), *text,
+                 "--decode-budget", "0.5", "--decode-grid-points", "2", "--decode-table-runs",
+                 "20", "--episodes", "3", "--bn-batches", "1", "--episode-finetune-steps", "2",
+                 "--candidates", "1", "--candidate-steps", "2", "--probe-every", "0",
+                 "--margin", "0.1", "--lm-eval-windows", "8", "--lm-test-windows", "16",
+                 "--out", str(root / "run"), "--policies-dir", str(root / "policies"),
+                 "--results-dir", str(root / "results")])
+    report = json.loads((root / "results" / "run" / "report.json").read_text())
+    decode = report["final"]["decode"]
+    check = report["checks"]["decode"]
+    assert check["limit"] == 0.5 and check["value"] == decode["decode"]["ratio"]
+    assert code == (0 if check["ok"] else 1)
+    assert report["verdict"] == ("within budget" if check["ok"] else "OVER BUDGET")
+    assert report["search_target"] == {"decode": pytest.approx(0.45)}
+    assert decode["decode"]["settings"]["phase"] == "decode"
+    assert decode["decode"]["settings"]["past"] == 96
+    assert decode["parity"]["greedy_agreement"] == 1.0 and decode["parity"]["greedy_steps"] == 32
+    assert (root / "run" / "model.decoder.onnx").exists()
+    assert report["candidates"][0]["fit_kind"] == "decode"
+    assert "decode of one token after 96 cached" in report["headline"]
+    assert "decode ratio (paired)" in (root / "results" / "run" / "report.md").read_text()
+    assert list((root / "models" / "latency").glob("gpt_tiny-decode-*.json"))
+
+
 def test_units_lists_the_embedded_gpts_units_at_its_context(capsys):
     assert main(["units", "gpt_tiny"]) == 0
     out = capsys.readouterr().out
