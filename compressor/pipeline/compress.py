@@ -193,6 +193,9 @@ def search_fields(config: CompressConfig) -> dict:
     if config.task != "text":  # an image search does not read them (older runs still resume)
         d.pop("text")
         d.pop("lm")
+    elif config.budget.decode is None and config.budget.prefill is None:
+        for key in ("decode", "decode_grid_points", "decode_table_runs"):  # nor this one those
+            d["lm"].pop(key)
     # Where episodes run does not change them, but the batch they are proposed in (one episode
     # per worker) does; serial runs keep the fields they had before workers existed.
     workers = d.pop("distributed")["workers"]

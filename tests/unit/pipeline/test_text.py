@@ -4,6 +4,8 @@ it on a pruned gpt_tiny, and the evaluator scoring episodes through them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -123,3 +125,7 @@ def test_a_text_model_resolves_to_its_corpus_reward_and_prefill_batch():
     # Only a text search records (and on resume compares) the text sections.
     assert {"text", "lm"} <= set(search_fields(resolved))
     assert not {"text", "lm"} & set(search_fields(image))
+    # The decode tables' settings only where a decode or prefill budget reads them.
+    assert "decode" not in search_fields(resolved)["lm"]
+    decode = replace(resolved, budget=replace(resolved.budget, decode=0.5))
+    assert search_fields(decode)["lm"]["decode"] == {"past": 96, "prompt": 128}
