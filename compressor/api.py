@@ -191,37 +191,53 @@ def compress(model: nn.Module, *, train: Any, val: Any | None = None, test: Any 
                 "params": params_budget},
         final_epochs=final_epochs, quantize=quantize, workers=workers)
     if text:
-        config = config.for_text()
-        pipeline.check_text_config(config)
+        config = pipeline.check_text_config(config.for_text())
     distributed.check(config.distributed)  # before any work: Ray missing, cluster unreachable
-    if text:
-        dense = copy.deepcopy(model).cpu().eval()
-    else:
-        dense, evaluate, finetune = _user_model(model, example, evaluate, finetune)
-    score = checked_score(evaluate) if evaluate is not None else None
+    dense, score, finetune = _prepared_model(model, example, text, evaluate, finetune)
     with tempfile.TemporaryDirectory(prefix="compressor-") as scratch:
         root = Path(out) if out is not None else Path(scratch)
         config = replace(config, models_dir=str(root / "cache"), out=str(root / "run"),
                          results_dir=str(root), policies_dir=str(root))
-        if text:
-            ws = pipeline.text_workspace(config, dataset, int(example.shape[1]), dense, {},
-                                         cache_name=type(model).__name__, say=log.info)
-        else:
-            ws = pipeline.build_workspace(
-                config, dataset, dense, {}, example, cache_name=type(model).__name__,
-                score=score, test_score=score, finetune=finetune, say=log.info)
-            ws.meta["test_top1"] = test_score(ws, ws.dense)
+        ws = _workspace(config, dataset, dense, example, type(model).__name__, text, score,
+                        finetune)
         ws.progress = progress
         outcome = run_job(ws, root / "run", root, root / "policy.json")
+    return _result(outcome, ws.meta["test_top1"], keep_paths=out is not None)
+
+
+def _prepared_model(model: nn.Module, example: torch.Tensor, text: bool, evaluate: Any,
+                    finetune: Any) -> tuple[nn.Module, Any, Any]:
+    """A copy of the user's model as the job takes it, its checked score and its fine-tune."""
+    if text:
+        return copy.deepcopy(model).cpu().eval(), None, finetune
+    dense, evaluate, finetune = _user_model(model, example, evaluate, finetune)
+    return dense, checked_score(evaluate) if evaluate is not None else None, finetune
+
+
+def _workspace(config: pipeline.CompressConfig, dataset: Any, dense: nn.Module,
+               example: torch.Tensor, name: str, text: bool, score: Any, finetune: Any
+               ) -> pipeline.Workspace:
+    """The job's workspace: a causal LM's text task, or a classifier scored by `score`."""
+    if text:
+        return pipeline.text_workspace(config, dataset, int(example.shape[1]), dense, {},
+                                       cache_name=name, say=log.info)
+    ws = pipeline.build_workspace(config, dataset, dense, {}, example, cache_name=name,
+                                  score=score, test_score=score, finetune=finetune,
+                                  say=log.info)
+    ws.meta["test_top1"] = test_score(ws, ws.dense)
+    return ws
+
+
+def _result(outcome: Any, baseline_top1: float | None, keep_paths: bool) -> CompressResult:
     search = outcome.run_report.search or {}
     lm = outcome.run_report.language_model or {}
     return CompressResult(
         model=_unwrapped(outcome.model), policy=outcome.policy,
         latency_ratio=outcome.latency_ratio,
-        top1=outcome.test_top1, baseline_top1=ws.meta["test_top1"], verdict=outcome.verdict,
+        top1=outcome.test_top1, baseline_top1=baseline_top1, verdict=outcome.verdict,
         checks=outcome.checks, evaluations=search.get("evaluations", 0),
         search_seconds=search.get("seconds", 0.0),
-        paths=outcome.paths if out is not None else {}, report=outcome.report,
+        paths=outcome.paths if keep_paths else {}, report=outcome.report,
         perplexity=lm.get("test_perplexity"), baseline_perplexity=lm.get("dense_test_perplexity"))
 
 

@@ -365,25 +365,14 @@ def _decode_lines(decode: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def write_report(out_dir: Path, run_report: RunReport) -> None:
-    """report.json, and a short markdown summary of it (also of a failed final stage)."""
-    write_report_json(out_dir, run_report)
-    report = run_report.as_dict()
+def _comparison_rows(report: dict) -> list[str]:
+    """The dense-vs-pruned table: perplexity first for a causal LM (its top-1 is of the next
+    token), then size, latency, INT8 and the decode rows."""
     final, base = report["final"], report["baseline"]
     lat = final.get("latency")
-    lines = [
-        f"# {report['model']} on {report['dataset']}: {report['headline']}",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-    ]
-    if report.get("failure"):
-        lines += [f"**The final stage failed:** {report['failure']}. The fine-tuned checkpoint "
-                  f"({final['checkpoint']}) and the policy ({final['policy_file']}) were saved "
-                  "before it.", ""]
     lm = report.get("language_model")
-    lines += [_row(["", "dense", "pruned"]), _row(["---", "---", "---"])]
-    if lm:  # a causal LM: perplexity first, its top-1 is of the next token
+    lines = [_row(["", "dense", "pruned"]), _row(["---", "---", "---"])]
+    if lm:
         lines += [_row(["test perplexity", f"{lm['dense_test_perplexity']:.3f}",
                         f"{lm['test_perplexity']:.3f}"]),
                   _row(["test bits per byte", f"{lm['dense_test_bits_per_byte']:.3f}",
@@ -398,8 +387,26 @@ def write_report(out_dir: Path, run_report: RunReport) -> None:
         lines += [_row(["ONNX latency (ms)", f"{lat['reference_ms']:.2f}",
                         f"{lat['candidate_ms']:.2f}"]),
                   _row(["latency ratio (paired)", "1.000", f"{lat['ratio']:.3f}"])]
-    lines += _int8_lines(final)
-    lines += _decode_rows(final.get("decode"))
+    return [*lines, *_int8_lines(final), *_decode_rows(final.get("decode"))]
+
+
+def write_report(out_dir: Path, run_report: RunReport) -> None:
+    """report.json, and a short markdown summary of it (also of a failed final stage)."""
+    write_report_json(out_dir, run_report)
+    report = run_report.as_dict()
+    final = report["final"]
+    lat = final.get("latency")
+    lines = [
+        f"# {report['model']} on {report['dataset']}: {report['headline']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+    ]
+    if report.get("failure"):
+        lines += [f"**The final stage failed:** {report['failure']}. The fine-tuned checkpoint "
+                  f"({final['checkpoint']}) and the policy ({final['policy_file']}) were saved "
+                  "before it.", ""]
+    lines += _comparison_rows(report)
     lines += [
         "",
         f"Budgets: {json.dumps(report['budgets'])}. Verdict: **{report['verdict']}**.",

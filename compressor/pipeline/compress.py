@@ -465,8 +465,9 @@ def prepare(config: CompressConfig, say=log.info) -> Workspace:
     return ws
 
 
-def check_text_config(config: CompressConfig) -> None:
-    """What a causal LM's run cannot do yet, refused in one line before any work."""
+def check_text_config(config: CompressConfig) -> CompressConfig:
+    """What a causal LM's run cannot do yet, refused in one line before any work; returns
+    `config` unchanged."""
     if config.data.dataset != baseline.TEXT_DATASET:
         raise UserError(f"{config.model} is a causal LM trained on the standard library's source: "
                         f"drop --dataset {config.data.dataset} (or pass --dataset "
@@ -478,6 +479,7 @@ def check_text_config(config: CompressConfig) -> None:
         raise UserError("--quantize is not supported for causal LMs yet; drop it")
     if config.distributed.workers > 1:
         raise UserError("--workers is not supported for causal LMs yet; drop it")
+    return config
 
 
 def prepare_text(config: CompressConfig, t0: float, say=log.info) -> Workspace:
